@@ -1,0 +1,17 @@
+// sdpa: scaled dot-product attention for C++.
+//
+//   #include <sdpa/sdpa.h>
+//   sdpa::Tensor out = sdpa::Attention(query, key, value, {/*scale*/ {}, sdpa::Causal::kTopLeft});
+//
+// tensor.h   views and owned tensors      options.h  the options struct
+// attention.h forward, explain, threads   seed.h     self_attention and compute_qkv
+// error.h    sdpa::Error                  version.h  SDPA_VERSION
+#pragma once
+
+#include "sdpa/attention.h"
+#include "sdpa/error.h"
+#include "sdpa/options.h"
+#include "sdpa/seed.h"
+#include "sdpa/system.h"
+#include "sdpa/tensor.h"
+#include "sdpa/version.h"

@@ -1,0 +1,22 @@
+// What this machine and build offer: SIMD targets, threads, and the measured FMA peak.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace sdpa {
+
+struct SystemInfo {
+  std::string version;                    // SDPA_VERSION
+  std::vector<std::string> simd_targets;  // compiled into this binary and supported by this CPU
+  std::string simd_target;                // the one the CPU engine uses (honours SDPA_SIMD_TARGET)
+  int threads = 1;                        // GetNumThreads()
+};
+SystemInfo GetSystemInfo();
+
+// Measures the float32 fused-multiply-add throughput of this machine in GFLOP/s with `threads`
+// threads (0 = GetNumThreads()), running independent FMA chains on the engine's SIMD target for
+// about `seconds`. This is the "peak" that efficiency figures are fractions of.
+double MeasureFmaPeakGflops(int threads = 0, double seconds = 0.2);
+
+}  // namespace sdpa

@@ -1,0 +1,130 @@
+// Public entry points: validate, choose a backend, run it. Nothing else happens here.
+#include "sdpa/attention.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "api/dispatch.h"
+#include "api/validate.h"
+#include "sdpa/error.h"
+
+namespace sdpa {
+namespace {
+
+std::atomic<int> g_num_threads{0};
+
+std::vector<TensorView> Inputs(const TensorView& q, const TensorView& k, const TensorView& v,
+                               const Options& options) {
+  std::vector<TensorView> inputs = {q, k, v};
+  if (options.mask) inputs.push_back(*options.mask);
+  return inputs;
+}
+const std::vector<const char*> kInputNames = {"query", "key", "value", "options.mask"};
+
+void ForwardImpl(const TensorView& query, const TensorView& key, const TensorView& value,
+                 const MutableTensorView& out, const MutableTensorView* lse,
+                 const Options& options) {
+  internal::Problem problem = internal::ValidateInputs(query, key, value, options);
+  internal::AttachOutputs(problem, query.rank(), out, lse, Inputs(query, key, value, options),
+                          kInputNames);
+  internal::Run(problem);
+}
+
+}  // namespace
+
+const char* CausalName(Causal causal) {
+  switch (causal) {
+    case Causal::kNone:
+      return "none";
+    case Causal::kTopLeft:
+      return "top_left";
+    case Causal::kBottomRight:
+      return "bottom_right";
+  }
+  return "invalid";
+}
+
+const char* BackendName(Backend backend) {
+  switch (backend) {
+    case Backend::kAuto:
+      return "auto";
+    case Backend::kReference:
+      return "reference";
+    case Backend::kCpu:
+      return "cpu";
+  }
+  return "invalid";
+}
+
+void Forward(const TensorView& query, const TensorView& key, const TensorView& value,
+             const MutableTensorView& out, const Options& options) {
+  ForwardImpl(query, key, value, out, nullptr, options);
+}
+
+void Forward(const TensorView& query, const TensorView& key, const TensorView& value,
+             const MutableTensorView& out, const MutableTensorView& lse, const Options& options) {
+  ForwardImpl(query, key, value, out, &lse, options);
+}
+
+Tensor Attention(const TensorView& query, const TensorView& key, const TensorView& value,
+                 const Options& options) {
+  internal::Problem problem = internal::ValidateInputs(query, key, value, options);
+  Tensor out(problem.dtype, internal::OutShape(problem, query.rank()));
+  internal::AttachOutputs(problem, query.rank(), out.mutable_view(), nullptr,
+                          Inputs(query, key, value, options), kInputNames);
+  internal::Run(problem);
+  return out;
+}
+
+AttentionResult AttentionWithLse(const TensorView& query, const TensorView& key,
+                                 const TensorView& value, const Options& options) {
+  internal::Problem problem = internal::ValidateInputs(query, key, value, options);
+  AttentionResult result{Tensor(problem.dtype, internal::OutShape(problem, query.rank())),
+                         Tensor(problem.dtype, internal::LseShape(problem, query.rank()))};
+  const MutableTensorView lse = result.lse.mutable_view();
+  internal::AttachOutputs(problem, query.rank(), result.out.mutable_view(), &lse,
+                          Inputs(query, key, value, options), kInputNames);
+  internal::Run(problem);
+  return result;
+}
+
+Plan Explain(const TensorView& query, const TensorView& key, const TensorView& value,
+             const Options& options) {
+  return internal::MakePlan(internal::ValidateInputs(query, key, value, options));
+}
+
+std::string Plan::ToString() const {
+  std::ostringstream os;
+  os << "sdpa plan: backend=" << BackendName(backend) << " path=" << path;
+  if (!simd_target.empty()) os << " simd=" << simd_target;
+  if (q_tile > 0) os << " q_tile=" << q_tile << " kv_tile=" << kv_tile;
+  if (kv_splits > 1) os << " kv_splits=" << kv_splits;
+  os << " threads=" << threads;
+  if (!reason.empty()) os << "\n  why: " << reason;
+  return os.str();
+}
+
+void SetNumThreads(int num_threads) {
+  if (num_threads < 0) {
+    internal::Fail("num_threads is ", num_threads, " but must be >= 0 (0 = all cores)");
+  }
+  g_num_threads.store(num_threads);
+}
+
+int GetNumThreads() {
+  const int set = g_num_threads.load();
+  if (set > 0) return set;
+  if (const char* env = std::getenv("SDPA_NUM_THREADS")) {
+    const int from_env = std::atoi(env);
+    if (from_env > 0) return from_env;
+  }
+  const unsigned hardware = std::thread::hardware_concurrency();
+  return hardware > 0 ? static_cast<int>(hardware) : 1;
+}
+
+}  // namespace sdpa

@@ -1,0 +1,318 @@
+#include "api/validate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace sdpa::internal {
+namespace {
+
+constexpr std::int64_t kMaxInt64 = std::numeric_limits<std::int64_t>::max();
+
+// a * b, or false when it does not fit in int64 (a, b >= 0).
+bool MulFits(std::int64_t a, std::int64_t b, std::int64_t* result) {
+  if (a != 0 && b > kMaxInt64 / a) return false;
+  *result = a * b;
+  return true;
+}
+bool AddFits(std::int64_t a, std::int64_t b, std::int64_t* result) {
+  if (b > kMaxInt64 - a) return false;
+  *result = a + b;
+  return true;
+}
+std::int64_t Abs(std::int64_t x) {
+  // Strides of INT64_MIN are rejected before this is called.
+  return x < 0 ? -x : x;
+}
+
+// Names of the dimensions of a rank-4 operand, for messages.
+constexpr const char* kQueryDims[4] = {"batch", "heads", "q_len", "head_dim"};
+constexpr const char* kKeyDims[4] = {"batch", "kv_heads", "kv_len", "head_dim"};
+constexpr const char* kValueDims[4] = {"batch", "kv_heads", "kv_len", "v_dim"};
+
+// A rank-r view seen as rank 4: leading size-1 dimensions with stride 0.
+struct Normalized {
+  std::int64_t shape[4];
+  std::int64_t stride[4];
+  int rank;  // original rank, to turn a rank-4 index back into the caller's index
+
+  int UserIndex(int d) const { return d - (4 - rank); }
+};
+Normalized Normalize(const Layout& layout) {
+  Normalized n{{1, 1, 1, 1}, {0, 0, 0, 0}, layout.rank};
+  const int pad = 4 - layout.rank;
+  for (int d = 0; d < layout.rank; ++d) {
+    n.shape[pad + d] = layout.shape[d];
+    n.stride[pad + d] = layout.strides[d];
+  }
+  return n;
+}
+
+void CheckDim(const char* name, const Normalized& n, int d, const char* dim_name,
+              const char* other_name, const Normalized& other) {
+  if (n.shape[d] != other.shape[d]) {
+    Fail(name, ".shape[", n.UserIndex(d), "] (", dim_name, ") is ", n.shape[d], " but ", other_name,
+         ".shape[", other.UserIndex(d), "] is ", other.shape[d]);
+  }
+}
+
+void CheckFloatDType(const char* name, DType dtype) {
+  if (dtype != DType::kFloat32 && dtype != DType::kFloat64) {
+    FailDType(name, ".dtype is ", DTypeName(dtype), " but must be float32 or float64");
+  }
+}
+void CheckSameDType(const char* name, DType dtype, const char* other_name, DType other) {
+  if (dtype != other) {
+    FailDType(name, ".dtype is ", DTypeName(dtype), " but ", other_name, ".dtype is ",
+              DTypeName(other));
+  }
+}
+
+// Byte range [lo, hi) touched by a view; empty (lo == hi) when it has no element.
+struct ByteRange {
+  std::uintptr_t lo = 0, hi = 0;
+};
+ByteRange RangeOf(const void* data, DType dtype, const Layout& layout) {
+  ByteRange r;
+  if (layout.NumElements() == 0 || data == nullptr) return r;
+  const auto elem = static_cast<std::int64_t>(DTypeSize(dtype));
+  std::int64_t below = 0, above = 0;  // element offsets, validated to fit
+  for (int d = 0; d < layout.rank; ++d) {
+    const std::int64_t reach = (layout.shape[d] - 1) * layout.strides[d];
+    (reach < 0 ? below : above) += reach;
+  }
+  const auto base = reinterpret_cast<std::uintptr_t>(data);
+  r.lo = base - static_cast<std::uintptr_t>(-below * elem);
+  r.hi = base + static_cast<std::uintptr_t>((above + 1) * elem);
+  return r;
+}
+
+// True when two distinct indices of the view can address the same element. Sufficient test:
+// sorted by |stride|, each stride must exceed the reach of all smaller ones.
+bool SelfOverlaps(const Layout& layout) {
+  if (layout.NumElements() <= 1) return false;
+  std::vector<std::pair<std::int64_t, std::int64_t>> dims;  // (|stride|, size)
+  for (int d = 0; d < layout.rank; ++d) {
+    if (layout.shape[d] > 1) dims.emplace_back(Abs(layout.strides[d]), layout.shape[d]);
+  }
+  std::sort(dims.begin(), dims.end());
+  std::int64_t reach = 0;
+  for (const auto& [stride, size] : dims) {
+    if (stride <= reach) return true;
+    reach += (size - 1) * stride;
+  }
+  return false;
+}
+
+void CheckOutput(const char* name, const MutableTensorView& view, DType dtype,
+                 const std::vector<std::int64_t>& expected_shape) {
+  CheckSameDType(name, view.dtype, "query", dtype);
+  const int rank = static_cast<int>(expected_shape.size());
+  CheckView(name, view.data, view.dtype, view.layout, rank, rank);
+  for (int d = 0; d < rank; ++d) {
+    if (view.layout.shape[d] != expected_shape[static_cast<std::size_t>(d)]) {
+      Fail(name, ".shape is ", ShapeString(view.layout), " but must be ",
+           ShapeString(expected_shape));
+    }
+  }
+  if (SelfOverlaps(view.layout)) {
+    Fail(name, " has overlapping elements: shape ", ShapeString(view.layout), " with strides [",
+         view.layout.strides[0], ", ...] maps two indices to one address");
+  }
+}
+
+}  // namespace
+
+std::string ShapeString(const std::vector<std::int64_t>& shape) {
+  std::ostringstream os;
+  os << "[";
+  for (std::size_t d = 0; d < shape.size(); ++d) os << (d ? ", " : "") << shape[d];
+  os << "]";
+  return os.str();
+}
+std::string ShapeString(const Layout& layout) {
+  return ShapeString(std::vector<std::int64_t>(layout.shape, layout.shape + layout.rank));
+}
+
+std::int64_t CheckLayout(const char* name, DType dtype, const Layout& layout, int min_rank,
+                         int max_rank) {
+  if (layout.rank < min_rank || layout.rank > max_rank) {
+    if (min_rank == 2 && max_rank == 4) {
+      Fail(name, " has rank ", layout.rank,
+           " but must have rank 2 (seq, dim), 3 (heads, seq, dim) or 4 (batch, heads, seq, dim)");
+    }
+    if (min_rank == max_rank)
+      Fail(name, " has rank ", layout.rank, " but must have rank ", min_rank);
+    Fail(name, " has rank ", layout.rank, " but must have rank ", min_rank, " to ", max_rank);
+  }
+  std::int64_t elements = 1, reach = 0;
+  bool fits = true;
+  for (int d = 0; d < layout.rank; ++d) {
+    const std::int64_t size = layout.shape[d], stride = layout.strides[d];
+    if (size < 0) Fail(name, ".shape[", d, "] is ", size, " but must be >= 0");
+    if (stride == std::numeric_limits<std::int64_t>::min()) {
+      Fail(name, ".strides[", d, "] is ", stride, ", which is out of range");
+    }
+    fits = fits && MulFits(elements, size, &elements);
+  }
+  if (fits && elements > 0) {
+    for (int d = 0; d < layout.rank && fits; ++d) {
+      std::int64_t dim_reach = 0;
+      fits = MulFits(layout.shape[d] - 1, Abs(layout.strides[d]), &dim_reach) &&
+             AddFits(reach, dim_reach, &reach);
+    }
+    std::int64_t bytes = 0;
+    fits = fits && AddFits(reach, 1, &reach) &&
+           MulFits(reach, static_cast<std::int64_t>(DTypeSize(dtype)), &bytes);
+  }
+  if (!fits) {
+    Fail(name, " with shape ", ShapeString(layout),
+         " is too large: its element count or byte span overflows int64");
+  }
+  return elements;
+}
+
+void CheckView(const char* name, const void* data, DType dtype, const Layout& layout, int min_rank,
+               int max_rank) {
+  const std::int64_t elements = CheckLayout(name, dtype, layout, min_rank, max_rank);
+  if (elements > 0 && data == nullptr) {
+    Fail(name, ".data is null but ", name, " has ", elements, " elements");
+  }
+}
+
+Problem ValidateInputs(const TensorView& query, const TensorView& key, const TensorView& value,
+                       const Options& options) {
+  CheckView("query", query.data, query.dtype, query.layout, 2, 4);
+  CheckView("key", key.data, key.dtype, key.layout, 2, 4);
+  CheckView("value", value.data, value.dtype, value.layout, 2, 4);
+  if (key.rank() != query.rank()) {
+    Fail("key has rank ", key.rank(), " but query has rank ", query.rank());
+  }
+  if (value.rank() != query.rank()) {
+    Fail("value has rank ", value.rank(), " but query has rank ", query.rank());
+  }
+  CheckFloatDType("query", query.dtype);
+  CheckSameDType("key", key.dtype, "query", query.dtype);
+  CheckSameDType("value", value.dtype, "query", query.dtype);
+
+  const Normalized q = Normalize(query.layout), k = Normalize(key.layout),
+                   v = Normalize(value.layout);
+  CheckDim("key", k, 0, kKeyDims[0], "query", q);
+  CheckDim("value", v, 0, kValueDims[0], "query", q);
+  CheckDim("value", v, 1, kValueDims[1], "key", k);
+  CheckDim("key", k, 3, kKeyDims[3], "query", q);
+  CheckDim("value", v, 2, kValueDims[2], "key", k);
+  const std::int64_t heads = q.shape[1], kv_heads = k.shape[1];
+  if (kv_heads == 0 ? heads != 0 : heads % kv_heads != 0) {
+    Fail("query.shape[", q.UserIndex(1), "] (", kQueryDims[1], ") is ", heads,
+         ", which is not a multiple of key.shape[", k.UserIndex(1), "] (kv_heads) ", kv_heads);
+  }
+
+  Problem p;
+  p.dtype = query.dtype;
+  p.batch = q.shape[0];
+  p.heads = heads;
+  p.kv_heads = kv_heads;
+  p.q_len = q.shape[2];
+  p.kv_len = k.shape[2];
+  p.head_dim = q.shape[3];
+  p.v_dim = v.shape[3];
+  p.q.data = query.data;
+  p.k.data = key.data;
+  p.v.data = value.data;
+  std::copy(q.stride, q.stride + 4, p.q.stride);
+  std::copy(k.stride, k.stride + 4, p.k.stride);
+  std::copy(v.stride, v.stride + 4, p.v.stride);
+
+  const int causal = static_cast<int>(options.causal);
+  if (causal < 0 || causal > static_cast<int>(Causal::kBottomRight)) {
+    Fail("options.causal is ", causal, " but must be kNone, kTopLeft or kBottomRight");
+  }
+  p.causal = options.causal;
+  const int backend = static_cast<int>(options.backend);
+  if (backend < 0 || backend > static_cast<int>(Backend::kCpu)) {
+    Fail("options.backend is ", backend, " but must be kAuto, kReference or kCpu");
+  }
+  p.backend = options.backend;
+
+  p.scale = options.scale ? *options.scale : 1.0 / std::sqrt(static_cast<double>(p.head_dim));
+  if (options.scale && !std::isfinite(*options.scale)) {
+    Fail("options.scale is ", *options.scale, " but must be finite");
+  }
+  if (!options.scale && p.head_dim == 0) p.scale = 1.0;  // no dot product to scale
+
+  if (options.mask) {
+    const TensorView& mask = *options.mask;
+    CheckView("options.mask", mask.data, mask.dtype, mask.layout, 1, 4);
+    if (mask.dtype != DType::kBool && mask.dtype != query.dtype) {
+      FailDType("options.mask.dtype is ", DTypeName(mask.dtype), " but must be bool or ",
+                DTypeName(query.dtype), " (the query's dtype)");
+    }
+    const Normalized m = Normalize(mask.layout);
+    const std::int64_t target[4] = {p.batch, p.heads, p.q_len, p.kv_len};
+    const char* target_names[4] = {"batch", "heads", "q_len", "kv_len"};
+    for (int d = 4 - mask.rank(); d < 4; ++d) {
+      if (m.shape[d] != target[d] && m.shape[d] != 1) {
+        Fail("options.mask.shape[", m.UserIndex(d), "] is ", m.shape[d], " but must be 1 or ",
+             target[d], " (", target_names[d], ") to broadcast to ",
+             ShapeString(std::vector<std::int64_t>(target, target + 4)));
+      }
+    }
+    p.mask_kind = mask.dtype == DType::kBool ? MaskKind::kBool : MaskKind::kAdditive;
+    p.mask.data = mask.data;
+    for (int d = 0; d < 4; ++d) p.mask.stride[d] = m.shape[d] == 1 ? 0 : m.stride[d];
+  }
+  return p;
+}
+
+std::vector<std::int64_t> OutShape(const Problem& p, int query_rank) {
+  std::vector<std::int64_t> full = {p.batch, p.heads, p.q_len, p.v_dim};
+  return std::vector<std::int64_t>(full.end() - query_rank, full.end());
+}
+std::vector<std::int64_t> LseShape(const Problem& p, int query_rank) {
+  std::vector<std::int64_t> full = {p.batch, p.heads, p.q_len};
+  return std::vector<std::int64_t>(full.end() - (query_rank - 1), full.end());
+}
+
+bool Overlaps(const void* a_data, DType a_dtype, const Layout& a, const void* b_data, DType b_dtype,
+              const Layout& b) {
+  const ByteRange ra = RangeOf(a_data, a_dtype, a), rb = RangeOf(b_data, b_dtype, b);
+  if (ra.lo == ra.hi || rb.lo == rb.hi) return false;
+  return ra.lo < rb.hi && rb.lo < ra.hi;
+}
+
+void AttachOutputs(Problem& p, int query_rank, const MutableTensorView& out,
+                   const MutableTensorView* lse, const std::vector<TensorView>& inputs,
+                   const std::vector<const char*>& input_names) {
+  CheckOutput("out", out, p.dtype, OutShape(p, query_rank));
+  if (lse) CheckOutput("lse", *lse, p.dtype, LseShape(p, query_rank));
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const TensorView& in = inputs[i];
+    if (Overlaps(out.data, out.dtype, out.layout, in.data, in.dtype, in.layout)) {
+      Fail("out overlaps ", input_names[i], " in memory; outputs must not alias inputs");
+    }
+    if (lse && Overlaps(lse->data, lse->dtype, lse->layout, in.data, in.dtype, in.layout)) {
+      Fail("lse overlaps ", input_names[i], " in memory; outputs must not alias inputs");
+    }
+  }
+  if (lse && Overlaps(out.data, out.dtype, out.layout, lse->data, lse->dtype, lse->layout)) {
+    Fail("lse overlaps out in memory");
+  }
+
+  const Normalized o = Normalize(out.layout);
+  p.out.data = out.data;
+  std::copy(o.stride, o.stride + 4, p.out.stride);
+  if (lse) {
+    // lse [B, H, Lq] is stored in stride[0..2] of a rank-4 operand so Row(b, h, i) addresses it.
+    Layout padded = lse->layout;
+    padded.rank += 1;
+    padded.shape[padded.rank - 1] = 1;
+    padded.strides[padded.rank - 1] = 0;
+    const Normalized l = Normalize(padded);
+    p.lse.data = lse->data;
+    std::copy(l.stride, l.stride + 4, p.lse.stride);
+  }
+}
+
+}  // namespace sdpa::internal

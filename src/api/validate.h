@@ -1,0 +1,67 @@
+// The one place that checks arguments. Every public entry point calls these before it allocates
+// or computes; they throw sdpa::Error (sdpa::DTypeError for element types) with a message that
+// names the argument, the expected and the actual value.
+#pragma once
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "api/problem.h"
+#include "sdpa/error.h"
+#include "sdpa/options.h"
+#include "sdpa/tensor.h"
+
+namespace sdpa::internal {
+
+// Builds "sdpa: " + the streamed parts.
+template <typename... Parts>
+std::string Message(const Parts&... parts) {
+  std::ostringstream os;
+  os << "sdpa: ";
+  (os << ... << parts);
+  return os.str();
+}
+template <typename... Parts>
+[[noreturn]] void Fail(const Parts&... parts) {
+  throw Error(Message(parts...));
+}
+template <typename... Parts>
+[[noreturn]] void FailDType(const Parts&... parts) {
+  throw DTypeError(Message(parts...));
+}
+
+// "[2, 3, 4]"
+std::string ShapeString(const Layout& layout);
+std::string ShapeString(const std::vector<std::int64_t>& shape);
+
+// Checks a layout: rank in [min_rank, max_rank], sizes >= 0, every reachable byte offset
+// representable. Returns the number of elements.
+std::int64_t CheckLayout(const char* name, DType dtype, const Layout& layout, int min_rank,
+                         int max_rank);
+// Checks a single view: rank in [min_rank, max_rank], sizes >= 0, data non-null when non-empty,
+// every reachable byte offset representable. `name` is used in messages ("query", "options.mask").
+void CheckView(const char* name, const void* data, DType dtype, const Layout& layout, int min_rank,
+               int max_rank);
+
+// Checks query, key, value and options; returns the problem without outputs attached.
+Problem ValidateInputs(const TensorView& query, const TensorView& key, const TensorView& value,
+                       const Options& options);
+
+// Expected output shapes for a validated problem, in the query's rank: out [.., Lq, Dv] and
+// lse [.., Lq] (one rank lower).
+std::vector<std::int64_t> OutShape(const Problem& problem, int query_rank);
+std::vector<std::int64_t> LseShape(const Problem& problem, int query_rank);
+
+// Checks `out` (and `lse` if non-null) against the problem and attaches them. `inputs` are the
+// views outputs must not overlap.
+void AttachOutputs(Problem& problem, int query_rank, const MutableTensorView& out,
+                   const MutableTensorView* lse, const std::vector<TensorView>& inputs,
+                   const std::vector<const char*>& input_names);
+
+// True when two views share at least one byte of memory (conservative: compares byte ranges).
+bool Overlaps(const void* a_data, DType a_dtype, const Layout& a, const void* b_data, DType b_dtype,
+              const Layout& b);
+
+}  // namespace sdpa::internal
