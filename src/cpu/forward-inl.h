@@ -1,0 +1,467 @@
+// The tiled online-softmax forward pass (FlashAttention-2 loop order) for one SIMD target.
+//
+// What it computes: for each query row, out = Σ_j softmax_j(scale·q·k_j + mask_j) v_j and
+// lse = log Σ_j exp(scale·q·k_j + mask_j), over the keys j visible to the row, without ever
+// holding more than one Br × Bc tile of scores (Dao, "FlashAttention-2", 2023).
+//
+// Legend (per task; see schedule.h for how rows and keys are assigned):
+//   Br   query rows of the task (<= 96), padded to Rp, a multiple of the 2N-lane panel width
+//   Bc   keys per tile (128); D head_dim; Dv v_dim, padded to Dvp for packed V
+//   Qᵀ   [Rp/2N][D][2N]  the task's queries, transposed into panels, pre-multiplied by
+//                        scale·log2(e) so the softmax runs in base 2 (exp2 is cheaper than exp)
+//   Sᵀ   [Bc][Rp]        scores of one tile, transposed: key-major, so that the row max, the
+//                        exponentials and the row sums are all vertical (lane-wise) operations
+//   O    [Rp][Dvp]       unnormalised output accumulator; m, l [Rp] running max and sum
+//
+// Memory traffic: K and V are read once per task (Br = 96 rows reuse each K/V tile), Q once;
+// K and V are read in place (natural layout, any row stride) unless their last dimension is
+// strided. The working set per thread (Qᵀ 48 KiB + Sᵀ 48 KiB + O 48 KiB + K/V tiles 128 KiB
+// at D = Dv = 128, float32) fits the 512 KiB-1 MiB L2.
+//
+// Invariants after each tile, for each row r: m[r] = max of the scores seen (base 2, -inf if
+// none), l[r] = Σ 2^(s - m[r]), O[r] = Σ 2^(s - m[r]) v. Masked scores are exactly -inf and
+// their probabilities exactly 0; a row whose every score is masked keeps m = -inf and is written
+// as out = 0, lse = -inf. A tile whose keys are all invisible to all rows is never touched.
+//
+// Steps of one tile: ScoreTile → ApplyMask (partial tiles only) → OnlineSoftmaxUpdate →
+// AccumulatePV; after the last tile, FinalizeRows (or StorePartial when keys are split).
+
+#if defined(SDPA_CPU_FORWARD_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef SDPA_CPU_FORWARD_INL_H_
+#undef SDPA_CPU_FORWARD_INL_H_
+#else
+#define SDPA_CPU_FORWARD_INL_H_
+#endif
+
+#include <hwy/aligned_allocator.h>
+#include <hwy/highway.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "api/problem.h"
+#include "cpu/exp2-inl.h"
+#include "cpu/micro_kernels-inl.h"
+#include "cpu/parallel.h"
+#include "cpu/partials.h"
+#include "cpu/schedule.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace sdpa::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using internal::MaskKind;
+using internal::Problem;
+
+inline constexpr double kLog2e = 1.442695040888963407359924681001892137;
+inline constexpr double kLn2 = 0.693147180559945309417232121458176568;
+
+inline std::int64_t RoundUp(std::int64_t x, std::int64_t multiple) {
+  return (x + multiple - 1) / multiple * multiple;
+}
+
+// Per-thread buffers, grown on demand and kept for the next call.
+template <typename T>
+class Arena {
+ public:
+  // Returns `count` elements, 64-byte aligned, valid until the next Reset.
+  T* Take(std::int64_t count) {
+    T* p = base_.get() + used_;
+    used_ += RoundUp(count, 64 / static_cast<std::int64_t>(sizeof(T)));
+    return p;
+  }
+  void Reset(std::int64_t total) {
+    if (total > capacity_) {
+      base_ = hwy::AllocateAligned<T>(static_cast<std::size_t>(total));
+      capacity_ = total;
+    }
+    used_ = 0;
+  }
+  // Elements Take(count) consumes.
+  static std::int64_t Footprint(std::int64_t count) {
+    return RoundUp(count, 64 / static_cast<std::int64_t>(sizeof(T)));
+  }
+
+ private:
+  hwy::AlignedFreeUniquePtr<T[]> base_;
+  std::int64_t capacity_ = 0, used_ = 0;
+};
+
+// One query row of a task: where it reads and writes, and its causal end.
+template <typename T>
+struct RowRef {
+  const T* q;
+  T* out;
+  T* lse;                   // nullptr when not requested
+  const void* mask;         // mask(b, h, i, 0), nullptr without a mask
+  std::int64_t head;        // query head h
+  std::int64_t end;         // keys [0, end) pass the causal rule
+  std::int64_t global_row;  // index into Partials: (b·H + h)·Lq + i
+};
+
+// One task: a block of query rows of one (batch, kv head) against a range of keys.
+template <typename T>
+class ForwardTask {
+ public:
+  using D = hn::ScalableTag<T>;
+  using V = hn::Vec<D>;
+
+  ForwardTask(const Problem& p, const Schedule& s, const Task& t, Arena<T>& arena,
+              std::vector<RowRef<T>>& rows)
+      : p_(p), s_(s), t_(t), rows_(rows) {
+    n_ = static_cast<std::int64_t>(hn::Lanes(d_));
+    br_ = t.row_end - t.row_begin;
+    rp_ = RoundUp(br_, 2 * n_);
+    dvp_ = RoundUp(p.v_dim, 2 * n_);
+    k_unit_ = p.k.stride[3] == 1;
+    v_unit_ = p.v.stride[3] == 1 && p.v_dim % (2 * n_) == 0;
+    arena.Reset(Arena<T>::Footprint(rp_ * p.head_dim) + Arena<T>::Footprint(s.kv_tile * rp_) +
+                Arena<T>::Footprint(rp_ * dvp_) + 3 * Arena<T>::Footprint(rp_) +
+                (k_unit_ ? 0 : Arena<T>::Footprint(s.kv_tile * p.head_dim)) +
+                (v_unit_ ? 0 : Arena<T>::Footprint(s.kv_tile * dvp_)));
+    qt_ = arena.Take(rp_ * p.head_dim);
+    st_ = arena.Take(s.kv_tile * rp_);
+    o_ = arena.Take(rp_ * dvp_);
+    m_ = arena.Take(rp_);
+    l_ = arena.Take(rp_);
+    alpha_ = arena.Take(rp_);
+    k_pack_ = k_unit_ ? nullptr : arena.Take(s.kv_tile * p.head_dim);
+    v_pack_ = v_unit_ ? nullptr : arena.Take(s.kv_tile * dvp_);
+  }
+
+  // The tile loop: stream the visible K/V tiles of the task's key range through the rows.
+  void Run(Partials<T>* partials) {
+    DescribeRows();
+    PackQueries();
+    std::fill(o_, o_ + rp_ * dvp_, T(0));
+    std::fill(m_, m_ + rp_, -std::numeric_limits<T>::infinity());
+    std::fill(l_, l_ + rp_, T(0));
+
+    // Rows are ordered by position, so their causal ends grow: the first row sees the fewest
+    // keys, the last row the most. Keys past the last row's end are skipped without a look.
+    const std::int64_t stop = std::min(t_.kv_end, rows_[static_cast<std::size_t>(br_ - 1)].end);
+    const std::int64_t all_visible_end = rows_[0].end;
+    for (std::int64_t j0 = t_.kv_begin; j0 < stop; j0 += s_.kv_tile) {
+      const std::int64_t keys = std::min(s_.kv_tile, stop - j0);
+      const bool partial = p_.mask_kind != MaskKind::kNone || j0 + keys > all_visible_end;
+      const T* k = KeyTile(j0, keys);
+      const T* v = ValueTile(j0, keys);
+      const std::int64_t ldk = k_unit_ ? p_.k.stride[2] : p_.head_dim;
+      const std::int64_t ldv = v_unit_ ? p_.v.stride[2] : dvp_;
+      ScoreTile(k, ldk, keys);
+      if (partial) ApplyMask(j0, keys);
+      OnlineSoftmaxUpdate(keys);
+      // 0 · NaN = NaN: a masked key whose V row is not finite would poison rows that may not
+      // see it, so such tiles take the path that skips zero probabilities.
+      if (partial && !AllFinite(v, ldv, keys)) {
+        AccumulatePvSkippingZeros(v, ldv, keys);
+      } else {
+        AccumulatePv(v, ldv, keys);
+      }
+    }
+    if (partials != nullptr) {
+      StorePartial(*partials);
+    } else {
+      FinalizeRows();
+    }
+  }
+
+ private:
+  // Row r of the task is position i = row / G of head h = kv_head·G + row % G (schedule.h).
+  void DescribeRows() {
+    rows_.resize(static_cast<std::size_t>(br_));
+    const std::int64_t g = s_.group;
+    for (std::int64_t r = 0; r < br_; ++r) {
+      const std::int64_t row = t_.row_begin + r, i = row / g, h = t_.kv_head * g + row % g;
+      RowRef<T>& ref = rows_[static_cast<std::size_t>(r)];
+      ref.q = internal::As<T>(p_.q).Row(t_.batch, h, i);
+      ref.out = internal::As<T>(p_.out).Row(t_.batch, h, i);
+      ref.lse = p_.lse.data ? internal::As<T>(p_.lse).Row(t_.batch, h, i) : nullptr;
+      ref.mask =
+          p_.mask_kind == MaskKind::kNone
+              ? nullptr
+              : static_cast<const char*>(p_.mask.data) +
+                    (t_.batch * p_.mask.stride[0] + h * p_.mask.stride[1] + i * p_.mask.stride[2]) *
+                        static_cast<std::int64_t>(p_.mask_kind == MaskKind::kBool ? sizeof(bool)
+                                                                                  : sizeof(T));
+      ref.head = h;
+      ref.end = p_.CausalEnd(i);
+      ref.global_row = (t_.batch * p_.heads + h) * p_.q_len + i;
+    }
+  }
+
+  // Qᵀ panels: qt[panel][k][x] = q[panel·2N + x][k] · scale · log2(e); padded rows are 0.
+  void PackQueries() {
+    const T factor = static_cast<T>(p_.scale * kLog2e);
+    const std::int64_t width = 2 * n_, depth = p_.head_dim, qs = p_.q.stride[3];
+    std::fill(qt_, qt_ + rp_ * depth, T(0));
+    for (std::int64_t r = 0; r < br_; ++r) {
+      const T* q = rows_[static_cast<std::size_t>(r)].q;
+      T* dst = qt_ + (r / width) * depth * width + r % width;
+      for (std::int64_t k = 0; k < depth; ++k) dst[k * width] = q[k * qs] * factor;
+    }
+  }
+
+  // K rows of the tile with unit element stride: in place, or packed when strided.
+  const T* KeyTile(std::int64_t j0, std::int64_t keys) {
+    const T* k = internal::As<T>(p_.k).Row(t_.batch, t_.kv_head, j0);
+    if (k_unit_) return k;
+    for (std::int64_t c = 0; c < keys; ++c) {
+      for (std::int64_t x = 0; x < p_.head_dim; ++x) {
+        k_pack_[c * p_.head_dim + x] = k[c * p_.k.stride[2] + x * p_.k.stride[3]];
+      }
+    }
+    return k_pack_;
+  }
+
+  // V rows of the tile, Dv a multiple of 2N: in place, or packed and zero-padded to Dvp.
+  const T* ValueTile(std::int64_t j0, std::int64_t keys) {
+    const T* v = internal::As<T>(p_.v).Row(t_.batch, t_.kv_head, j0);
+    if (v_unit_) return v;
+    for (std::int64_t c = 0; c < keys; ++c) {
+      T* dst = v_pack_ + c * dvp_;
+      for (std::int64_t x = 0; x < p_.v_dim; ++x)
+        dst[x] = v[c * p_.v.stride[2] + x * p_.v.stride[3]];
+      std::fill(dst + p_.v_dim, dst + dvp_, T(0));
+    }
+    return v_pack_;
+  }
+
+  // Sᵀ[c][r] = K[c] · Qᵀ[:, r] for all Rp rows (panels of 2N) and keys c < keys.
+  void ScoreTile(const T* k, std::int64_t ldk, std::int64_t keys) {
+    const std::int64_t width = 2 * n_, depth = p_.head_dim;
+    for (std::int64_t panel = 0; panel < rp_ / width; ++panel) {
+      const T* qt_panel = qt_ + panel * depth * width;
+      for (std::int64_t c = 0; c < keys; c += kMicroRows) {
+        WithMicroRows(keys - c, [&](auto rows) {
+          ScoreMicroTile<decltype(rows)::value>(d_, qt_panel, depth, k + c * ldk, ldk,
+                                                st_ + c * rp_ + panel * width, rp_);
+        });
+      }
+    }
+  }
+
+  // Sets the scores of invisible keys to -inf (causal rule, bool mask) and adds an additive
+  // mask (in base 2). Only tiles that contain an invisible key or a mask come here. The score
+  // is overwritten, never combined, so NaN/Inf from masked K rows cannot survive.
+  void ApplyMask(std::int64_t j0, std::int64_t keys) {
+    constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+    const std::int64_t ms = p_.mask.stride[3];
+    for (std::int64_t r = 0; r < br_; ++r) {
+      const RowRef<T>& row = rows_[static_cast<std::size_t>(r)];
+      T* s = st_ + r;
+      const std::int64_t visible = std::clamp<std::int64_t>(row.end - j0, 0, keys);
+      for (std::int64_t c = visible; c < keys; ++c) s[c * rp_] = kNegInf;
+      if (p_.mask_kind == MaskKind::kBool) {
+        const bool* mask = static_cast<const bool*>(row.mask) + j0 * ms;
+        for (std::int64_t c = 0; c < visible; ++c) {
+          if (!mask[c * ms]) s[c * rp_] = kNegInf;
+        }
+      } else if (p_.mask_kind == MaskKind::kAdditive) {
+        const T* mask = static_cast<const T*>(row.mask) + j0 * ms;
+        for (std::int64_t c = 0; c < visible; ++c) {
+          const T bias = mask[c * ms];
+          s[c * rp_] = bias == kNegInf ? kNegInf : s[c * rp_] + bias * static_cast<T>(kLog2e);
+        }
+      }
+    }
+  }
+
+  // Online softmax, lane-wise over rows: m_new = max(m, max_c Sᵀ[c]); α = 2^(m - m_new);
+  // Sᵀ[c] ← P = 2^(Sᵀ[c] - m_new) (exactly 0 where Sᵀ = -inf); l ← α·l + Σ_c P.
+  // Rows with no visible score yet keep m = -inf and subtract 0 instead (avoiding -inf - -inf).
+  void OnlineSoftmaxUpdate(std::int64_t keys) {
+    const V neg_inf = hn::Set(d_, -std::numeric_limits<T>::infinity());
+    for (std::int64_t x = 0; x < rp_; x += n_) {
+      const V m_old = hn::Load(d_, m_ + x);
+      V m_new = m_old;
+      for (std::int64_t c = 0; c < keys; ++c)
+        m_new = hn::Max(m_new, hn::Load(d_, st_ + c * rp_ + x));
+      const V shift = hn::IfThenZeroElse(hn::Eq(m_new, neg_inf), m_new);
+      const V alpha = Exp2(d_, hn::Sub(m_old, shift));
+      V sum = hn::Zero(d_);
+      for (std::int64_t c = 0; c < keys; ++c) {
+        T* s = st_ + c * rp_ + x;
+        const V score = hn::Load(d_, s);
+        const V prob = hn::IfThenZeroElse(hn::Eq(score, neg_inf), Exp2(d_, hn::Sub(score, shift)));
+        hn::Store(prob, d_, s);
+        sum = hn::Add(sum, prob);
+      }
+      hn::Store(m_new, d_, m_ + x);
+      hn::Store(alpha, d_, alpha_ + x);
+      hn::Store(hn::MulAdd(hn::Load(d_, l_ + x), alpha, sum), d_, l_ + x);
+    }
+  }
+
+  // O[r] = α[r]·O[r] + Σ_c P[r][c]·V[c] over the task's rows, in micro-tiles of 6 rows × 2N.
+  void AccumulatePv(const T* v, std::int64_t ldv, std::int64_t keys) {
+    const std::int64_t width = 2 * n_;
+    for (std::int64_t col = 0; col < p_.v_dim; col += width) {
+      for (std::int64_t r = 0; r < br_; r += kMicroRows) {
+        WithMicroRows(br_ - r, [&](auto rows) {
+          PvMicroTile<decltype(rows)::value>(d_, st_ + r, rp_, keys, v + col, ldv, alpha_ + r,
+                                             o_ + r * dvp_ + col, dvp_);
+        });
+      }
+    }
+  }
+
+  // Same as AccumulatePv, skipping zero probabilities, for tiles where a masked V row is not
+  // finite. Rare (NaN/Inf in V), so plainly written.
+  void AccumulatePvSkippingZeros(const T* v, std::int64_t ldv, std::int64_t keys) {
+    for (std::int64_t r = 0; r < br_; ++r) {
+      T* o = o_ + r * dvp_;
+      const V alpha = hn::Set(d_, alpha_[r]);
+      for (std::int64_t x = 0; x < dvp_; x += n_)
+        hn::Store(hn::Mul(hn::Load(d_, o + x), alpha), d_, o + x);
+      for (std::int64_t c = 0; c < keys; ++c) {
+        const T prob = st_[c * rp_ + r];
+        if (prob == T(0)) continue;
+        for (std::int64_t x = 0; x < p_.v_dim; x += n_) {
+          hn::Store(
+              hn::MulAdd(hn::Set(d_, prob), hn::LoadU(d_, v + c * ldv + x), hn::Load(d_, o + x)),
+              d_, o + x);
+        }
+      }
+    }
+  }
+
+  bool AllFinite(const T* v, std::int64_t ldv, std::int64_t keys) const {
+    // x·0 is 0 for finite x and NaN for NaN/±Inf.
+    const V zero = hn::Zero(d_);
+    auto bad = hn::Zero(d_);
+    for (std::int64_t c = 0; c < keys; ++c) {
+      for (std::int64_t x = 0; x < p_.v_dim; x += n_) {
+        bad = hn::Or(bad, hn::Mul(hn::LoadU(d_, v + c * ldv + x), zero));
+      }
+    }
+    return hn::AllTrue(d_, hn::Eq(bad, zero));
+  }
+
+  // out[r] = O[r] / l[r]; lse[r] = m[r]·ln 2 + ln l[r]. Rows that never saw a visible score
+  // (m = -inf) get out = 0 and lse = -inf.
+  void FinalizeRows() {
+    for (std::int64_t r = 0; r < br_; ++r) {
+      const RowRef<T>& row = rows_[static_cast<std::size_t>(r)];
+      const T m = m_[r], l = l_[r];
+      const bool empty = m == -std::numeric_limits<T>::infinity();
+      const T inv = empty ? T(0) : T(1) / l;
+      const T* o = o_ + r * dvp_;
+      const std::int64_t os = p_.out.stride[3];
+      for (std::int64_t x = 0; x < p_.v_dim; ++x) row.out[x * os] = empty ? T(0) : o[x] * inv;
+      if (row.lse != nullptr) {
+        *row.lse =
+            empty
+                ? m
+                : static_cast<T>(static_cast<double>(m) * kLn2 + std::log(static_cast<double>(l)));
+      }
+    }
+  }
+
+  // Keeps (O, m, l) of this key chunk for the merge.
+  void StorePartial(Partials<T>& partials) {
+    for (std::int64_t r = 0; r < br_; ++r) {
+      const std::int64_t row = rows_[static_cast<std::size_t>(r)].global_row;
+      std::copy(o_ + r * dvp_, o_ + r * dvp_ + p_.v_dim, partials.O(t_.split, row));
+      *partials.M(t_.split, row) = m_[r];
+      *partials.L(t_.split, row) = l_[r];
+    }
+  }
+
+  const Problem& p_;
+  const Schedule& s_;
+  const Task& t_;
+  std::vector<RowRef<T>>& rows_;
+  D d_;
+  std::int64_t n_ = 0, br_ = 0, rp_ = 0, dvp_ = 0;
+  bool k_unit_ = true, v_unit_ = true;
+  T *qt_ = nullptr, *st_ = nullptr, *o_ = nullptr, *m_ = nullptr, *l_ = nullptr, *alpha_ = nullptr,
+    *k_pack_ = nullptr, *v_pack_ = nullptr;
+};
+
+// Combines the key chunks of every row in split order: M = max_s m_s, L = Σ_s l_s·2^(m_s - M),
+// out = Σ_s O_s·2^(m_s - M) / L, lse = M·ln 2 + ln L.
+template <typename T>
+void MergePartials(const Problem& p, const Schedule& s, const Partials<T>& partials) {
+  const std::int64_t rows = p.batch * p.heads * p.q_len;
+  const std::int64_t per_task = 256;
+  ParallelFor((rows + per_task - 1) / per_task, s.threads, [&](std::int64_t task, int) {
+    std::vector<double> acc(static_cast<std::size_t>(p.v_dim));
+    const std::int64_t end = std::min(rows, (task + 1) * per_task);
+    for (std::int64_t row = task * per_task; row < end; ++row) {
+      const std::int64_t i = row % p.q_len, h = (row / p.q_len) % p.heads,
+                         b = row / (p.q_len * p.heads);
+      double big_m = -std::numeric_limits<double>::infinity();
+      for (std::int64_t split = 0; split < s.kv_splits; ++split) {
+        big_m = std::max(big_m, static_cast<double>(*partials.M(split, row)));
+      }
+      T* out = internal::As<T>(p.out).Row(b, h, i);
+      const std::int64_t os = p.out.stride[3];
+      const bool empty = big_m == -std::numeric_limits<double>::infinity();
+      double big_l = 0;
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (std::int64_t split = 0; split < s.kv_splits && !empty; ++split) {
+        const double m = static_cast<double>(*partials.M(split, row));
+        if (m == -std::numeric_limits<double>::infinity()) continue;
+        const double w = std::exp2(m - big_m);
+        big_l += w * static_cast<double>(*partials.L(split, row));
+        const T* o = partials.O(split, row);
+        for (std::int64_t x = 0; x < p.v_dim; ++x)
+          acc[static_cast<std::size_t>(x)] += w * static_cast<double>(o[x]);
+      }
+      for (std::int64_t x = 0; x < p.v_dim; ++x) {
+        out[x * os] = empty ? T(0) : static_cast<T>(acc[static_cast<std::size_t>(x)] / big_l);
+      }
+      if (p.lse.data != nullptr) {
+        *internal::As<T>(p.lse).Row(b, h, i) =
+            static_cast<T>(empty ? big_m : big_m * kLn2 + std::log(big_l));
+      }
+    }
+  });
+}
+
+template <typename T>
+void RunForwardTyped(const Problem& p, const Schedule& s) {
+  Partials<T> partials;
+  if (s.split()) partials.Allocate(s.kv_splits, p.batch * p.heads * p.q_len, p.v_dim);
+  ParallelFor(static_cast<std::int64_t>(s.tasks.size()), s.threads, [&](std::int64_t index, int) {
+    static thread_local Arena<T> arena;
+    static thread_local std::vector<RowRef<T>> rows;
+    ForwardTask<T> task(p, s, s.tasks[static_cast<std::size_t>(index)], arena, rows);
+    task.Run(s.split() ? &partials : nullptr);
+  });
+  if (s.split()) MergePartials(p, s, partials);
+}
+
+// y[i] = Exp2(x[i]) for n values (whole vectors plus a scalar tail), so tests can measure the
+// accuracy of exactly the exp2 the kernel uses, on every target.
+template <typename T>
+void Exp2Array(const T* x, T* y, std::int64_t n) {
+  const hn::ScalableTag<T> d;
+  const std::int64_t lanes = static_cast<std::int64_t>(hn::Lanes(d));
+  std::int64_t i = 0;
+  for (; i + lanes <= n; i += lanes) hn::StoreU(Exp2(d, hn::LoadU(d, x + i)), d, y + i);
+  const hn::CappedTag<T, 1> d1;
+  for (; i < n; ++i) hn::StoreU(Exp2(d1, hn::LoadU(d1, x + i)), d1, y + i);
+}
+inline void Exp2ArrayF32(const float* x, float* y, std::int64_t n) { Exp2Array(x, y, n); }
+inline void Exp2ArrayF64(const double* x, double* y, std::int64_t n) { Exp2Array(x, y, n); }
+
+// The per-target entry point (HWY_EXPORT-ed by forward.cc).
+inline void RunForward(const Problem& p, const Schedule& s) {
+  if (p.dtype == DType::kFloat64) {
+    RunForwardTyped<double>(p, s);
+  } else {
+    RunForwardTyped<float>(p, s);
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace sdpa::cpu
+HWY_AFTER_NAMESPACE();
+
+#endif  // SDPA_CPU_FORWARD_INL_H_

@@ -1,0 +1,49 @@
+#include "cpu/forward.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "cpu/forward.cc"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+#include "cpu/forward-inl.h"
+
+#if HWY_ONCE
+#include "cpu/simd.h"
+
+namespace sdpa::cpu {
+
+HWY_EXPORT(RunForward);
+HWY_EXPORT(Exp2ArrayF32);
+HWY_EXPORT(Exp2ArrayF64);
+
+void Exp2Array(const float* x, float* y, std::int64_t n) {
+  ApplySimdTargetFromEnvironment();
+  HWY_DYNAMIC_DISPATCH(Exp2ArrayF32)(x, y, n);
+}
+void Exp2Array(const double* x, double* y, std::int64_t n) {
+  ApplySimdTargetFromEnvironment();
+  HWY_DYNAMIC_DISPATCH(Exp2ArrayF64)(x, y, n);
+}
+
+Plan ExplainForward(const internal::Problem& problem, int threads) {
+  const Schedule schedule = MakeSchedule(problem, threads);
+  Plan plan;
+  plan.backend = Backend::kCpu;
+  plan.path = schedule.split() ? "split_kv" : "tiled";
+  plan.simd_target = ActiveSimdTarget();
+  plan.q_tile = schedule.q_tile;
+  plan.kv_tile = schedule.kv_tile;
+  plan.kv_splits = schedule.kv_splits;
+  plan.threads = schedule.threads;
+  plan.reason = schedule.reason;
+  return plan;
+}
+
+void Forward(const internal::Problem& problem, int threads) {
+  ApplySimdTargetFromEnvironment();
+  const Schedule schedule = MakeSchedule(problem, threads);
+  HWY_DYNAMIC_DISPATCH(RunForward)(problem, schedule);
+}
+
+}  // namespace sdpa::cpu
+#endif  // HWY_ONCE

@@ -1,0 +1,22 @@
+// The CPU engine's forward pass: schedule, then the tiled kernel on the active SIMD target.
+#pragma once
+
+#include <cstdint>
+
+#include "api/problem.h"
+#include "cpu/schedule.h"
+#include "sdpa/attention.h"
+
+namespace sdpa::cpu {
+
+// The schedule and SIMD target a problem would run with, as a user-facing plan.
+Plan ExplainForward(const internal::Problem& problem, int threads);
+
+// Computes problem.out (and lse) for a validated problem with `threads` threads.
+void Forward(const internal::Problem& problem, int threads);
+
+// y[i] = 2^x[i] with the kernel's exp2 on the active SIMD target (for accuracy tests).
+void Exp2Array(const float* x, float* y, std::int64_t n);
+void Exp2Array(const double* x, double* y, std::int64_t n);
+
+}  // namespace sdpa::cpu

@@ -1,0 +1,153 @@
+// The two register-tiled micro-kernels of the forward pass: kRows × 2 vectors of accumulators.
+//
+// With kRows = 6 that is 12 accumulators + 2 loaded vectors + 1 broadcast = 15 registers, which
+// fits AVX2's 16 and runs at ~100% of the FMA peak when its operands sit in L1 (ENGINE-NOTES.md:
+// 12×8 and 3×32 shapes were load- or latency-bound at 40-80%). The 12 independent chains cover
+// the 4-cycle FMA latency. Accumulators are named variables, not an array: GCC 12 kept an
+// `acc[6][2]` array on the stack (29-35 instead of 97 GFLOP/s).
+//
+// Both kernels compute C[kRows][2N] (+)= A[kRows][depth] · B[depth][2N] where A is read as
+// broadcast scalars and B as two vectors per step:
+//   ScoreMicroTile: A = K rows (keys), B = a packed Qᵀ panel; C = a block of Sᵀ.
+//   PvMicroTile:    A = Pᵀ columns (query rows), B = V rows; C = a block of O, rescaled by α on
+//                   load (the FlashAttention-2 rescale fused into the accumulator load).
+
+#if defined(SDPA_CPU_MICRO_KERNELS_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef SDPA_CPU_MICRO_KERNELS_INL_H_
+#undef SDPA_CPU_MICRO_KERNELS_INL_H_
+#else
+#define SDPA_CPU_MICRO_KERNELS_INL_H_
+#endif
+
+#include <hwy/highway.h>
+
+#include <cstdint>
+
+HWY_BEFORE_NAMESPACE();
+namespace sdpa::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+inline constexpr int kMicroRows = 6;
+
+// Applies STEP(row) for rows 0..kRows-1, each guarded at compile time.
+#define SDPA_FOR_ROWS(STEP)  \
+  STEP(0)                    \
+  if constexpr (kRows > 1) { \
+    STEP(1)                  \
+  }                          \
+  if constexpr (kRows > 2) { \
+    STEP(2)                  \
+  }                          \
+  if constexpr (kRows > 3) { \
+    STEP(3)                  \
+  }                          \
+  if constexpr (kRows > 4) { \
+    STEP(4)                  \
+  }                          \
+  if constexpr (kRows > 5) { \
+    STEP(5)                  \
+  }
+
+// Sᵀ[c][0..2N) = Σ_k K[c][k] · Qᵀ[k][0..2N) for the kRows keys c at k_rows + c·ldk.
+//   qt_panel [depth][2N] (aligned), st [kRows][ldst] (aligned rows).
+template <int kRows, class D, typename T = hn::TFromD<D>>
+HWY_INLINE void ScoreMicroTile(D d, const T* HWY_RESTRICT qt_panel, std::int64_t depth,
+                               const T* HWY_RESTRICT k_rows, std::int64_t ldk, T* HWY_RESTRICT st,
+                               std::int64_t ldst) {
+  static_assert(kRows >= 1 && kRows <= kMicroRows, "micro-tile rows");
+  const std::int64_t n = static_cast<std::int64_t>(hn::Lanes(d));
+  using V = hn::Vec<D>;
+  V c00 = hn::Zero(d), c01 = hn::Zero(d), c10 = hn::Zero(d), c11 = hn::Zero(d);
+  V c20 = hn::Zero(d), c21 = hn::Zero(d), c30 = hn::Zero(d), c31 = hn::Zero(d);
+  V c40 = hn::Zero(d), c41 = hn::Zero(d), c50 = hn::Zero(d), c51 = hn::Zero(d);
+  const T* k0 = k_rows;
+  const T* k1 = k0 + ldk;
+  const T* k2 = k1 + ldk;
+  const T* k3 = k2 + ldk;
+  const T* k4 = k3 + ldk;
+  const T* k5 = k4 + ldk;
+  for (std::int64_t k = 0; k < depth; ++k) {
+    const V b0 = hn::Load(d, qt_panel + k * 2 * n);
+    const V b1 = hn::Load(d, qt_panel + k * 2 * n + n);
+#define SDPA_SCORE_ROW(r)                 \
+  {                                       \
+    const V a = hn::Set(d, k##r[k]);      \
+    c##r##0 = hn::MulAdd(a, b0, c##r##0); \
+    c##r##1 = hn::MulAdd(a, b1, c##r##1); \
+  }
+    SDPA_FOR_ROWS(SDPA_SCORE_ROW)
+#undef SDPA_SCORE_ROW
+  }
+#define SDPA_STORE_ROW(r)               \
+  hn::Store(c##r##0, d, st + (r)*ldst); \
+  hn::Store(c##r##1, d, st + (r)*ldst + n);
+  SDPA_FOR_ROWS(SDPA_STORE_ROW)
+#undef SDPA_STORE_ROW
+}
+
+// O[r][0..2N) = α[r] · O[r][0..2N) + Σ_c Pᵀ[c][r] · V[c][0..2N) for the kRows query rows r.
+//   pt [keys][ldpt] (column r of Pᵀ is query row r), v [keys][ldv] (unaligned rows),
+//   alpha [kRows], o [kRows][ldo] (aligned rows).
+template <int kRows, class D, typename T = hn::TFromD<D>>
+HWY_INLINE void PvMicroTile(D d, const T* HWY_RESTRICT pt, std::int64_t ldpt, std::int64_t keys,
+                            const T* HWY_RESTRICT v, std::int64_t ldv, const T* HWY_RESTRICT alpha,
+                            T* HWY_RESTRICT o, std::int64_t ldo) {
+  static_assert(kRows >= 1 && kRows <= kMicroRows, "micro-tile rows");
+  const std::int64_t n = static_cast<std::int64_t>(hn::Lanes(d));
+  using V = hn::Vec<D>;
+  V c00 = hn::Zero(d), c01 = hn::Zero(d), c10 = hn::Zero(d), c11 = hn::Zero(d);
+  V c20 = hn::Zero(d), c21 = hn::Zero(d), c30 = hn::Zero(d), c31 = hn::Zero(d);
+  V c40 = hn::Zero(d), c41 = hn::Zero(d), c50 = hn::Zero(d), c51 = hn::Zero(d);
+#define SDPA_LOAD_ROW(r)                                \
+  {                                                     \
+    const V a = hn::Set(d, alpha[r]);                   \
+    c##r##0 = hn::Mul(hn::Load(d, o + (r)*ldo), a);     \
+    c##r##1 = hn::Mul(hn::Load(d, o + (r)*ldo + n), a); \
+  }
+  SDPA_FOR_ROWS(SDPA_LOAD_ROW)
+#undef SDPA_LOAD_ROW
+  for (std::int64_t c = 0; c < keys; ++c) {
+    const V b0 = hn::LoadU(d, v + c * ldv);
+    const V b1 = hn::LoadU(d, v + c * ldv + n);
+    const T* p = pt + c * ldpt;
+#define SDPA_PV_ROW(r)                    \
+  {                                       \
+    const V a = hn::Set(d, p[r]);         \
+    c##r##0 = hn::MulAdd(a, b0, c##r##0); \
+    c##r##1 = hn::MulAdd(a, b1, c##r##1); \
+  }
+    SDPA_FOR_ROWS(SDPA_PV_ROW)
+#undef SDPA_PV_ROW
+  }
+#define SDPA_STORE_ROW(r)             \
+  hn::Store(c##r##0, d, o + (r)*ldo); \
+  hn::Store(c##r##1, d, o + (r)*ldo + n);
+  SDPA_FOR_ROWS(SDPA_STORE_ROW)
+#undef SDPA_STORE_ROW
+}
+
+// Calls kernel.template operator()<R>() with R = min(rows, kMicroRows) known at compile time.
+template <class Kernel>
+HWY_INLINE void WithMicroRows(std::int64_t rows, const Kernel& kernel) {
+  switch (rows) {
+    case 1:
+      return kernel(std::integral_constant<int, 1>());
+    case 2:
+      return kernel(std::integral_constant<int, 2>());
+    case 3:
+      return kernel(std::integral_constant<int, 3>());
+    case 4:
+      return kernel(std::integral_constant<int, 4>());
+    case 5:
+      return kernel(std::integral_constant<int, 5>());
+    default:
+      return kernel(std::integral_constant<int, 6>());
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace sdpa::cpu
+HWY_AFTER_NAMESPACE();
+
+#endif  // SDPA_CPU_MICRO_KERNELS_INL_H_

@@ -1,0 +1,58 @@
+// Schedule: how one forward call is cut into tasks, and why. No SIMD code here.
+//
+// Rows. The query rows that share a kv head (a GQA group of G = heads / kv_heads heads) form one
+// list of G·Lq rows, ordered i-major: row r is query position i = r / G of head
+// h = kv_head·G + r % G. A task owns a contiguous range of at most q_tile rows, so K/V tiles are
+// loaded once for the whole group, and under causal masking the rows of a tile span few positions.
+//
+// Keys. A task streams its K/V range in kv_tile steps. When there are too few row tasks to keep
+// the cores busy (decode: Lq of 1-16, few heads), the keys are cut into kv_splits chunks, each
+// a task producing a partial (O, m, l) that a fixed-order merge combines (flash-decoding).
+//
+// Determinism: the tasks depend only on the problem's shape, never on the thread count, and
+// every task computes its rows in a fixed order; so results are bitwise identical for any number
+// of threads.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "api/problem.h"
+
+namespace sdpa::cpu {
+
+struct Task {
+  std::int64_t batch = 0, kv_head = 0;
+  std::int64_t row_begin = 0, row_end = 0;  // rows of the group list (see above)
+  std::int64_t kv_begin = 0, kv_end = 0;    // keys [kv_begin, kv_end)
+  std::int64_t split = 0;                   // index of the key chunk (0 when not split)
+  double cost = 0;                          // visible (row, key) pairs, for ordering
+};
+
+struct Schedule {
+  std::int64_t q_tile = 0;   // Br: rows per task
+  std::int64_t kv_tile = 0;  // Bc: keys per step
+  std::int64_t group = 1;    // G = heads / kv_heads
+  std::int64_t kv_splits = 1;
+  std::int64_t kv_chunk = 0;  // keys per split
+  std::vector<Task> tasks;    // heaviest first, so that all threads finish together
+  int threads = 1;
+  std::string reason;
+
+  bool split() const { return kv_splits > 1; }
+};
+
+// Tile sizes, as measured on the dev machine (ENGINE-NOTES.md): ~96 query rows by 128 keys keep
+// the per-thread working set (Qᵀ panel, Sᵀ tile, O accumulator, K/V tile) inside L2 for
+// head_dim <= 128 while K/V are reused across 96 rows.
+inline constexpr std::int64_t kQTile = 96;
+inline constexpr std::int64_t kKvTile = 128;
+// Below this many row tasks the keys are split (so 2-32 cores have work);
+inline constexpr std::int64_t kMinTasks = 32;
+// ...into chunks of at least this many keys (merge cost stays < 1%).
+inline constexpr std::int64_t kMinChunk = 512;
+
+Schedule MakeSchedule(const internal::Problem& problem, int threads);
+
+}  // namespace sdpa::cpu
