@@ -1,0 +1,42 @@
+"""sdpa: scaled dot-product attention on numpy arrays, computed by the sdpa C++ library.
+
+The seed's functions::
+
+    self_attention(Q, K, V)                 softmax(Q K^T / sqrt(d_k)) V
+    compute_qkv(X, W_q, W_k, W_v)           (X W_q, X W_k, X W_v)
+
+PyTorch's function, with its semantics, on numpy arrays (and DLPack tensors)::
+
+    scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                 is_causal=False, scale=None, enable_gqa=False)
+
+The engine in (batch, heads, seq, dim) layout, with both causal alignments and the log-sum-exp::
+
+    attention(query, key, value, *, mask=None, causal=None, scale=None, return_lse=False)
+    explain(query, key, value, *, mask=None, causal=None, scale=None)
+    set_num_threads(n), get_num_threads()
+
+Errors: ValueError for shapes and options (the message names the argument, the expected and the
+actual value), TypeError for dtypes.
+
+>>> import sdpa
+>>> sdpa.self_attention([[1, 0], [0, 1]], [[1, 0], [0, 1]], [[1, 2], [3, 4]]).round(6)
+array([[1.660477, 2.660477],
+       [2.339523, 3.339523]])
+"""
+
+from ._sdpa import __version__
+from ._attention import (attention, explain, get_num_threads, scaled_dot_product_attention,
+                         set_num_threads)
+from ._seed import compute_qkv, self_attention
+
+__all__ = [
+    "__version__",
+    "attention",
+    "compute_qkv",
+    "explain",
+    "get_num_threads",
+    "scaled_dot_product_attention",
+    "self_attention",
+    "set_num_threads",
+]

@@ -1,0 +1,182 @@
+"""The attention functions: PyTorch's scaled_dot_product_attention and the engine's attention()."""
+
+from . import _sdpa
+from ._arrays import as_mask, as_operand
+from ._broadcast import to_engine
+
+
+def _public(function):
+    """Shows the function as sdpa.<name> (help(), reprs, doctest discovery)."""
+    function.__module__ = "sdpa"
+    return function
+
+
+def _causal_name(causal):
+    if causal is None:
+        return "none"
+    if not isinstance(causal, str):
+        raise TypeError(
+            f"sdpa: causal is {causal!r} but must be None, 'top_left' or 'bottom_right' "
+            "(PyTorch's is_causal=True is 'top_left')"
+        )
+    return causal
+
+
+def _scale(scale):
+    return None if scale is None else float(scale)
+
+
+def _operands(query, key, value, mask):
+    q = as_operand("query", query)
+    k = as_operand("key", key)
+    v = as_operand("value", value)
+    m = None if mask is None else as_mask("mask", mask, q.dtype)
+    return q, k, v, m
+
+
+@_public
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                 is_causal=False, scale=None, enable_gqa=False):
+    """PyTorch's ``torch.nn.functional.scaled_dot_product_attention`` on numpy arrays.
+
+    ``out = softmax(scale * query @ key.T + bias) @ value`` for every batch index, with
+
+    - ``query`` ``(..., L, E)``, ``key`` ``(..., S, E)``, ``value`` ``(..., S, Ev)``; the leading
+      (batch) dims broadcast like numpy/PyTorch; the result is ``(..., L, Ev)``.
+    - ``attn_mask``: ``None``, bool (True = attend) or float (added to the scaled scores, ``-inf``
+      removes a key), broadcastable to ``(..., L, S)``.
+    - ``is_causal``: query ``i`` sees key ``j`` iff ``j <= i`` (top-left aligned, as in PyTorch).
+      Giving both ``attn_mask`` and ``is_causal=True`` is an error, as in PyTorch.
+    - ``scale``: default ``1 / sqrt(E)``.
+    - ``enable_gqa``: grouped-query attention on dim -3: key/value may have fewer heads than query
+      (a divisor); query head ``h`` uses kv head ``h // (Hq // Hkv)``. Without it, head counts
+      must be equal or 1, like any batch dim.
+    - ``dropout_p`` must be 0.0: dropout is not implemented yet (ValueError otherwise).
+
+    float32 in gives float32 out, float64 gives float64, ints and bools compute in float64.
+    A row that sees no key gives zeros (PyTorch 2.5+ does the same). Inputs are read in place
+    when their last dim is contiguous (views, broadcasts, slices of a packed QKV buffer); they are
+    never modified. Objects with ``__dlpack__`` (PyTorch CPU tensors) are accepted; the result is
+    always a numpy array.
+
+    Raises ValueError for shapes and options the library refuses (the message names the argument,
+    the expected and the actual value) and TypeError for unsupported dtypes.
+
+    >>> import numpy as np, sdpa
+    >>> rng = np.random.default_rng(0)
+    >>> q = rng.standard_normal((2, 8, 16, 32), dtype=np.float32)  # (batch, heads, L, E)
+    >>> k = rng.standard_normal((2, 2, 16, 32), dtype=np.float32)  # 2 kv heads serve 8
+    >>> v = rng.standard_normal((2, 2, 16, 32), dtype=np.float32)
+    >>> out = sdpa.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    >>> out.shape, out.dtype
+    ((2, 8, 16, 32), dtype('float32'))
+
+    Query row 0 sees only key 0, so it is value row 0 of its kv head (heads 4..7 use kv head 1):
+
+    >>> bool(np.allclose(out[:, 5, 0], v[:, 1, 0]))
+    True
+
+    A bool mask broadcast over batch and heads:
+
+    >>> keep = np.tril(np.ones((16, 16), dtype=bool))
+    >>> masked = sdpa.scaled_dot_product_attention(q, k, v, attn_mask=keep, enable_gqa=True)
+    >>> bool(np.allclose(masked, out))
+    True
+    """
+    if dropout_p != 0.0:
+        raise ValueError(
+            f"sdpa: dropout_p is {dropout_p} but must be 0.0; dropout is not implemented yet")
+    if attn_mask is not None and is_causal:
+        raise ValueError(
+            "sdpa: attn_mask is given and is_causal is True; PyTorch refuses this combination "
+            "too. Put the causal rule into attn_mask, or use "
+            "sdpa.attention(..., mask=..., causal='top_left')")
+    q, k, v, m = _operands(query, key, value, None)
+    m = None if attn_mask is None else as_mask("attn_mask", attn_mask, q.dtype)
+    q, k, v, m, out_shape = to_engine(q, k, v, m, bool(enable_gqa))
+    out = _sdpa.forward(q, k, v, m, "top_left" if is_causal else "none", _scale(scale), False)
+    return out.reshape(out_shape)
+
+
+@_public
+def attention(query, key, value, *, mask=None, causal=None, scale=None, return_lse=False):
+    """The engine's attention in ``(batch, heads, seq, dim)`` layout; returns ``out`` or
+    ``(out, lse)``.
+
+    - ``query`` ``(B, H, Lq, D)``, ``key`` ``(B, Hkv, Lkv, D)``, ``value`` ``(B, Hkv, Lkv, Dv)``,
+      all of one rank: 4, or 3 ``(heads, seq, dim)``, or 2 ``(seq, dim)``. No batch broadcasting
+      (use ``scaled_dot_product_attention`` for that). GQA/MQA: ``H % Hkv == 0``, query head ``h``
+      reads kv head ``h // (H // Hkv)``.
+    - ``mask``: bool (True = attend) or float (added to the scaled scores), broadcastable to
+      ``(B, H, Lq, Lkv)``.
+    - ``causal``: ``None``; ``"top_left"``: key ``j`` visible to query ``i`` iff ``j <= i``;
+      ``"bottom_right"``: iff ``j <= i + Lkv - Lq`` (the last query sees every key, as in
+      FlashAttention and KV-cache decoding). Combines with ``mask``.
+    - ``scale``: default ``1 / sqrt(D)``.
+    - ``return_lse``: also return the log-sum-exp of each row's scaled, masked scores,
+      shaped ``(B, H, Lq)`` (one rank below ``query``), in the query's dtype.
+
+    A row with no visible key gives ``out = 0`` and ``lse = -inf``. Dtype and layout rules are those
+    of ``scaled_dot_product_attention``.
+
+    >>> import numpy as np, sdpa
+    >>> q, k = np.zeros((2, 4)), np.zeros((3, 4))
+    >>> v = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    >>> out, lse = sdpa.attention(q, k, v, mask=[[True, True, False], [False, False, False]],
+    ...                           return_lse=True)
+    >>> out
+    array([[2., 3.],
+           [0., 0.]])
+    >>> print(lse.round(6))
+    [0.693147     -inf]
+
+    Bottom-right causal with fewer queries than keys (decoding with a KV cache): the last query
+    sees every key, the first sees all but the last one.
+
+    >>> out = sdpa.attention(np.zeros((2, 4)), k, v, causal="bottom_right")
+    >>> out
+    array([[2., 3.],
+           [3., 4.]])
+    """
+    q, k, v, m = _operands(query, key, value, mask)
+    return _sdpa.forward(q, k, v, m, _causal_name(causal), _scale(scale), bool(return_lse))
+
+
+@_public
+def explain(query, key, value, *, mask=None, causal=None, scale=None):
+    """What ``attention(query, key, value, ...)`` would do, as text: the backend, the kernel path,
+    its tiles, the SIMD target and the threads, with the reason for each choice. Validates like
+    ``attention`` (same errors). Setting ``SDPA_VERBOSE=1`` prints this for every call.
+
+    >>> import numpy as np, sdpa
+    >>> x = np.zeros((4, 8))
+    >>> print(sdpa.explain(x, x, x, causal="top_left"))  # doctest: +ELLIPSIS
+    sdpa plan: backend=... path=...
+    """
+    q, k, v, m = _operands(query, key, value, mask)
+    return _sdpa.explain(q, k, v, m, _causal_name(causal), _scale(scale))
+
+
+@_public
+def set_num_threads(n):
+    """Sets the threads the CPU engine uses; 0 (the default) means all hardware threads, or the
+    ``SDPA_NUM_THREADS`` environment variable when it is set. Results do not depend on it.
+
+    >>> import sdpa
+    >>> sdpa.set_num_threads(1)
+    >>> sdpa.get_num_threads()
+    1
+    >>> sdpa.set_num_threads(0)  # back to the default
+    """
+    _sdpa.set_num_threads(n)
+
+
+@_public
+def get_num_threads():
+    """The threads the CPU engine uses (see ``set_num_threads``); at least 1.
+
+    >>> import sdpa
+    >>> sdpa.get_num_threads() >= 1
+    True
+    """
+    return _sdpa.get_num_threads()

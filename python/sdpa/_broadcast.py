@@ -1,0 +1,161 @@
+"""PyTorch's batch broadcasting for scaled_dot_product_attention, mapped onto the library's
+[batch, heads, seq, dim] operands with views, not copies, wherever the strides allow.
+
+PyTorch's rule (torch.nn.functional.scaled_dot_product_attention):
+  query (*Nq, L, E), key (*Nk, S, E), value (*Nv, S, Ev)  ->  out (*N, L, Ev)
+  N = broadcast(Nq, Nk, Nv) with numpy's rule (right-aligned, size 1 stretches);
+  attn_mask broadcasts to (*N, L, S) without adding dimensions;
+  enable_gqa=True: dim -3 is the heads dim; key and value heads must divide the query heads and
+  query head h reads key/value head h // (Hq // Hk) (repeat_interleave); the dims before -3
+  broadcast as above.
+
+The library takes query/key/value of one rank 2..4 with equal batch, kv_heads dividing heads, and a
+mask with numpy broadcasting. So here:
+  1. the batch dims of query/key/value broadcast with np.broadcast_to (stride-0 views);
+  2. up to two batch dims, that already is the library's rank-2/3/4 form: nothing is reshaped and
+     the library's messages index the caller's dims; the mask goes as it is;
+  3. more batch dims are merged into two, (batch, heads), at a split where every operand's strides
+     allow a view (with GQA the split is before the heads dim); np.reshape copies only an operand
+     for which no split does.
+"""
+
+import math
+
+import numpy as np
+
+
+def _mismatch(name, index, size, other_name, other_index, other_size, hint=""):
+    return ValueError(
+        f"sdpa: {name}.shape[{index}] is {size} but {other_name}.shape[{other_index}] is "
+        f"{other_size}; batch dimensions must be equal or 1 to broadcast{hint}"
+    )
+
+
+def broadcast_batch(named_shapes, hint_last=""):
+    """numpy's broadcast of the batch shapes in `named_shapes` [(name, shape)], or ValueError
+    naming both arguments. `hint_last` is appended when the last batch dim conflicts."""
+    rank = max((len(shape) for _, shape in named_shapes), default=0)
+    result = []
+    for pos in range(-rank, 0):
+        size, owner = 1, None
+        for name, shape in named_shapes:
+            if -pos > len(shape) or shape[pos] == 1:
+                continue
+            if size == 1:
+                size, owner = shape[pos], (name, len(shape) + pos)
+            elif shape[pos] != size:
+                raise _mismatch(name, len(shape) + pos, shape[pos], owner[0], owner[1], size,
+                                hint_last if pos == -1 else "")
+        result.append(size)
+    return tuple(result)
+
+
+def _check_mask_batch(mask, batch):
+    """PyTorch broadcasts attn_mask into (*batch, L, S) without adding dims."""
+    mask_batch = mask.shape[:-2]
+    if len(mask_batch) > len(batch):
+        raise ValueError(
+            f"sdpa: attn_mask has rank {mask.ndim} but the attention scores have rank "
+            f"{len(batch) + 2} (shape {(*batch, 'L', 'S')}); attn_mask must broadcast to them "
+            "without adding dimensions"
+        )
+    for pos in range(-len(mask_batch), 0):
+        if mask_batch[pos] not in (1, batch[pos]):
+            raise ValueError(
+                f"sdpa: attn_mask.shape[{len(mask_batch) + pos}] is {mask_batch[pos]} but must be "
+                f"1 or {batch[pos]} to broadcast to the batch shape {batch}"
+            )
+
+
+def _repeat_heads(key, value, query_heads):
+    """PyTorch's GQA with different key and value head counts: both are repeated (copied) to
+    the least common multiple, after which one kv head serves the same query heads for both."""
+    key_heads, value_heads = key.shape[-3], value.shape[-3]
+    if (key_heads == 0 or value_heads == 0 or query_heads % key_heads
+            or query_heads % value_heads):
+        raise ValueError(
+            f"sdpa: key.shape[{key.ndim - 3}] (kv_heads) is {key_heads} and "
+            f"value.shape[{value.ndim - 3}] is {value_heads}; with enable_gqa=True each must divide "
+            f"the query heads, {query_heads}"
+        )
+    heads = math.lcm(key_heads, value_heads)
+    return (np.repeat(key, heads // key_heads, axis=-3),
+            np.repeat(value, heads // value_heads, axis=-3))
+
+
+def _mergeable(array, lo, hi):
+    """True when dims [lo, hi) of `array` can be merged into one strided dim (a view)."""
+    dims = [(array.shape[d], array.strides[d]) for d in range(lo, hi)]
+    if any(size == 0 for size, _ in dims):
+        return True
+    dims = [(size, stride) for size, stride in dims if size != 1]
+    return all(outer[1] == inner[0] * inner[1] for outer, inner in zip(dims, dims[1:]))
+
+
+def _split(arrays, batch_ndim, candidates):
+    """The first split p of the batch dims into [0, p) and [p, n) that keeps every array a view,
+    else the first candidate (np.reshape then copies where it must)."""
+    for p in candidates:
+        if all(_mergeable(a, 0, p) and _mergeable(a, p, batch_ndim) for a in arrays):
+            return p
+    return candidates[0]
+
+
+def _merge(array, batch_ndim, p):
+    shape = array.shape
+    return array.reshape((math.prod(shape[:p]), math.prod(shape[p:batch_ndim]))
+                         + shape[batch_ndim:])
+
+
+def to_engine(query, key, value, mask, enable_gqa):
+    """Operands for the library's forward() and the shape of the result.
+
+    query, key, value: arrays of rank >= 2; mask: None or an array. Returns
+    (query, key, value, mask, out_shape): operands of rank 2..4 and the caller's output shape.
+    """
+    for name, a in (("query", query), ("key", key), ("value", value)):
+        if a.ndim < 2:
+            raise ValueError(
+                f"sdpa: {name} has rank {a.ndim} but must have rank >= 2 (..., seq, dim)")
+
+    if enable_gqa:
+        for name, a in (("query", query), ("key", key), ("value", value)):
+            if a.ndim < 3:
+                raise ValueError(f"sdpa: enable_gqa=True needs a heads dimension at -3 but {name} "
+                                 f"has rank {a.ndim}")
+        if key.shape[-3] != value.shape[-3]:
+            key, value = _repeat_heads(key, value, query.shape[-3])
+        outer = broadcast_batch([("query", query.shape[:-3]), ("key", key.shape[:-3]),
+                                 ("value", value.shape[:-3])])
+        batch = outer + (query.shape[-3],)
+        kv_batch = outer + (key.shape[-3],)
+    else:
+        batch = broadcast_batch(
+            [("query", query.shape[:-2]), ("key", key.shape[:-2]), ("value", value.shape[:-2])],
+            hint_last=" (for grouped-query attention pass enable_gqa=True)")
+        kv_batch = batch
+    query = np.broadcast_to(query, batch + query.shape[-2:])
+    key = np.broadcast_to(key, kv_batch + key.shape[-2:])
+    value = np.broadcast_to(value, kv_batch + value.shape[-2:])
+    out_shape = batch + (query.shape[-2], value.shape[-1])
+
+    padded_mask = None
+    if mask is not None:
+        padded_mask = mask.reshape((1,) * (2 - mask.ndim) + mask.shape)
+        _check_mask_batch(padded_mask, batch)
+
+    n = len(batch)
+    if n <= 2:
+        if mask is not None and mask.ndim == 0:
+            mask = mask.reshape(1)
+        return query, key, value, mask, out_shape
+
+    if mask is not None:
+        mask = np.broadcast_to(padded_mask, batch + padded_mask.shape[-2:])
+    operands = [a for a in (query, key, value, mask) if a is not None]
+    candidates = [n - 1] if enable_gqa else [n - 1] + list(range(n - 2, -1, -1)) + [n]
+    p = _split(operands, n, candidates)
+    query, key, value = (_merge(a, n, p) for a in (query, key, value))
+    if mask is not None:
+        mask = _merge(mask, n, p)
+    return query, key, value, mask, out_shape

@@ -1,0 +1,198 @@
+// sdpa._sdpa: the nanobind extension behind the Python package.
+//
+// This file only converts types. An incoming array becomes an sdpa::TensorView that points into the
+// caller's memory (shape and element strides copied, no data copied); a result sdpa::Tensor is
+// moved into a capsule that owns it and handed to numpy without a copy. Every check and every
+// message about the arguments comes from the C++ library: sdpa::Error surfaces as ValueError and
+// sdpa::DTypeError as TypeError. The GIL is released while the library computes.
+//
+// The pure-Python layer (python/sdpa/) decides dtypes (ints -> float64, ...), copies arrays whose
+// layout the library cannot take, and maps PyTorch-style batch broadcasting to the library's
+// [batch, heads, seq, dim] form; the functions here are its private back end.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "sdpa/sdpa.h"
+
+namespace nb = nanobind;
+
+namespace {
+
+// Any CPU array, read-only access (read-only numpy arrays and broadcast views are accepted).
+using InArray = nb::ndarray<nb::ro, nb::device::cpu>;
+// A result handed to numpy; it owns its memory through a capsule.
+using OutArray = nb::ndarray<nb::numpy>;
+
+std::string DLPackDTypeName(nb::dlpack::dtype dtype) {
+  using Code = nb::dlpack::dtype_code;
+  const auto code = static_cast<Code>(dtype.code);
+  const std::string bits = std::to_string(dtype.bits);
+  if (code == Code::Bool) return "bool";
+  if (code == Code::Int) return "int" + bits;
+  if (code == Code::UInt) return "uint" + bits;
+  if (code == Code::Float) return "float" + bits;
+  if (code == Code::Bfloat) return "bfloat" + bits;
+  if (code == Code::Complex) return "complex" + bits;
+  return "DLPack type code " + std::to_string(dtype.code) + " (" + bits + " bits)";
+}
+
+sdpa::DType ToDType(const char* name, nb::dlpack::dtype dtype) {
+  if (dtype == nb::dtype<float>()) return sdpa::DType::kFloat32;
+  if (dtype == nb::dtype<double>()) return sdpa::DType::kFloat64;
+  if (dtype == nb::dtype<bool>()) return sdpa::DType::kBool;
+  throw sdpa::DTypeError(std::string("sdpa: ") + name + ".dtype is " + DLPackDTypeName(dtype) +
+                         " but must be float32, float64 or (for masks) bool");
+}
+
+// A view of `array`'s memory with its shape and element strides. Only arrays of more dimensions
+// than a Layout holds are refused here; everything else is the library's to check.
+sdpa::TensorView ToView(const char* name, const InArray& array) {
+  const sdpa::DType dtype = ToDType(name, array.dtype());
+  const std::size_t rank = array.ndim();
+  if (rank > static_cast<std::size_t>(sdpa::kMaxRank)) {
+    throw sdpa::Error(std::string("sdpa: ") + name + " has rank " + std::to_string(rank) +
+                      " but at most " + std::to_string(sdpa::kMaxRank) +
+                      " dimensions are supported");
+  }
+  sdpa::Layout layout;
+  layout.rank = static_cast<int>(rank);
+  for (std::size_t d = 0; d < rank; ++d) {
+    layout.shape[d] = static_cast<std::int64_t>(array.shape(d));
+    layout.strides[d] = array.stride(d);  // nanobind strides are in elements, like the library's
+  }
+  return sdpa::TensorView(array.data(), dtype, layout);
+}
+
+nb::dlpack::dtype ToDLPack(sdpa::DType dtype) {
+  switch (dtype) {
+    case sdpa::DType::kFloat32:
+      return nb::dtype<float>();
+    case sdpa::DType::kFloat64:
+      return nb::dtype<double>();
+    case sdpa::DType::kBool:
+      return nb::dtype<bool>();
+  }
+  return nb::dtype<double>();
+}
+
+// Moves `tensor` into a capsule-owned heap object and returns a numpy array over its memory.
+OutArray ToNumpy(sdpa::Tensor&& tensor) {
+  auto* owned = new sdpa::Tensor(std::move(tensor));
+  nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<sdpa::Tensor*>(p); });
+  std::size_t shape[sdpa::kMaxRank] = {0, 0, 0, 0};
+  for (int d = 0; d < owned->rank(); ++d) shape[d] = static_cast<std::size_t>(owned->dim(d));
+  return OutArray(owned->mutable_view().data, static_cast<std::size_t>(owned->rank()), shape, owner,
+                  /*strides=*/nullptr, ToDLPack(owned->dtype()));
+}
+
+sdpa::Causal ParseCausal(const std::string& causal) {
+  if (causal == "none") return sdpa::Causal::kNone;
+  if (causal == "top_left") return sdpa::Causal::kTopLeft;
+  if (causal == "bottom_right") return sdpa::Causal::kBottomRight;
+  throw sdpa::Error("sdpa: causal is '" + causal +
+                    "' but must be None, 'top_left' or 'bottom_right'");
+}
+
+sdpa::Options MakeOptions(const std::optional<InArray>& mask, const std::string& causal,
+                          std::optional<double> scale) {
+  sdpa::Options options;
+  options.scale = scale;
+  options.causal = ParseCausal(causal);
+  if (mask) options.mask = ToView("mask", *mask);
+  return options;
+}
+
+// out, or (out, lse) when return_lse.
+nb::object Forward(const InArray& query, const InArray& key, const InArray& value,
+                   const std::optional<InArray>& mask, const std::string& causal,
+                   std::optional<double> scale, bool return_lse) {
+  const sdpa::TensorView q = ToView("query", query), k = ToView("key", key),
+                         v = ToView("value", value);
+  const sdpa::Options options = MakeOptions(mask, causal, scale);
+  if (!return_lse) {
+    sdpa::Tensor out;
+    {
+      nb::gil_scoped_release release;
+      out = sdpa::Attention(q, k, v, options);
+    }
+    return nb::cast(ToNumpy(std::move(out)));
+  }
+  sdpa::AttentionResult result;
+  {
+    nb::gil_scoped_release release;
+    result = sdpa::AttentionWithLse(q, k, v, options);
+  }
+  return nb::make_tuple(ToNumpy(std::move(result.out)), ToNumpy(std::move(result.lse)));
+}
+
+std::string Explain(const InArray& query, const InArray& key, const InArray& value,
+                    const std::optional<InArray>& mask, const std::string& causal,
+                    std::optional<double> scale) {
+  return sdpa::Explain(ToView("query", query), ToView("key", key), ToView("value", value),
+                       MakeOptions(mask, causal, scale))
+      .ToString();
+}
+
+OutArray SelfAttention(const InArray& q_array, const InArray& k_array, const InArray& v_array) {
+  const sdpa::TensorView q = ToView("Q", q_array), k = ToView("K", k_array),
+                         v = ToView("V", v_array);
+  sdpa::Tensor out;
+  {
+    nb::gil_scoped_release release;
+    out = sdpa::self_attention(q, k, v);
+  }
+  return ToNumpy(std::move(out));
+}
+
+std::tuple<OutArray, OutArray, OutArray> ComputeQkv(const InArray& x, const InArray& w_q,
+                                                    const InArray& w_k, const InArray& w_v) {
+  const sdpa::TensorView x_view = ToView("X", x), wq = ToView("W_q", w_q), wk = ToView("W_k", w_k),
+                         wv = ToView("W_v", w_v);
+  sdpa::QKVTensors qkv;
+  {
+    nb::gil_scoped_release release;
+    qkv = sdpa::compute_qkv(x_view, wq, wk, wv);
+  }
+  return {ToNumpy(std::move(qkv.Q)), ToNumpy(std::move(qkv.K)), ToNumpy(std::move(qkv.V))};
+}
+
+}  // namespace
+
+NB_MODULE(_sdpa, m) {
+  m.doc() = "sdpa's C++ library, bound with nanobind. Use the functions of the `sdpa` package.";
+  m.attr("__version__") = SDPA_VERSION;
+
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const sdpa::DTypeError& e) {  // derives from sdpa::Error: catch it first
+      PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const sdpa::Error& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+
+  m.def("forward", &Forward, nb::arg("query"), nb::arg("key"), nb::arg("value"),
+        nb::arg("mask").none(), nb::arg("causal"), nb::arg("scale").none(), nb::arg("return_lse"),
+        "sdpa::Attention / AttentionWithLse on rank 2-4 arrays; returns out or (out, lse).");
+  m.def("explain", &Explain, nb::arg("query"), nb::arg("key"), nb::arg("value"),
+        nb::arg("mask").none(), nb::arg("causal"), nb::arg("scale").none(),
+        "sdpa::Explain(...).ToString(): the backend, path and threads a call would use.");
+  m.def("self_attention", &SelfAttention, nb::arg("Q"), nb::arg("K"), nb::arg("V"),
+        "sdpa::self_attention on rank-2 arrays.");
+  m.def("compute_qkv", &ComputeQkv, nb::arg("X"), nb::arg("W_q"), nb::arg("W_k"), nb::arg("W_v"),
+        "sdpa::compute_qkv on rank-2 arrays; returns (Q, K, V).");
+  m.def("set_num_threads", &sdpa::SetNumThreads, nb::arg("n"),
+        "sdpa::SetNumThreads: threads of the CPU engine; 0 = all hardware threads.");
+  m.def("get_num_threads", &sdpa::GetNumThreads, "sdpa::GetNumThreads.");
+}
