@@ -1,0 +1,100 @@
+// Reading and writing numpy's .npy files: the tensors `sdpa run` takes and returns.
+//
+// Format (numpy/lib/format.py, NEP 1): the magic "\x93NUMPY", a major and minor version byte,
+// the header length (uint16 LE in version 1.0, uint32 LE in 2.0 and 3.0), then the header: a
+// Python dict literal such as
+//   {'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }
+// padded with spaces to a multiple of 64 bytes and ended by '\n' (latin-1 in 1.0/2.0, UTF-8 in
+// 3.0), then the raw elements in C (row-major) or Fortran (column-major) order.
+//
+// What is supported: little-endian float32 ('<f4'), float64 ('<f8') and bool ('|b1'), any
+// rank up to 64, C or Fortran order. Everything else (big-endian, integers, complex, structured
+// dtypes, object arrays) is rejected with an NpyError naming what was found.
+//
+// Untrusted input: the reader never allocates more than the file holds. The header is at most
+// kMaxHeaderBytes, the element count must fit in int64 and the data bytes the header claims must
+// be present in the file before the buffer is allocated; bool bytes other than 0/1 are read as
+// true (never as an invalid C++ bool).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "sdpa/tensor.h"
+
+namespace sdpa::npy {
+
+// Any problem with a .npy file. The message is one line and does not start with "sdpa: "; the
+// caller adds the file name and the prefix.
+class NpyError : public std::runtime_error {
+ public:
+  explicit NpyError(const std::string& message) : std::runtime_error(message) {}
+};
+
+// numpy rejects headers larger than this by default (max_header_size); so do we.
+inline constexpr std::size_t kMaxHeaderBytes = 10000;
+// numpy's NPY_MAXDIMS.
+inline constexpr int kMaxNpyRank = 64;
+
+// What the header says.
+struct Header {
+  DType dtype = DType::kFloat32;
+  std::vector<std::int64_t> shape;  // every entry >= 0
+  bool fortran_order = false;
+  std::int64_t num_elements = 1;  // product of shape, checked to fit
+  std::size_t data_offset = 0;    // bytes from the start of the file to the first element
+  std::uint64_t data_bytes = 0;   // num_elements * element size, checked to fit
+};
+
+// Parses the preamble and header at the start of `bytes` (which may be the whole file or just
+// its first bytes). Throws NpyError if they are malformed or truncated, or the dtype is
+// unsupported. Does not look at the data.
+Header ParseHeader(const std::byte* bytes, std::size_t size);
+
+// An array read from a .npy file: owns its elements in file order.
+class Array {
+ public:
+  Array() = default;
+  Array(const Header& header, std::unique_ptr<std::byte[]> data);
+
+  DType dtype() const { return header_.dtype; }
+  const std::vector<std::int64_t>& shape() const { return header_.shape; }
+  bool fortran_order() const { return header_.fortran_order; }
+  std::int64_t num_elements() const { return header_.num_elements; }
+  const std::byte* data() const { return data_.get(); }
+
+  // The elements as a view in the array's logical index order, without copying: C-ordered
+  // arrays get row-major strides, Fortran-ordered arrays column-major ones. Throws NpyError if
+  // the rank is above sdpa::kMaxRank.
+  TensorView view() const;
+
+ private:
+  Header header_;
+  std::unique_ptr<std::byte[]> data_;
+};
+
+// Parses a whole .npy file held in memory (used by the fuzzer and the tests). Trailing bytes
+// after the data are ignored, as numpy.load does.
+Array ParseNpy(const std::byte* bytes, std::size_t size);
+
+// Reads a .npy file. Throws NpyError (not found, unreadable, malformed, unsupported) with a
+// message that does not include the path.
+Array ReadNpy(const std::string& path);
+
+// The preamble and header (version 1.0) of a C-ordered array, padded to 64 bytes.
+std::string EncodeHeader(DType dtype, const std::vector<std::int64_t>& shape);
+
+// Writes `view` (any strides, rank <= 4) as a C-ordered .npy file, in pieces handed to `sink`
+// (header first, then one row of the last dimension at a time), so that a large output is
+// never copied whole.
+void WriteNpy(const TensorView& view, const std::function<void(const void*, std::size_t)>& sink);
+
+// The complete .npy file for `view`, in memory (tests and the fuzzer).
+std::vector<std::byte> EncodeNpy(const TensorView& view);
+
+}  // namespace sdpa::npy
