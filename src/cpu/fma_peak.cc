@@ -19,8 +19,11 @@ namespace hn = hwy::HWY_NAMESPACE;
 double FmaChains(std::int64_t iterations, float seed, float* sink) {
   const hn::ScalableTag<float> d;
   const auto a = hn::Set(d, 0.999999f), b = hn::Set(d, seed * 1e-7f);
-  auto c0 = hn::Set(d, seed), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
-  auto c6 = c0, c7 = c0, c8 = c0, c9 = c0, c10 = c0, c11 = c0;
+  // Distinct starting values: identical chains would be merged by the compiler.
+  auto c0 = hn::Set(d, seed), c1 = hn::Set(d, seed + 1), c2 = hn::Set(d, seed + 2);
+  auto c3 = hn::Set(d, seed + 3), c4 = hn::Set(d, seed + 4), c5 = hn::Set(d, seed + 5);
+  auto c6 = hn::Set(d, seed + 6), c7 = hn::Set(d, seed + 7), c8 = hn::Set(d, seed + 8);
+  auto c9 = hn::Set(d, seed + 9), c10 = hn::Set(d, seed + 10), c11 = hn::Set(d, seed + 11);
   for (std::int64_t i = 0; i < iterations; ++i) {
     c0 = hn::MulAdd(c0, a, b);
     c1 = hn::MulAdd(c1, a, b);

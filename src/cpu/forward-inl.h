@@ -117,26 +117,33 @@ class ForwardTask {
     br_ = t.row_end - t.row_begin;
     rp_ = RoundUp(br_, 2 * n_);
     dvp_ = RoundUp(p.v_dim, 2 * n_);
-    k_unit_ = p.k.stride[3] == 1;
+    dot_form_ = br_ < n_;
+    dp_ = dot_form_ ? RoundUp(p.head_dim, n_) : p.head_dim;
+    k_unit_ = p.k.stride[3] == 1 && dp_ == p.head_dim;
     v_unit_ = p.v.stride[3] == 1 && p.v_dim % (2 * n_) == 0;
-    arena.Reset(Arena<T>::Footprint(rp_ * p.head_dim) + Arena<T>::Footprint(s.kv_tile * rp_) +
+    arena.Reset(Arena<T>::Footprint(rp_ * dp_) + Arena<T>::Footprint(s.kv_tile * rp_) +
                 Arena<T>::Footprint(rp_ * dvp_) + 3 * Arena<T>::Footprint(rp_) +
-                (k_unit_ ? 0 : Arena<T>::Footprint(s.kv_tile * p.head_dim)) +
+                (k_unit_ ? 0 : Arena<T>::Footprint(s.kv_tile * dp_)) +
                 (v_unit_ ? 0 : Arena<T>::Footprint(s.kv_tile * dvp_)));
-    qt_ = arena.Take(rp_ * p.head_dim);
+    qt_ = arena.Take(rp_ * dp_);
     st_ = arena.Take(s.kv_tile * rp_);
     o_ = arena.Take(rp_ * dvp_);
     m_ = arena.Take(rp_);
     l_ = arena.Take(rp_);
     alpha_ = arena.Take(rp_);
-    k_pack_ = k_unit_ ? nullptr : arena.Take(s.kv_tile * p.head_dim);
+    k_pack_ = k_unit_ ? nullptr : arena.Take(s.kv_tile * dp_);
     v_pack_ = v_unit_ ? nullptr : arena.Take(s.kv_tile * dvp_);
   }
 
   // The tile loop: stream the visible K/V tiles of the task's key range through the rows.
   void Run(Partials<T>* partials) {
     DescribeRows();
-    PackQueries();
+    if (dot_form_) {
+      PackQueryRows();
+      std::fill(st_, st_ + s_.kv_tile * rp_, T(0));  // padded rows stay finite
+    } else {
+      PackQueries();
+    }
     std::fill(o_, o_ + rp_ * dvp_, T(0));
     std::fill(m_, m_ + rp_, -std::numeric_limits<T>::infinity());
     std::fill(l_, l_ + rp_, T(0));
@@ -150,9 +157,13 @@ class ForwardTask {
       const bool partial = p_.mask_kind != MaskKind::kNone || j0 + keys > all_visible_end;
       const T* k = KeyTile(j0, keys);
       const T* v = ValueTile(j0, keys);
-      const std::int64_t ldk = k_unit_ ? p_.k.stride[2] : p_.head_dim;
+      const std::int64_t ldk = k_unit_ ? p_.k.stride[2] : dp_;
       const std::int64_t ldv = v_unit_ ? p_.v.stride[2] : dvp_;
-      ScoreTile(k, ldk, keys);
+      if (dot_form_) {
+        ScoreTileByDots(k, ldk, keys);
+      } else {
+        ScoreTile(k, ldk, keys);
+      }
       if (partial) ApplyMask(j0, keys);
       OnlineSoftmaxUpdate(keys);
       // 0 · NaN = NaN: a masked key whose V row is not finite would poison rows that may not
@@ -206,14 +217,26 @@ class ForwardTask {
     }
   }
 
+  // Query rows for the dot form: q[r][k] · scale · log2(e) in rows of Dp (zero-padded).
+  void PackQueryRows() {
+    const T factor = static_cast<T>(p_.scale * kLog2e);
+    const std::int64_t qs = p_.q.stride[3];
+    std::fill(qt_, qt_ + br_ * dp_, T(0));
+    for (std::int64_t r = 0; r < br_; ++r) {
+      const T* q = rows_[static_cast<std::size_t>(r)].q;
+      for (std::int64_t k = 0; k < p_.head_dim; ++k) qt_[r * dp_ + k] = q[k * qs] * factor;
+    }
+  }
+
   // K rows of the tile with unit element stride: in place, or packed when strided.
   const T* KeyTile(std::int64_t j0, std::int64_t keys) {
     const T* k = internal::As<T>(p_.k).Row(t_.batch, t_.kv_head, j0);
     if (k_unit_) return k;
     for (std::int64_t c = 0; c < keys; ++c) {
-      for (std::int64_t x = 0; x < p_.head_dim; ++x) {
-        k_pack_[c * p_.head_dim + x] = k[c * p_.k.stride[2] + x * p_.k.stride[3]];
-      }
+      T* dst = k_pack_ + c * dp_;
+      for (std::int64_t x = 0; x < p_.head_dim; ++x)
+        dst[x] = k[c * p_.k.stride[2] + x * p_.k.stride[3]];
+      std::fill(dst + p_.head_dim, dst + dp_, T(0));
     }
     return k_pack_;
   }
@@ -241,6 +264,39 @@ class ForwardTask {
           ScoreMicroTile<decltype(rows)::value>(d_, qt_panel, depth, k + c * ldk, ldk,
                                                 st_ + c * rp_ + panel * width, rp_);
         });
+      }
+    }
+  }
+
+  // The same Sᵀ for a task with fewer rows than vector lanes (decode): padding the rows to a
+  // 2N-wide panel would waste most lanes (31 of 32 for one row on AVX-512), so each score is a
+  // dot product over D instead, 4 keys at a time, reduced across lanes. K is read once, in
+  // full vectors, which is what the memory-bound decode needs.
+  void ScoreTileByDots(const T* k, std::int64_t ldk, std::int64_t keys) {
+    for (std::int64_t r = 0; r < br_; ++r) {
+      const T* q = qt_ + r * dp_;
+      std::int64_t c = 0;
+      for (; c + 4 <= keys; c += 4) {
+        const T* k0 = k + c * ldk;
+        V a0 = hn::Zero(d_), a1 = hn::Zero(d_), a2 = hn::Zero(d_), a3 = hn::Zero(d_);
+        for (std::int64_t x = 0; x < dp_; x += n_) {
+          const V qv = hn::Load(d_, q + x);
+          a0 = hn::MulAdd(qv, hn::LoadU(d_, k0 + x), a0);
+          a1 = hn::MulAdd(qv, hn::LoadU(d_, k0 + ldk + x), a1);
+          a2 = hn::MulAdd(qv, hn::LoadU(d_, k0 + 2 * ldk + x), a2);
+          a3 = hn::MulAdd(qv, hn::LoadU(d_, k0 + 3 * ldk + x), a3);
+        }
+        st_[c * rp_ + r] = hn::GetLane(hn::SumOfLanes(d_, a0));
+        st_[(c + 1) * rp_ + r] = hn::GetLane(hn::SumOfLanes(d_, a1));
+        st_[(c + 2) * rp_ + r] = hn::GetLane(hn::SumOfLanes(d_, a2));
+        st_[(c + 3) * rp_ + r] = hn::GetLane(hn::SumOfLanes(d_, a3));
+      }
+      for (; c < keys; ++c) {
+        V a = hn::Zero(d_);
+        for (std::int64_t x = 0; x < dp_; x += n_) {
+          a = hn::MulAdd(hn::Load(d_, q + x), hn::LoadU(d_, k + c * ldk + x), a);
+        }
+        st_[c * rp_ + r] = hn::GetLane(hn::SumOfLanes(d_, a));
       }
     }
   }
@@ -276,7 +332,7 @@ class ForwardTask {
   // Rows with no visible score yet keep m = -inf and subtract 0 instead (avoiding -inf - -inf).
   void OnlineSoftmaxUpdate(std::int64_t keys) {
     const V neg_inf = hn::Set(d_, -std::numeric_limits<T>::infinity());
-    for (std::int64_t x = 0; x < rp_; x += n_) {
+    for (std::int64_t x = 0; x < br_; x += n_) {
       const V m_old = hn::Load(d_, m_ + x);
       V m_new = m_old;
       for (std::int64_t c = 0; c < keys; ++c)
@@ -297,8 +353,21 @@ class ForwardTask {
     }
   }
 
-  // O[r] = α[r]·O[r] + Σ_c P[r][c]·V[c] over the task's rows, in micro-tiles of 6 rows × 2N.
+  // O[r] = α[r]·O[r] + Σ_c P[r][c]·V[c] over the task's rows, in micro-tiles of 6 rows × 2N
+  // (or, for the few rows of the dot form, one row at a time across up to 8 vectors of Dv).
   void AccumulatePv(const T* v, std::int64_t ldv, std::int64_t keys) {
+    if (dot_form_) {
+      const std::int64_t vectors = (p_.v_dim + n_ - 1) / n_;
+      for (std::int64_t r = 0; r < br_; ++r) {
+        for (std::int64_t x = 0; x < vectors; x += 8) {
+          WithRowVectors(vectors - x, [&](auto count) {
+            PvRowKernel<decltype(count)::value>(d_, st_ + r, rp_, keys, v + x * n_, ldv, alpha_[r],
+                                                o_ + r * dvp_ + x * n_);
+          });
+        }
+      }
+      return;
+    }
     const std::int64_t width = 2 * n_;
     for (std::int64_t col = 0; col < p_.v_dim; col += width) {
       for (std::int64_t r = 0; r < br_; r += kMicroRows) {
@@ -377,7 +446,8 @@ class ForwardTask {
   const Task& t_;
   std::vector<RowRef<T>>& rows_;
   D d_;
-  std::int64_t n_ = 0, br_ = 0, rp_ = 0, dvp_ = 0;
+  std::int64_t n_ = 0, br_ = 0, rp_ = 0, dp_ = 0, dvp_ = 0;
+  bool dot_form_ = false;  // few rows: scores as dot products (ScoreTileByDots)
   bool k_unit_ = true, v_unit_ = true;
   T *qt_ = nullptr, *st_ = nullptr, *o_ = nullptr, *m_ = nullptr, *l_ = nullptr, *alpha_ = nullptr,
     *k_pack_ = nullptr, *v_pack_ = nullptr;

@@ -127,6 +127,81 @@ HWY_INLINE void PvMicroTile(D d, const T* HWY_RESTRICT pt, std::int64_t ldpt, st
 #undef SDPA_STORE_ROW
 }
 
+// O[0..kVecs·N) = α · O + Σ_c P[c] · V[c][0..kVecs·N) for a single query row: the P·V product
+// of decode, where one row has no 6-row micro-tile to fill. kVecs independent accumulators (up
+// to 8) keep the FMA units busy despite the 4-cycle latency.
+//   p: P of the row for each key, at p[c·ldp]; v [keys][ldv] (unaligned rows); o aligned.
+template <int kVecs, class D, typename T = hn::TFromD<D>>
+HWY_INLINE void PvRowKernel(D d, const T* HWY_RESTRICT p, std::int64_t ldp, std::int64_t keys,
+                            const T* HWY_RESTRICT v, std::int64_t ldv, T alpha, T* HWY_RESTRICT o) {
+  static_assert(kVecs >= 1 && kVecs <= 8, "vectors per row kernel");
+  const std::int64_t n = static_cast<std::int64_t>(hn::Lanes(d));
+  using V = hn::Vec<D>;
+  const V a = hn::Set(d, alpha);
+  V c0 = hn::Mul(hn::Load(d, o), a), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+#define SDPA_FOR_VECS(STEP)  \
+  if constexpr (kVecs > 1) { \
+    STEP(1)                  \
+  }                          \
+  if constexpr (kVecs > 2) { \
+    STEP(2)                  \
+  }                          \
+  if constexpr (kVecs > 3) { \
+    STEP(3)                  \
+  }                          \
+  if constexpr (kVecs > 4) { \
+    STEP(4)                  \
+  }                          \
+  if constexpr (kVecs > 5) { \
+    STEP(5)                  \
+  }                          \
+  if constexpr (kVecs > 6) { \
+    STEP(6)                  \
+  }                          \
+  if constexpr (kVecs > 7) { \
+    STEP(7)                  \
+  }
+#define SDPA_LOAD_VEC(x) c##x = hn::Mul(hn::Load(d, o + (x)*n), a);
+  SDPA_FOR_VECS(SDPA_LOAD_VEC)
+#undef SDPA_LOAD_VEC
+  for (std::int64_t c = 0; c < keys; ++c) {
+    const V w = hn::Set(d, p[c * ldp]);
+    const T* row = v + c * ldv;
+    c0 = hn::MulAdd(w, hn::LoadU(d, row), c0);
+#define SDPA_FMA_VEC(x) c##x = hn::MulAdd(w, hn::LoadU(d, row + (x)*n), c##x);
+    SDPA_FOR_VECS(SDPA_FMA_VEC)
+#undef SDPA_FMA_VEC
+  }
+  hn::Store(c0, d, o);
+#define SDPA_STORE_VEC(x) hn::Store(c##x, d, o + (x)*n);
+  SDPA_FOR_VECS(SDPA_STORE_VEC)
+#undef SDPA_STORE_VEC
+#undef SDPA_FOR_VECS
+}
+
+// Calls kernel(std::integral_constant<int, V>()) with V = min(vectors, 8).
+template <class Kernel>
+HWY_INLINE void WithRowVectors(std::int64_t vectors, const Kernel& kernel) {
+  switch (vectors) {
+    case 1:
+      return kernel(std::integral_constant<int, 1>());
+    case 2:
+      return kernel(std::integral_constant<int, 2>());
+    case 3:
+      return kernel(std::integral_constant<int, 3>());
+    case 4:
+      return kernel(std::integral_constant<int, 4>());
+    case 5:
+      return kernel(std::integral_constant<int, 5>());
+    case 6:
+      return kernel(std::integral_constant<int, 6>());
+    case 7:
+      return kernel(std::integral_constant<int, 7>());
+    default:
+      return kernel(std::integral_constant<int, 8>());
+  }
+}
+
 // Calls kernel.template operator()<R>() with R = min(rows, kMicroRows) known at compile time.
 template <class Kernel>
 HWY_INLINE void WithMicroRows(std::int64_t rows, const Kernel& kernel) {
