@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import sdpa
-from conftest import assert_close, reference_attention
+from sdpa_reference import assert_close, reference_attention
 
 
 @dataclass

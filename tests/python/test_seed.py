@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import sdpa
-from conftest import assert_close, reference_attention
+from sdpa_reference import assert_close, reference_attention
 
 SEED_OUTPUT = [[1.660477, 2.660477], [2.339523, 3.339523]]
 
