@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what building and testing sdpa needs, and nothing that is already there:
+#   Debian packages (apt-get): Highway, GoogleTest, Google Benchmark, clang/clang-format (lint and
+#   fuzzing); Python packages (pip): numpy, pytest, nanobind, scikit-build-core.
+# Usage: scripts/setup.sh [--minimal]   (--minimal: only what the library and CLI need)
+set -euo pipefail
+
+minimal=0
+[[ "${1:-}" == "--minimal" ]] && minimal=1
+
+debs=(cmake ninja-build g++ libhwy-dev)
+if [[ $minimal == 0 ]]; then
+  debs+=(libgtest-dev libbenchmark-dev clang clang-format libclang-rt-14-dev)
+fi
+# cmake and ninja may come from pip instead of Debian; a working command is enough.
+missing=()
+for deb in "${debs[@]}"; do
+  case "$deb" in
+    cmake | ninja-build) command -v "${deb%-build}" > /dev/null && continue ;;
+    g++) command -v g++ > /dev/null && continue ;;
+  esac
+  dpkg-query -W -f='${Status}' "$deb" 2> /dev/null | grep -q "install ok installed" || missing+=("$deb")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}" >&2
+  sudo_cmd=()
+  [[ $(id -u) != 0 ]] && sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" > /dev/null
+fi
+
+python=${PYTHON:-python3}
+pips=()
+"$python" -c "import numpy" 2> /dev/null || pips+=(numpy)
+if [[ $minimal == 0 ]]; then
+  "$python" -c "import pytest" 2> /dev/null || pips+=(pytest)
+  "$python" -c "import nanobind" 2> /dev/null || pips+=(nanobind)
+  "$python" -c "import scikit_build_core" 2> /dev/null || pips+=(scikit-build-core)
+fi
+if ((${#pips[@]})); then
+  echo "setup: installing Python packages: ${pips[*]}" >&2
+  "$python" -m pip install -q "${pips[@]}"
+fi
