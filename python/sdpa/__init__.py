@@ -12,8 +12,9 @@ PyTorch's function, with its semantics, on numpy arrays (and DLPack tensors)::
 
 The engine in (batch, heads, seq, dim) layout, with both causal alignments and the log-sum-exp::
 
-    attention(query, key, value, *, mask=None, causal=None, scale=None, return_lse=False)
-    explain(query, key, value, *, mask=None, causal=None, scale=None)
+    attention(query, key, value, *, mask=None, causal=None, scale=None, return_lse=False,
+              backend=None)
+    explain(query, key, value, *, mask=None, causal=None, scale=None, backend=None)
     set_num_threads(n), get_num_threads()
 
 Errors: ValueError for shapes and options (the message names the argument, the expected and the

@@ -22,6 +22,15 @@ def _causal_name(causal):
     return causal
 
 
+def _backend_name(backend):
+    if backend is None:
+        return "auto"
+    if not isinstance(backend, str):
+        raise TypeError(
+            f"sdpa: backend is {backend!r} but must be None, 'auto', 'cpu' or 'reference'")
+    return backend
+
+
 def _scale(scale):
     return None if scale is None else float(scale)
 
@@ -99,7 +108,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 
 
 @_public
-def attention(query, key, value, *, mask=None, causal=None, scale=None, return_lse=False):
+def attention(query, key, value, *, mask=None, causal=None, scale=None, return_lse=False,
+              backend=None):
     """The engine's attention in ``(batch, heads, seq, dim)`` layout; returns ``out`` or
     ``(out, lse)``.
 
@@ -115,6 +125,9 @@ def attention(query, key, value, *, mask=None, causal=None, scale=None, return_l
     - ``scale``: default ``1 / sqrt(D)``.
     - ``return_lse``: also return the log-sum-exp of each row's scaled, masked scores,
       shaped ``(B, H, Lq)`` (one rank below ``query``), in the query's dtype.
+    - ``backend``: ``None`` or ``"auto"`` (the ``SDPA_BACKEND`` environment variable if set, else
+      the CPU engine), ``"cpu"``, or ``"reference"`` (the plain float64-accumulating oracle: slow,
+      for checks and benchmarks).
 
     A row with no visible key gives ``out = 0`` and ``lse = -inf``. Dtype and layout rules are those
     of ``scaled_dot_product_attention``.
@@ -139,11 +152,12 @@ def attention(query, key, value, *, mask=None, causal=None, scale=None, return_l
            [3., 4.]])
     """
     q, k, v, m = _operands(query, key, value, mask)
-    return _sdpa.forward(q, k, v, m, _causal_name(causal), _scale(scale), bool(return_lse))
+    return _sdpa.forward(q, k, v, m, _causal_name(causal), _scale(scale), bool(return_lse),
+                         _backend_name(backend))
 
 
 @_public
-def explain(query, key, value, *, mask=None, causal=None, scale=None):
+def explain(query, key, value, *, mask=None, causal=None, scale=None, backend=None):
     """What ``attention(query, key, value, ...)`` would do, as text: the backend, the kernel path,
     its tiles, the SIMD target and the threads, with the reason for each choice. Validates like
     ``attention`` (same errors). Setting ``SDPA_VERBOSE=1`` prints this for every call.
@@ -154,7 +168,7 @@ def explain(query, key, value, *, mask=None, causal=None, scale=None):
     sdpa plan: backend=... path=...
     """
     q, k, v, m = _operands(query, key, value, mask)
-    return _sdpa.explain(q, k, v, m, _causal_name(causal), _scale(scale))
+    return _sdpa.explain(q, k, v, m, _causal_name(causal), _scale(scale), _backend_name(backend))
 
 
 @_public

@@ -75,8 +75,8 @@ def _repeat_heads(key, value, query_heads):
             or query_heads % value_heads):
         raise ValueError(
             f"sdpa: key.shape[{key.ndim - 3}] (kv_heads) is {key_heads} and "
-            f"value.shape[{value.ndim - 3}] is {value_heads}; with enable_gqa=True each must divide "
-            f"the query heads, {query_heads}"
+            f"value.shape[{value.ndim - 3}] is {value_heads}; with enable_gqa=True each must "
+            f"divide the query heads, {query_heads}"
         )
     heads = math.lcm(key_heads, value_heads)
     return (np.repeat(key, heads // key_heads, axis=-3),

@@ -103,11 +103,20 @@ sdpa::Causal ParseCausal(const std::string& causal) {
                     "' but must be None, 'top_left' or 'bottom_right'");
 }
 
+sdpa::Backend ParseBackend(const std::string& backend) {
+  if (backend == "auto") return sdpa::Backend::kAuto;
+  if (backend == "cpu") return sdpa::Backend::kCpu;
+  if (backend == "reference") return sdpa::Backend::kReference;
+  throw sdpa::Error("sdpa: backend is '" + backend +
+                    "' but must be None, 'auto', 'cpu' or 'reference'");
+}
+
 sdpa::Options MakeOptions(const std::optional<InArray>& mask, const std::string& causal,
-                          std::optional<double> scale) {
+                          std::optional<double> scale, const std::string& backend) {
   sdpa::Options options;
   options.scale = scale;
   options.causal = ParseCausal(causal);
+  options.backend = ParseBackend(backend);
   if (mask) options.mask = ToView("mask", *mask);
   return options;
 }
@@ -115,10 +124,10 @@ sdpa::Options MakeOptions(const std::optional<InArray>& mask, const std::string&
 // out, or (out, lse) when return_lse.
 nb::object Forward(const InArray& query, const InArray& key, const InArray& value,
                    const std::optional<InArray>& mask, const std::string& causal,
-                   std::optional<double> scale, bool return_lse) {
+                   std::optional<double> scale, bool return_lse, const std::string& backend) {
   const sdpa::TensorView q = ToView("query", query), k = ToView("key", key),
                          v = ToView("value", value);
-  const sdpa::Options options = MakeOptions(mask, causal, scale);
+  const sdpa::Options options = MakeOptions(mask, causal, scale, backend);
   if (!return_lse) {
     sdpa::Tensor out;
     {
@@ -137,9 +146,9 @@ nb::object Forward(const InArray& query, const InArray& key, const InArray& valu
 
 std::string Explain(const InArray& query, const InArray& key, const InArray& value,
                     const std::optional<InArray>& mask, const std::string& causal,
-                    std::optional<double> scale) {
+                    std::optional<double> scale, const std::string& backend) {
   return sdpa::Explain(ToView("query", query), ToView("key", key), ToView("value", value),
-                       MakeOptions(mask, causal, scale))
+                       MakeOptions(mask, causal, scale, backend))
       .ToString();
 }
 
@@ -184,9 +193,11 @@ NB_MODULE(_sdpa, m) {
 
   m.def("forward", &Forward, nb::arg("query"), nb::arg("key"), nb::arg("value"),
         nb::arg("mask").none(), nb::arg("causal"), nb::arg("scale").none(), nb::arg("return_lse"),
+        nb::arg("backend") = "auto",
         "sdpa::Attention / AttentionWithLse on rank 2-4 arrays; returns out or (out, lse).");
   m.def("explain", &Explain, nb::arg("query"), nb::arg("key"), nb::arg("value"),
         nb::arg("mask").none(), nb::arg("causal"), nb::arg("scale").none(),
+        nb::arg("backend") = "auto",
         "sdpa::Explain(...).ToString(): the backend, path and threads a call would use.");
   m.def("self_attention", &SelfAttention, nb::arg("Q"), nb::arg("K"), nb::arg("V"),
         "sdpa::self_attention on rank-2 arrays.");
