@@ -15,9 +15,8 @@ namespace sdpa::npy {
 namespace {
 
 std::vector<std::byte> Bytes(const std::string& text) {
-  std::vector<std::byte> bytes(text.size());
-  std::memcpy(bytes.data(), text.data(), text.size());
-  return bytes;
+  const auto* begin = reinterpret_cast<const std::byte*>(text.data());
+  return std::vector<std::byte>(begin, begin + text.size());
 }
 
 // A .npy file with the given header dict text (padded like numpy does) and data bytes.
@@ -89,7 +88,9 @@ TEST_P(NpyRoundTrip, ReadsBackWhatItWrote) {
   EXPECT_FALSE(array.fortran_order());
   ASSERT_EQ(array.num_elements(), n);
   const std::size_t bytes = static_cast<std::size_t>(n) * DTypeSize(c.dtype);
-  EXPECT_EQ(std::memcmp(array.data(), tensor.view().data, bytes), 0);
+  if (bytes > 0) {
+    EXPECT_EQ(std::memcmp(array.data(), tensor.view().data, bytes), 0);
+  }
   EXPECT_EQ(file.size(), EncodeHeader(c.dtype, c.shape).size() + bytes);
 }
 

@@ -10,7 +10,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -323,6 +325,23 @@ def test_failure_keeps_an_existing_output(tmp_path, rng, inputs):
     bad = save(tmp_path, "in_k2.npy", rng.standard_normal((2, 6, 7)).astype("f4"))
     assert_fails(tmp_path, ["run", *qkv(inputs, k=bad), "--out", old], r"head_dim")
     assert old.read_bytes() == before
+
+
+def test_interrupted_run_leaves_no_output(tmp_path, rng):
+    """SIGTERM while computing: the temporary output is removed and the signal ends the process."""
+    q = rng.standard_normal((4, 2048, 64)).astype(np.float32)
+    path = save(tmp_path, "in_q.npy", q)
+    # The float64 reference takes seconds on this size: time to see the temporary file appear.
+    process = subprocess.Popen([CLI, "run", "--query", path, "--key", path, "--value", path,
+                                "--backend", "reference", "--out", tmp_path / "out.npy"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not any(".tmp." in name for name in os.listdir(tmp_path)):
+        assert process.poll() is None and time.monotonic() < deadline, "no temporary file seen"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == -signal.SIGTERM
+    assert no_outputs_left(tmp_path), os.listdir(tmp_path)
 
 
 USAGE_ERRORS = [

@@ -62,17 +62,18 @@ void SeedExample() {
   const Matrix k = {{1, 0}, {0, 1}};
   const Matrix v = {{1, 2}, {3, 4}};
   const Matrix out = self_attention(q, k, v);
-  std::cout << "1. The seed example: out = softmax(Q K^T / sqrt(d_k)) V\n"
-            << "   Q = [[1, 0], [0, 1]]  K = [[1, 0], [0, 1]]  V = [[1, 2], [3, 4]]\n"
-            << "   out = " << MatrixText(out, "         ") << "\n\n";
+  std::printf(
+      "1. The seed example: out = softmax(Q K^T / sqrt(d_k)) V\n"
+      "   Q = [[1, 0], [0, 1]]  K = [[1, 0], [0, 1]]  V = [[1, 2], [3, 4]]\n"
+      "   out = %s\n\n",
+      MatrixText(out, "         ").c_str());
 }
 
-// A view of `rows` query rows spread evenly over each head of a [B, H, L, D] tensor.
-template <typename View, typename Data>
-View RowSlice(Data data, std::int64_t seq_len, std::int64_t dim, std::int64_t rows,
-              std::int64_t row_step) {
-  return View(data, {kBatch, kHeads, rows, dim},
-              {kHeads * seq_len * dim, seq_len * dim, row_step * dim, 1});
+// A view of `rows` query rows, `row_step` apart, in each head of a [B, H, L, D] tensor.
+TensorView RowSlice(const Tensor& tensor, std::int64_t rows, std::int64_t row_step) {
+  const std::int64_t seq_len = tensor.dim(2), dim = tensor.dim(3);
+  return TensorView(tensor.data<float>(), {kBatch, kHeads, rows, dim},
+                    {kHeads * seq_len * dim, seq_len * dim, row_step * dim, 1});
 }
 
 }  // namespace
@@ -86,9 +87,9 @@ int DemoCommand(const std::vector<std::string>& argv) {
   const std::int64_t seq_len = args.GetInt("seq-len", 4096, 1, std::int64_t{1} << 20);
   SetNumThreads(static_cast<int>(args.GetInt("threads", 0, 0, 4096)));
 
-  std::cout << "sdpa " << SDPA_VERSION << " demo\n\n";
+  std::printf("sdpa %s demo\n\n", SDPA_VERSION);
   SeedExample();
-  std::cout.flush();
+  std::fflush(stdout);
 
   Progress progress(4);
   progress.Step("measuring the FMA peak");
@@ -128,8 +129,8 @@ int DemoCommand(const std::vector<std::string>& argv) {
   Tensor reference(DType::kFloat32, {kBatch, kHeads, rows, kHeadDim});
   Options reference_options;
   reference_options.backend = Backend::kReference;
-  Forward(RowSlice<TensorView>(query.data<float>(), seq_len, kHeadDim, rows, row_step), key.view(),
-          value.view(), reference.mutable_view(), reference_options);
+  Forward(RowSlice(query, rows, row_step), key.view(), value.view(), reference.mutable_view(),
+          reference_options);
   double max_error = 0;
   const float* fast = out.data<float>();
   const float* exact = reference.data<float>();
@@ -151,34 +152,32 @@ int DemoCommand(const std::vector<std::string>& argv) {
   const double flops =
       AttentionFlops(kBatch, kHeads, seq_len, seq_len, kHeadDim, kHeadDim, Causal::kNone);
   const double gflops = flops / best_seconds * 1e-9;
-  char line[256];
+  std::string engine = std::string(BackendName(plan.backend)) + " (" + plan.path;
+  if (!plan.simd_target.empty()) engine += ", " + plan.simd_target;
+  engine += ", " + std::to_string(plan.threads) + " thread" + (plan.threads == 1 ? "" : "s") + ")";
+  const std::int64_t extra = peak_during >= 0 && rss_before >= 0
+                                 ? std::max<std::int64_t>(peak_during - rss_before, 0)
+                                 : -1;
   std::printf(
       "2. A long sequence: batch %lld, %lld heads, L = %lld, head_dim %lld, float32,\n"
       "   standard-normal inputs, non-causal\n",
       static_cast<long long>(kBatch), static_cast<long long>(kHeads),
       static_cast<long long>(seq_len), static_cast<long long>(kHeadDim));
-  std::string engine = std::string(BackendName(plan.backend)) + " (" + plan.path;
-  if (!plan.simd_target.empty()) engine += ", " + plan.simd_target;
-  engine += ", " + std::to_string(plan.threads) + " thread" + (plan.threads == 1 ? "" : "s") + ")";
   std::printf("   engine:      %s\n", engine.c_str());
   std::printf("   time:        %.3f s (best of %d)\n", best_seconds, runs);
-  std::snprintf(line, sizeof(line), "   throughput:  %.1f GFLOP/s = %s\n", gflops,
-                PercentOfPeak(gflops, peak_gflops).c_str());
-  std::cout << line;
-  std::snprintf(line, sizeof(line), "                (FMA peak %.1f GFLOP/s with %d thread%s)\n",
-                peak_gflops, threads, threads == 1 ? "" : "s");
-  std::cout << line;
-  std::printf("                FLOPs = 2*B*H*L*L*(D+Dv) = %.1f GFLOP per call\n", flops * 1e-9);
+  std::printf("   throughput:  %.1f GFLOP/s = %s\n", gflops,
+              PercentOfPeak(gflops, peak_gflops).c_str());
+  std::printf("                (FMA peak %.1f GFLOP/s with %d thread%s;\n", peak_gflops, threads,
+              threads == 1 ? "" : "s");
+  std::printf("                FLOPs = 2*B*H*L*L*(D+Dv) = %.1f GFLOP per call)\n", flops * 1e-9);
   std::printf(
       "   accuracy:    max |out - reference| = %.2e (%.1e x max|V|) over %lld rows\n"
       "                (%lld per head) against the float64 reference\n",
       max_error, max_error / max_abs_value, static_cast<long long>(rows * kHeads),
       static_cast<long long>(rows));
-  const std::int64_t extra = peak_during >= 0 && rss_before >= 0 ? peak_during - rss_before : -1;
   std::printf("   memory:      inputs + output %s; peak RSS %s%s; extra during the call %s\n",
               FormatBytes(io_bytes).c_str(), FormatBytes(peak_during).c_str(),
-              peak_reset ? "" : " (whole run)",
-              FormatBytes(std::max<std::int64_t>(extra, 0)).c_str());
+              peak_reset ? "" : " (whole run)", FormatBytes(extra).c_str());
   std::printf("                (an L x L score matrix would take %s)\n",
               FormatBytes(kBatch * kHeads * seq_len * seq_len * 4).c_str());
   return kExitOk;

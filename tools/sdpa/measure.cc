@@ -152,8 +152,8 @@ void Progress::Step(const std::string& what) {
   running_ = true;
   ticker_ = std::thread([this] {
     while (running_) {
-      for (int i = 0; i < 20 && running_; ++i) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      for (int i = 0; i < 4 && running_; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
       }
       if (running_) Draw();
     }

@@ -3,7 +3,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
@@ -12,6 +14,43 @@
 #include "cli.h"
 
 namespace sdpa::cli {
+namespace {
+
+// Temporary files to remove if the process is interrupted (Ctrl-C, kill) before it commits or
+// removes them itself. The handler only calls async-signal-safe functions (unlink, signal, raise).
+constexpr int kMaxPending = 8;
+std::atomic<const char*> g_pending[kMaxPending];
+
+extern "C" void RemovePendingAndReraise(int signal_number) {
+  for (auto& pending : g_pending) {
+    if (const char* path = pending.load()) unlink(path);
+  }
+  std::signal(signal_number, SIG_DFL);
+  std::raise(signal_number);
+}
+
+void Register(const char* path) {
+  static const bool installed = [] {
+    for (int signal_number : {SIGINT, SIGTERM, SIGHUP, SIGPIPE}) {
+      std::signal(signal_number, RemovePendingAndReraise);
+    }
+    return true;
+  }();
+  (void)installed;
+  for (auto& pending : g_pending) {
+    const char* empty = nullptr;
+    if (pending.compare_exchange_strong(empty, path)) return;
+  }
+}
+
+void Unregister(const char* path) {
+  for (auto& pending : g_pending) {
+    const char* expected = path;
+    if (pending.compare_exchange_strong(expected, nullptr)) return;
+  }
+}
+
+}  // namespace
 OutputFile::OutputFile(std::string flag, std::string path)
     : flag_(std::move(flag)), path_(std::move(path)) {
   if (path_.empty()) Fail("the path is empty");
@@ -27,11 +66,14 @@ OutputFile::OutputFile(std::string flag, std::string path)
   const int fd = mkstemp(name.data());
   if (fd < 0) Fail(std::string("cannot create a file in its directory: ") + std::strerror(errno));
   temp_path_ = name.data();
+  Register(temp_path_.c_str());
   file_ = fdopen(fd, "wb");
   if (file_ == nullptr) {
     const int error = errno;
     close(fd);
+    Unregister(temp_path_.c_str());
     std::remove(temp_path_.c_str());
+    temp_path_.clear();
     Fail(std::string("cannot open: ") + std::strerror(error));
   }
 }
@@ -39,6 +81,7 @@ OutputFile::OutputFile(std::string flag, std::string path)
 OutputFile::~OutputFile() {
   if (file_ != nullptr) std::fclose(file_);
   if (!committed_ && !temp_path_.empty()) std::remove(temp_path_.c_str());
+  if (!temp_path_.empty()) Unregister(temp_path_.c_str());
 }
 
 void OutputFile::Fail(const std::string& what) const {

@@ -4,6 +4,8 @@
 // is atomic on POSIX file systems) and renamed over the destination by Commit. If the object is
 // destroyed without a successful Commit (an error anywhere, an exception), the temporary file is
 // removed: a failed `sdpa run` leaves no output behind and never half-overwrites an old one.
+// SIGINT, SIGTERM, SIGHUP and SIGPIPE remove pending temporary files too, then end the process as
+// the signal would have.
 #pragma once
 
 #include <cstddef>
