@@ -53,7 +53,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     - ``query`` ``(..., L, E)``, ``key`` ``(..., S, E)``, ``value`` ``(..., S, Ev)``; the leading
       (batch) dims broadcast like numpy/PyTorch; the result is ``(..., L, Ev)``.
     - ``attn_mask``: ``None``, bool (True = attend) or float (added to the scaled scores, ``-inf``
-      removes a key), broadcastable to ``(..., L, S)``.
+      removes a key), broadcastable to the scores ``(..., L, S)``, whose batch dims are those of
+      query and key broadcast (the mask may not add batch dims, as in PyTorch).
     - ``is_causal``: query ``i`` sees key ``j`` iff ``j <= i`` (top-left aligned, as in PyTorch).
       Giving both ``attn_mask`` and ``is_causal=True`` is an error, as in PyTorch.
     - ``scale``: default ``1 / sqrt(E)``.

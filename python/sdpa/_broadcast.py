@@ -4,7 +4,8 @@
 PyTorch's rule (torch.nn.functional.scaled_dot_product_attention):
   query (*Nq, L, E), key (*Nk, S, E), value (*Nv, S, Ev)  ->  out (*N, L, Ev)
   N = broadcast(Nq, Nk, Nv) with numpy's rule (right-aligned, size 1 stretches);
-  attn_mask broadcasts to (*N, L, S) without adding dimensions;
+  attn_mask is added to the scores, whose batch shape is broadcast(Nq, Nk) before value's batch
+  dims join: it must broadcast to (*broadcast(Nq, Nk), L, S) without enlarging it;
   enable_gqa=True: dim -3 is the heads dim; key and value heads must divide the query heads and
   query head h reads key/value head h // (Hq // Hk) (repeat_interleave); the dims before -3
   broadcast as above.
@@ -50,20 +51,22 @@ def broadcast_batch(named_shapes, hint_last=""):
     return tuple(result)
 
 
-def _check_mask_batch(mask, batch):
-    """PyTorch broadcasts attn_mask into (*batch, L, S) without adding dims."""
+def _check_mask_batch(mask, scores_batch):
+    """PyTorch adds attn_mask to the scores (*scores_batch, L, S) in place: the mask may not
+    enlarge them."""
     mask_batch = mask.shape[:-2]
-    if len(mask_batch) > len(batch):
+    if len(mask_batch) > len(scores_batch):
         raise ValueError(
             f"sdpa: attn_mask has rank {mask.ndim} but the attention scores have rank "
-            f"{len(batch) + 2} (shape {(*batch, 'L', 'S')}); attn_mask must broadcast to them "
-            "without adding dimensions"
+            f"{len(scores_batch) + 2} (shape {(*scores_batch, 'L', 'S')}); attn_mask must "
+            "broadcast to them without adding dimensions"
         )
     for pos in range(-len(mask_batch), 0):
-        if mask_batch[pos] not in (1, batch[pos]):
+        if mask_batch[pos] not in (1, scores_batch[pos]):
             raise ValueError(
                 f"sdpa: attn_mask.shape[{len(mask_batch) + pos}] is {mask_batch[pos]} but must be "
-                f"1 or {batch[pos]} to broadcast to the batch shape {batch}"
+                f"1 or {scores_batch[pos]} to broadcast to the scores' batch shape "
+                f"{scores_batch} (query and key broadcast)"
             )
 
 
@@ -125,14 +128,18 @@ def to_engine(query, key, value, mask, enable_gqa):
                                  f"has rank {a.ndim}")
         if key.shape[-3] != value.shape[-3]:
             key, value = _repeat_heads(key, value, query.shape[-3])
-        outer = broadcast_batch([("query", query.shape[:-3]), ("key", key.shape[:-3]),
-                                 ("value", value.shape[:-3])])
+        named = [("query", query.shape[:-3]), ("key", key.shape[:-3]),
+                 ("value", value.shape[:-3])]
+        outer = broadcast_batch(named)
+        scores_batch = broadcast_batch(named[:2]) + (query.shape[-3],)
         batch = outer + (query.shape[-3],)
         kv_batch = outer + (key.shape[-3],)
     else:
-        batch = broadcast_batch(
-            [("query", query.shape[:-2]), ("key", key.shape[:-2]), ("value", value.shape[:-2])],
-            hint_last=" (for grouped-query attention pass enable_gqa=True)")
+        hint = " (for grouped-query attention pass enable_gqa=True)"
+        named = [("query", query.shape[:-2]), ("key", key.shape[:-2]),
+                 ("value", value.shape[:-2])]
+        batch = broadcast_batch(named, hint_last=hint)
+        scores_batch = broadcast_batch(named[:2], hint_last=hint)
         kv_batch = batch
     query = np.broadcast_to(query, batch + query.shape[-2:])
     key = np.broadcast_to(key, kv_batch + key.shape[-2:])
@@ -142,7 +149,7 @@ def to_engine(query, key, value, mask, enable_gqa):
     padded_mask = None
     if mask is not None:
         padded_mask = mask.reshape((1,) * (2 - mask.ndim) + mask.shape)
-        _check_mask_batch(padded_mask, batch)
+        _check_mask_batch(padded_mask, scores_batch)
 
     n = len(batch)
     if n <= 2:

@@ -70,6 +70,8 @@ CASES = [
     Case("mask 5d float", (2, 2, 3, 4, 8), (2, 2, 3, 5, 8), (2, 2, 3, 5, 8), mask=(3, 1, 5),
          mask_kind="float"),
     Case("mask gqa", (2, 4, 5, 8), (2, 2, 7, 8), (2, 2, 7, 8), mask=(4, 5, 7), gqa=True),
+    Case("mask, value adds batch", (3, 1, 5, 8), (1, 2, 7, 8), (4, 1, 1, 7, 8), mask=(3, 2, 5, 7),
+         mask_kind="float"),
     Case("empty L", (2, 0, 8), (2, 7, 8), (2, 7, 8)),
     Case("empty S", (2, 5, 8), (2, 0, 8), (2, 0, 3)),
     Case("empty batch", (0, 5, 8), (1, 7, 8), (1, 7, 8)),
@@ -302,7 +304,11 @@ KV2 = np.ones((2, 2, 5, 8))
     (dict(attn_mask=np.ones((5, 2), bool)), ValueError,
      r"^sdpa: options.mask.shape\[0\] is 5 but must be 1 or 3 \(q_len\)"),
     (dict(query=Q4, key=Q4, value=Q4, attn_mask=np.ones((3, 1, 3, 3), bool)), ValueError,
-     r"^sdpa: attn_mask.shape\[0\] is 3 but must be 1 or 2 to broadcast to the batch shape"),
+     r"^sdpa: attn_mask.shape\[0\] is 3 but must be 1 or 2 to broadcast to the scores' batch "
+     r"shape \(2, 4\)"),
+    # the mask is added to the scores (query and key batch) before value's batch dims join
+    (dict(value=np.ones((3, 2, 8)), attn_mask=np.ones((3, 3, 2), bool)), ValueError,
+     r"^sdpa: attn_mask has rank 3 but the attention scores have rank 2"),
     (dict(attn_mask=np.ones((1, 3, 2), bool)), ValueError,
      r"^sdpa: attn_mask has rank 3 but the attention scores have rank 2"),
     (dict(scale=float("inf")), ValueError, r"^sdpa: options.scale is inf but must be finite"),

@@ -137,3 +137,67 @@ def test_both_refuse_the_same_shapes(shapes, enable_gqa):
         F.scaled_dot_product_attention(q, k, v, enable_gqa=enable_gqa)
     with pytest.raises(ValueError, match=r"^sdpa: "):
         sdpa.scaled_dot_product_attention(q, k, v, enable_gqa=enable_gqa)
+
+
+def random_call(rng):
+    """Arguments of one scaled_dot_product_attention call: random ranks, batch dims of 1-3 that
+    may or may not broadcast, masks of any rank, GQA head counts; many are invalid on purpose."""
+    q_len, kv_len, head_dim, v_dim = (int(n) for n in rng.integers(1, 5, size=4))
+    rank = int(rng.integers(0, 4))
+
+    def shape(core):
+        batch = rng.choice([1, 2, 3], size=int(rng.integers(0, rank + 1)))
+        return tuple(int(n) for n in batch) + core
+
+    q_shape = shape((q_len, head_dim))
+    k_shape = shape((kv_len, head_dim))
+    v_shape = shape((kv_len, v_dim))
+    enable_gqa = bool(rng.random() < 0.3)
+    if enable_gqa and len(q_shape) >= 3 and rng.random() < 0.5:
+        q_shape = q_shape[:-3] + (int(rng.choice([2, 4, 6])),) + q_shape[-2:]
+    if rng.random() < 0.05:
+        k_shape = k_shape[:-1] + (head_dim + 1,)
+    dtype = torch.float32 if rng.random() < 0.5 else torch.float64
+    q, k, v = (torch.randn(s, dtype=dtype) for s in (q_shape, k_shape, v_shape))
+    mask, is_causal = None, False
+    kind = rng.choice(["none", "bool", "float", "causal"])
+    if kind == "causal":
+        is_causal = True
+    elif kind != "none":
+        mask_rank = int(rng.integers(2, rank + 4))
+        mask_shape = tuple(int(n) for n in rng.choice([1, 2, 3], size=mask_rank - 2))
+        mask_shape += (int(rng.choice([1, q_len])), int(rng.choice([1, kv_len])))
+        mask = (torch.rand(mask_shape) < 0.7 if kind == "bool"
+                else torch.randn(mask_shape, dtype=dtype))
+    scale = None if rng.random() < 0.7 else float(rng.random())
+    return dict(query=q, key=k, value=v, attn_mask=mask, is_causal=is_causal, scale=scale,
+                enable_gqa=enable_gqa)
+
+
+def test_random_calls_agree_with_torch():
+    """For 400 random calls: where PyTorch computes, sdpa computes the same; where PyTorch
+    refuses, sdpa refuses with a ValueError. (Empty inputs are left out: PyTorch returns zeros
+    shaped like query for them without checking shapes; see docs/python.md.)"""
+    rng = np.random.default_rng(2024)
+    computed = refused = 0
+    for _ in range(400):
+        call = random_call(rng)
+        try:
+            expected = F.scaled_dot_product_attention(**call).numpy()
+        except (RuntimeError, IndexError, ValueError):
+            expected = None
+        arrays = {name: (value.numpy() if isinstance(value, torch.Tensor) else value)
+                  for name, value in call.items()}
+        description = {name: tuple(value.shape) if isinstance(value, np.ndarray) else value
+                       for name, value in arrays.items()}
+        if expected is None:
+            with pytest.raises(ValueError, match=r"^sdpa: "):
+                sdpa.scaled_dot_product_attention(**arrays)
+            refused += 1
+            continue
+        out = sdpa.scaled_dot_product_attention(**arrays)
+        tol = TOLERANCE[call["query"].dtype]
+        assert out.shape == expected.shape, description
+        assert_close(out, expected, atol=tol, rtol=tol, what=str(description))
+        computed += 1
+    assert computed > 100 and refused > 100
