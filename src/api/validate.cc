@@ -117,8 +117,10 @@ void CheckOutput(const char* name, const MutableTensorView& view, DType dtype,
     }
   }
   if (SelfOverlaps(view.layout)) {
-    Fail(name, " has overlapping elements: shape ", ShapeString(view.layout), " with strides [",
-         view.layout.strides[0], ", ...] maps two indices to one address");
+    const std::vector<std::int64_t> strides(view.layout.strides,
+                                            view.layout.strides + view.layout.rank);
+    Fail(name, " has overlapping elements: shape ", ShapeString(view.layout), " with strides ",
+         ShapeString(strides), " maps two indices to one address");
   }
 }
 
