@@ -24,7 +24,8 @@ constexpr const char* kHelp =
     "Times attention forward (float32, uniform random inputs) over a grid of shapes. Each row\n"
     "reports the median time of the timed runs after one warm-up run, GFLOP/s and the fraction\n"
     "of the FMA peak measured at the start. FLOPs = 2*B*H*pairs*(D+Dv), where pairs counts the\n"
-    "(query, key) pairs actually visible: Lq*Lkv, about half of it for causal.\n"
+    "(query, key) pairs actually visible: Lq*Lkv, about half of it for causal. GB/s counts the\n"
+    "least memory traffic (Q, K, V read once, out written once): the figure of merit for decode.\n"
     "\n"
     "grids:\n"
     "  default   B=1 H=8, D in {64, 128}, L in {256, 1024, 4096}, causal and not   (~10 s)\n"
@@ -78,6 +79,7 @@ struct Result {
   double median_seconds = 0;
   double best_seconds = 0;
   double flops = 0;
+  double bytes = 0;  // the least memory traffic: Q, K and V read once, out written once
 };
 
 Result Measure(const Shape& s, Backend backend, double min_time) {
@@ -92,6 +94,7 @@ Result Measure(const Shape& s, Backend backend, double min_time) {
   Result result;
   result.shape = s;
   result.plan = Explain(query.view(), key.view(), value.view(), options);
+  result.bytes = 4.0 * static_cast<double>(query.size() + key.size() + value.size() + out.size());
   result.flops = AttentionFlops(s.batch, s.heads, s.q_len, s.kv_len, s.head_dim, s.v_dim, s.causal);
   // One warm-up run (page faults, thread start-up), unless it alone took min_time: then it is
   // the measurement, so that the long grid does not pay twice.
@@ -164,6 +167,7 @@ void PrintJson(const std::string& grid, int threads, double peak, const SystemIn
               << ", \"seconds_best\": " << JsonNumber(r.best_seconds)
               << ", \"gflop\": " << JsonNumber(r.flops * 1e-9)
               << ", \"gflops\": " << JsonNumber(gflops)
+              << ", \"gbytes_per_second\": " << JsonNumber(r.bytes / r.median_seconds * 1e-9)
               << ", \"fraction_of_peak\": " << JsonNumber(gflops / peak) << "}";
   }
   std::cout << "\n  ]\n}\n";
@@ -174,17 +178,17 @@ void PrintTable(const std::string& grid, int threads, double peak, const SystemI
   std::printf("sdpa %s bench, grid %s: float32, %d thread%s, SIMD %s, FMA peak %.1f GFLOP/s\n",
               SDPA_VERSION, grid.c_str(), threads, threads == 1 ? "" : "s",
               info.simd_target.c_str(), peak);
-  std::printf("%5s %5s %8s %6s %6s %4s %-12s %10s %9s %7s  %s\n", "batch", "heads", "kv_heads",
-              "q_len", "kv_len", "dim", "causal", "time_ms", "GFLOP/s", "of_peak", "path");
+  std::printf("%5s %5s %8s %6s %6s %4s %-12s %10s %9s %7s %7s  %s\n", "batch", "heads", "kv_heads",
+              "q_len", "kv_len", "dim", "causal", "time_ms", "GFLOP/s", "of_peak", "GB/s", "path");
   for (const Result& r : results) {
     const Shape& s = r.shape;
     const double gflops = r.flops / r.median_seconds * 1e-9;
-    std::printf("%5lld %5lld %8lld %6lld %6lld %4lld %-12s %10.3f %9.1f %6.0f%%  %s\n",
+    std::printf("%5lld %5lld %8lld %6lld %6lld %4lld %-12s %10.3f %9.1f %6.0f%% %7.1f  %s\n",
                 static_cast<long long>(s.batch), static_cast<long long>(s.heads),
                 static_cast<long long>(s.kv_heads), static_cast<long long>(s.q_len),
                 static_cast<long long>(s.kv_len), static_cast<long long>(s.head_dim),
                 CausalLabel(s.causal), r.median_seconds * 1e3, gflops, 100.0 * gflops / peak,
-                r.plan.path.c_str());
+                r.bytes / r.median_seconds * 1e-9, r.plan.path.c_str());
   }
 }
 
