@@ -1,8 +1,13 @@
 """The attention functions: PyTorch's scaled_dot_product_attention and the engine's attention()."""
 
+import operator
+
 from . import _sdpa
 from ._arrays import as_mask, as_operand
 from ._broadcast import to_engine
+
+
+_INT_MAX = 2**31 - 1  # the C++ int of sdpa::SetNumThreads
 
 
 def _public(function):
@@ -32,7 +37,12 @@ def _backend_name(backend):
 
 
 def _scale(scale):
-    return None if scale is None else float(scale)
+    if scale is None:
+        return None
+    try:
+        return float(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"sdpa: scale is {scale!r} but must be a number or None") from None
 
 
 def _operands(query, key, value, mask):
@@ -183,6 +193,12 @@ def set_num_threads(n):
     1
     >>> sdpa.set_num_threads(0)  # back to the default
     """
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"sdpa: n is {n!r} but must be an int (0 = all hardware threads)") from None
+    if n > _INT_MAX:
+        raise ValueError(f"sdpa: n is {n} but must be at most {_INT_MAX}")
     _sdpa.set_num_threads(n)
 
 

@@ -108,6 +108,7 @@ def test_accepts_lists_views_and_read_only(rng):
     (dict(mask=np.ones((1, 1, 1, 1, 5), bool)), ValueError,
      r"^sdpa: mask has rank 5 but at most 4 dimensions are supported"),
     (dict(scale=float("-inf")), ValueError, r"^sdpa: options.scale is -inf but must be finite"),
+    (dict(scale="big"), TypeError, r"^sdpa: scale is 'big' but must be a number or None"),
     (dict(value=np.ones((5, 3), np.float32)), TypeError,
      r"^sdpa: value.dtype is float32 but query.dtype is float64"),
     (dict(mask=np.ones((3, 5), np.int8)), None, None),  # ints are fine: they become float64
@@ -139,7 +140,13 @@ def test_threads_setting():
         assert sdpa.get_num_threads() == 1
         with pytest.raises(ValueError, match=r"^sdpa: num_threads is -1 but must be >= 0"):
             sdpa.set_num_threads(-1)
+        with pytest.raises(TypeError, match=r"^sdpa: n is 1.5 but must be an int"):
+            sdpa.set_num_threads(1.5)
+        with pytest.raises(ValueError, match=r"^sdpa: n is 4294967296 but must be at most"):
+            sdpa.set_num_threads(2**32)
         assert sdpa.get_num_threads() == 1  # a refused value changes nothing
+        sdpa.set_num_threads(np.int64(2))
+        assert sdpa.get_num_threads() == 2
     finally:
         sdpa.set_num_threads(0)
     assert sdpa.get_num_threads() == before
