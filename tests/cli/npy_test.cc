@@ -7,7 +7,9 @@
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -329,6 +331,34 @@ TEST_F(NpyReadFile, AbsurdShapeIsRejectedBeforeAllocating) {
 TEST_F(NpyReadFile, TruncatedData) {
   Write(MakeFile(kGoodDict, FloatData({1})));
   EXPECT_THROW(ReadNpy(path_), NpyError);
+}
+
+// Every file of the fuzzer's seed corpus (tests/fuzz/corpus/npy/): valid_* parse and survive a
+// round trip, invalid_* throw NpyError, regression_* (inputs the fuzzer once failed on) do
+// either without crashing.
+TEST(NpyCorpus, SeedFilesBehave) {
+  int files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(SDPA_NPY_CORPUS_DIR)) {
+    const std::string name = entry.path().filename().string();
+    std::ifstream in(entry.path(), std::ios::binary);
+    const std::string content((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
+    ++files;
+    if (name.rfind("invalid_", 0) == 0) {
+      EXPECT_THROW(Parse(content), NpyError) << name;
+      continue;
+    }
+    try {
+      const Array array = Parse(content);
+      if (array.shape().size() <= 4) {
+        const std::vector<std::byte> again = EncodeNpy(array.view());
+        EXPECT_EQ(ParseNpy(again.data(), again.size()).shape(), array.shape()) << name;
+      }
+    } catch (const NpyError& e) {
+      EXPECT_EQ(name.rfind("valid_", 0), std::string::npos) << name << ": " << e.what();
+    }
+  }
+  EXPECT_GE(files, 10);
 }
 
 }  // namespace

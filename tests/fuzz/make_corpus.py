@@ -2,7 +2,8 @@
 """Writes the seed corpus of the .npy fuzzer (tests/fuzz/corpus/npy/): a few tiny valid files
 written by numpy itself (every supported dtype, C and Fortran order, header versions 1.0, 2.0 and
 3.0) and a few invalid ones (truncated, wrong magic, unsupported dtype, absurd or negative shape).
-Deterministic: rerunning it reproduces the committed files."""
+Deterministic: rerunning it reproduces the committed files. Files named regression_* are inputs
+the fuzzer once failed on, kept by hand."""
 import io
 import os
 
