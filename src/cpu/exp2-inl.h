@@ -30,7 +30,9 @@ template <class D>
 HWY_INLINE hn::Vec<D> Exp2(D d, hn::Vec<D> x) {
   using T = hn::TFromD<D>;
   if constexpr (sizeof(T) == 8) {
-    return hn::Exp(d, hn::Mul(x, hn::Set(d, 0.693147180559945309417)));
+    // Highway's Exp clamps its argument, which turns NaN into a number: keep NaN.
+    return hn::IfThenElse(hn::IsNaN(x), x,
+                          hn::Exp(d, hn::Mul(x, hn::Set(d, 0.693147180559945309417))));
   } else {
     const hn::RebindToSigned<D> di;
     const auto lowest = hn::Set(d, -125.0f);

@@ -7,8 +7,7 @@
 // Legend (per task; see schedule.h for how rows and keys are assigned):
 //   Br   query rows of the task (<= 96), padded to Rp, a multiple of the 2N-lane panel width
 //   Bc   keys per tile (128); D head_dim; Dv v_dim, padded to Dvp for packed V
-//   Qᵀ   [Rp/2N][D][2N]  the task's queries, transposed into panels, pre-multiplied by
-//                        scale·log2(e) so the softmax runs in base 2 (exp2 is cheaper than exp)
+//   Qᵀ   [Rp/2N][D][2N]  the task's queries, transposed into panels, pre-multiplied by scale
 //   Sᵀ   [Bc][Rp]        scores of one tile, transposed: key-major, so that the row max, the
 //                        exponentials and the row sums are all vertical (lane-wise) operations
 //   O    [Rp][Dvp]       unnormalised output accumulator; m, l [Rp] running max and sum
@@ -18,10 +17,12 @@
 // strided. The working set per thread (Qᵀ 48 KiB + Sᵀ 48 KiB + O 48 KiB + K/V tiles 128 KiB
 // at D = Dv = 128, float32) fits the 512 KiB-1 MiB L2.
 //
-// Invariants after each tile, for each row r: m[r] = max of the scores seen (base 2, -inf if
-// none), l[r] = Σ 2^(s - m[r]), O[r] = Σ 2^(s - m[r]) v. Masked scores are exactly -inf and
-// their probabilities exactly 0; a row whose every score is masked keeps m = -inf and is written
-// as out = 0, lse = -inf. A tile whose keys are all invisible to all rows is never touched.
+// Invariants after each tile, for each row r: m[r] = max of the scores seen (-inf if none),
+// l[r] = Σ exp(s - m[r]), O[r] = Σ exp(s - m[r]) v. exp(x) is computed as 2^(x·log2 e) (exp2 is
+// cheaper), with log2 e applied after subtracting the max: s - m is exact for nearby scores,
+// so logits of 1e4 lose no more accuracy than their own float32 rounding. Masked scores are exactly
+// -inf and their probabilities exactly 0; a row whose every score is masked keeps m = -inf and is
+// written as out = 0, lse = -inf. A tile whose keys are all invisible to all rows is never touched.
 //
 // Steps of one tile: ScoreTile → ApplyMask (partial tiles only) → OnlineSoftmaxUpdate →
 // AccumulatePV; after the last tile, FinalizeRows (or StorePartial when keys are split).
@@ -58,7 +59,6 @@ using internal::MaskKind;
 using internal::Problem;
 
 inline constexpr double kLog2e = 1.442695040888963407359924681001892137;
-inline constexpr double kLn2 = 0.693147180559945309417232121458176568;
 
 inline std::int64_t RoundUp(std::int64_t x, std::int64_t multiple) {
   return (x + multiple - 1) / multiple * multiple;
@@ -205,9 +205,9 @@ class ForwardTask {
     }
   }
 
-  // Qᵀ panels: qt[panel][k][x] = q[panel·2N + x][k] · scale · log2(e); padded rows are 0.
+  // Qᵀ panels: qt[panel][k][x] = q[panel·2N + x][k] · scale; padded rows are 0.
   void PackQueries() {
-    const T factor = static_cast<T>(p_.scale * kLog2e);
+    const T factor = static_cast<T>(p_.scale);
     const std::int64_t width = 2 * n_, depth = p_.head_dim, qs = p_.q.stride[3];
     std::fill(qt_, qt_ + rp_ * depth, T(0));
     for (std::int64_t r = 0; r < br_; ++r) {
@@ -217,9 +217,9 @@ class ForwardTask {
     }
   }
 
-  // Query rows for the dot form: q[r][k] · scale · log2(e) in rows of Dp (zero-padded).
+  // Query rows for the dot form: q[r][k] · scale in rows of Dp (zero-padded).
   void PackQueryRows() {
-    const T factor = static_cast<T>(p_.scale * kLog2e);
+    const T factor = static_cast<T>(p_.scale);
     const std::int64_t qs = p_.q.stride[3];
     std::fill(qt_, qt_ + br_ * dp_, T(0));
     for (std::int64_t r = 0; r < br_; ++r) {
@@ -302,7 +302,7 @@ class ForwardTask {
   }
 
   // Sets the scores of invisible keys to -inf (causal rule, bool mask) and adds an additive
-  // mask (in base 2). Only tiles that contain an invisible key or a mask come here. The score
+  // mask. Only tiles that contain an invisible key or a mask come here. The score
   // is overwritten, never combined, so NaN/Inf from masked K rows cannot survive.
   void ApplyMask(std::int64_t j0, std::int64_t keys) {
     constexpr T kNegInf = -std::numeric_limits<T>::infinity();
@@ -321,29 +321,31 @@ class ForwardTask {
         const T* mask = static_cast<const T*>(row.mask) + j0 * ms;
         for (std::int64_t c = 0; c < visible; ++c) {
           const T bias = mask[c * ms];
-          s[c * rp_] = bias == kNegInf ? kNegInf : s[c * rp_] + bias * static_cast<T>(kLog2e);
+          s[c * rp_] = bias == kNegInf ? kNegInf : s[c * rp_] + bias;
         }
       }
     }
   }
 
-  // Online softmax, lane-wise over rows: m_new = max(m, max_c Sᵀ[c]); α = 2^(m - m_new);
-  // Sᵀ[c] ← P = 2^(Sᵀ[c] - m_new) (exactly 0 where Sᵀ = -inf); l ← α·l + Σ_c P.
+  // Online softmax, lane-wise over rows: m_new = max(m, max_c Sᵀ[c]); α = exp(m - m_new);
+  // Sᵀ[c] ← P = exp(Sᵀ[c] - m_new) (exactly 0 where Sᵀ = -inf); l ← α·l + Σ_c P.
   // Rows with no visible score yet keep m = -inf and subtract 0 instead (avoiding -inf - -inf).
   void OnlineSoftmaxUpdate(std::int64_t keys) {
     const V neg_inf = hn::Set(d_, -std::numeric_limits<T>::infinity());
+    const V log2e = hn::Set(d_, static_cast<T>(kLog2e));
     for (std::int64_t x = 0; x < br_; x += n_) {
       const V m_old = hn::Load(d_, m_ + x);
       V m_new = m_old;
       for (std::int64_t c = 0; c < keys; ++c)
         m_new = hn::Max(m_new, hn::Load(d_, st_ + c * rp_ + x));
       const V shift = hn::IfThenZeroElse(hn::Eq(m_new, neg_inf), m_new);
-      const V alpha = Exp2(d_, hn::Sub(m_old, shift));
+      const V alpha = Exp2(d_, hn::Mul(hn::Sub(m_old, shift), log2e));
       V sum = hn::Zero(d_);
       for (std::int64_t c = 0; c < keys; ++c) {
         T* s = st_ + c * rp_ + x;
         const V score = hn::Load(d_, s);
-        const V prob = hn::IfThenZeroElse(hn::Eq(score, neg_inf), Exp2(d_, hn::Sub(score, shift)));
+        const V prob = hn::IfThenZeroElse(hn::Eq(score, neg_inf),
+                                          Exp2(d_, hn::Mul(hn::Sub(score, shift), log2e)));
         hn::Store(prob, d_, s);
         sum = hn::Add(sum, prob);
       }
@@ -411,7 +413,7 @@ class ForwardTask {
     return hn::AllTrue(d_, hn::Eq(bad, zero));
   }
 
-  // out[r] = O[r] / l[r]; lse[r] = m[r]·ln 2 + ln l[r]. Rows that never saw a visible score
+  // out[r] = O[r] / l[r]; lse[r] = m[r] + ln l[r]. Rows that never saw a visible score
   // (m = -inf) get out = 0 and lse = -inf.
   void FinalizeRows() {
     for (std::int64_t r = 0; r < br_; ++r) {
@@ -424,9 +426,7 @@ class ForwardTask {
       for (std::int64_t x = 0; x < p_.v_dim; ++x) row.out[x * os] = empty ? T(0) : o[x] * inv;
       if (row.lse != nullptr) {
         *row.lse =
-            empty
-                ? m
-                : static_cast<T>(static_cast<double>(m) * kLn2 + std::log(static_cast<double>(l)));
+            empty ? m : static_cast<T>(static_cast<double>(m) + std::log(static_cast<double>(l)));
       }
     }
   }
@@ -453,8 +453,8 @@ class ForwardTask {
     *k_pack_ = nullptr, *v_pack_ = nullptr;
 };
 
-// Combines the key chunks of every row in split order: M = max_s m_s, L = Σ_s l_s·2^(m_s - M),
-// out = Σ_s O_s·2^(m_s - M) / L, lse = M·ln 2 + ln L.
+// Combines the key chunks of every row in split order: M = max_s m_s, L = Σ_s l_s·exp(m_s - M),
+// out = Σ_s O_s·exp(m_s - M) / L, lse = M + ln L.
 template <typename T>
 void MergePartials(const Problem& p, const Schedule& s, const Partials<T>& partials) {
   const std::int64_t rows = p.batch * p.heads * p.q_len;
@@ -477,7 +477,7 @@ void MergePartials(const Problem& p, const Schedule& s, const Partials<T>& parti
       for (std::int64_t split = 0; split < s.kv_splits && !empty; ++split) {
         const double m = static_cast<double>(*partials.M(split, row));
         if (m == -std::numeric_limits<double>::infinity()) continue;
-        const double w = std::exp2(m - big_m);
+        const double w = std::exp(m - big_m);
         big_l += w * static_cast<double>(*partials.L(split, row));
         const T* o = partials.O(split, row);
         for (std::int64_t x = 0; x < p.v_dim; ++x)
@@ -488,7 +488,7 @@ void MergePartials(const Problem& p, const Schedule& s, const Partials<T>& parti
       }
       if (p.lse.data != nullptr) {
         *internal::As<T>(p.lse).Row(b, h, i) =
-            static_cast<T>(empty ? big_m : big_m * kLn2 + std::log(big_l));
+            static_cast<T>(empty ? big_m : big_m + std::log(big_l));
       }
     }
   });

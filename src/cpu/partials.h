@@ -1,5 +1,5 @@
 // Partial results of key chunks (flash-decoding): for chunk s and output row g = (b·H + h)·Lq + i,
-// the unnormalised O_s[g] (Dv values), the running max m_s[g] (base 2) and sum l_s[g].
+// the unnormalised O_s[g] (Dv values), the running max m_s[g] and sum l_s[g].
 #pragma once
 
 #include <cstdint>

@@ -243,7 +243,7 @@ INSTANTIATE_TEST_SUITE_P(Backends, CaseTest,
                                             ::testing::Values(DType::kFloat32, DType::kFloat64),
                                             ::testing::Values(Memory::kContiguous,
                                                               Memory::kStrided),
-                                            ::testing::Values(Backend::kReference)),
+                                            ::testing::Values(Backend::kReference, Backend::kCpu)),
                          ParamName);
 
 }  // namespace

@@ -196,7 +196,7 @@ std::string BackendParamName(const ::testing::TestParamInfo<Backend>& info) {
   return sdpa::BackendName(info.param);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, Layout, ::testing::Values(Backend::kReference),
+INSTANTIATE_TEST_SUITE_P(Backends, Layout, ::testing::Values(Backend::kReference, Backend::kCpu),
                          BackendParamName);
 
 }  // namespace
