@@ -30,14 +30,15 @@ constexpr const char* kHelp =
     "grids:\n"
     "  default   B=1 H=8, D in {64, 128}, L in {256, 1024, 4096}, causal and not   (~10 s)\n"
     "  decode    B=1 H=32 D=128, Lq=1, Lkv in {4096, 32768} (1 GiB of K/V)\n"
-    "  long      B=1 H=8 L=16384 D in {64, 128}; B=1 H=1 L=65536 D=64; causal and not\n"
+    "  long      B=1 H=8 L=16384 D in {64, 128}; B=1 H=1 L=65536 D=64; causal and not  (~1 min)\n"
     "  tiny      a few small shapes in well under a second (smoke tests)\n"
     "\n"
     "options:\n"
     "  --grid NAME      default, decode, long or tiny (default: default)\n"
     "  --threads N      threads (0 = all cores, the default)\n"
     "  --json           print JSON instead of a table\n"
-    "  --min-time S     keep timing each shape until S seconds have passed (default 0.5)\n"
+    "  --min-time S     keep timing each shape until S seconds have passed (default 0.5; 0 times\n"
+    "                   a single run, warm-up included)\n"
     "  --backend NAME   auto (default), cpu or reference\n"
     "  -h, --help       show this help\n";
 
