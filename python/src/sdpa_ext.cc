@@ -2,8 +2,8 @@
 //
 // This file only converts types. An incoming array becomes an sdpa::TensorView that points into the
 // caller's memory (shape and element strides copied, no data copied); a result sdpa::Tensor is
-// moved into a capsule that owns it and handed to numpy without a copy. Every check and every
-// message about the arguments comes from the C++ library: sdpa::Error surfaces as ValueError and
+// moved into a capsule that owns it and handed to numpy without a copy. The checks of what reaches
+// the library, and their messages, are the library's: sdpa::Error surfaces as ValueError and
 // sdpa::DTypeError as TypeError. The GIL is released while the library computes.
 //
 // The pure-Python layer (python/sdpa/) decides dtypes (ints -> float64, ...), copies arrays whose
