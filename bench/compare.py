@@ -1,0 +1,861 @@
+#!/usr/bin/env python3
+"""Attention forward side by side: the sdpa engine, its reference, unfused numpy and PyTorch SDPA.
+
+Runs every implementation in this one process with the same thread count, interleaved per shape
+(sdpa, torch, numpy, reference, then again in a rotated order, ...) so that noise from a shared
+machine hits all of them alike, and reports the median of the samples. Writes
+
+    <out>/benchmarks.md    machine, measured limits, targets of issue 3, tables with ratios
+    <out>/benchmarks.png   throughput vs L, one line per implementation (needs matplotlib)
+
+The machine's limits (float32 FMA peak, read bandwidth over 512 MiB) come from the Google
+Benchmark binary bench/forward_bench (found in build*/bench/ or given with --bench-binary), so the
+C++ suite and this report divide by the same numbers; without it the peak comes from `sdpa info`
+and the bandwidth from a threaded numpy sum.
+
+The numbers in docs/ are made on a quiet machine (load average well below 1) with
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/compare.py --threads 2
+
+(those two variables, set on some machines for old OpenBLAS builds, slow down a current numpy;
+unset them for this command only). `--quick` runs a tiny grid in a few seconds (smoke test).
+Text between the notes markers of an existing <out>/benchmarks.md is kept across runs.
+"""
+
+import argparse
+import datetime
+import glob
+import inspect
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTES_BEGIN = "<!-- notes:begin -->"
+NOTES_END = "<!-- notes:end -->"
+NUMPY_MAX_SCORE_BYTES = 4 << 30  # the unfused path materialises B·H·Lq·Lkv float32 scores
+REFERENCE_MAX_FLOPS = 3e8  # the reference runs at ~1 GFLOP/s: keep a call under ~0.3 s
+
+IMPLS = ("sdpa", "torch", "numpy", "reference")
+COLORS = {"sdpa": "tab:blue", "torch": "tab:red", "numpy": "tab:green", "reference": "tab:gray"}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads for every implementation (default 2)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny shapes and few samples: a smoke test, not a measurement")
+    parser.add_argument("--out", default=os.path.join(REPO, "docs"),
+                        help="folder for benchmarks.md and benchmarks.png (default docs/)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="samples per implementation and shape (default 7, quick 2)")
+    parser.add_argument("--sample-seconds", type=float, default=None,
+                        help="each sample repeats the call for at least this long "
+                             "(default 0.25, quick 0.01)")
+    parser.add_argument("--bench-binary", default=None,
+                        help="path to forward_bench (default: the newest build*/bench/"
+                             "forward_bench); 'none' to use the fallbacks")
+    parser.add_argument("--json", default=None, help="also write the raw results to this file")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else 7
+    if args.sample_seconds is None:
+        args.sample_seconds = 0.01 if args.quick else 0.25
+    return args
+
+
+# -------------------------------------------------------------------------------------------
+# Shapes
+
+
+class Shape:
+    """One attention call: query (B, H, Lq, D), key (B, Hkv, Lkv, D), value (B, Hkv, Lkv, Dv)."""
+
+    def __init__(self, kind, heads, q_len, kv_len, head_dim, causal=False, kv_heads=None,
+                 batch=1):
+        self.kind = kind  # "prefill" (the L × L grid) or "decode" (Lq = 1)
+        self.batch, self.heads = batch, heads
+        self.kv_heads = heads if kv_heads is None else kv_heads
+        self.q_len, self.kv_len = q_len, kv_len
+        self.head_dim = self.v_dim = head_dim
+        self.causal = causal  # top-left, as PyTorch's is_causal
+
+    def visible_pairs(self):
+        """(query, key) pairs that take part; for causal exactly those with j <= i."""
+        if not self.causal:
+            return self.q_len * self.kv_len
+        lq, lkv = self.q_len, self.kv_len
+        if lq <= lkv:
+            return lq * (lq + 1) // 2
+        return lkv * (lkv + 1) // 2 + (lq - lkv) * lkv
+
+    def flops(self):
+        return 2 * self.batch * self.heads * self.visible_pairs() * (self.head_dim + self.v_dim)
+
+    def kv_bytes(self):
+        return 4 * self.batch * self.kv_heads * self.kv_len * (self.head_dim + self.v_dim)
+
+    def score_bytes(self):
+        return 4 * self.batch * self.heads * self.q_len * self.kv_len
+
+    def label(self):
+        if self.kind == "decode":
+            return f"B={self.batch} H={self.heads} D={self.head_dim} Lq=1 Lkv={self.kv_len}"
+        causal = "causal" if self.causal else "full"
+        return f"B={self.batch} H={self.heads} D={self.head_dim} L={self.q_len} {causal}"
+
+
+def grid(quick):
+    if quick:
+        dims, lengths, heads, decode = (32,), (64, 128), 2, dict(heads=4, dim=32, lens=(512,))
+    else:
+        dims, lengths, heads = (64, 128), (256, 1024, 4096, 16384), 8
+        decode = dict(heads=32, dim=128, lens=(4096, 32768))
+    shapes = [Shape("prefill", heads, length, length, dim, causal)
+              for dim in dims for causal in (False, True) for length in lengths]
+    shapes += [Shape("decode", decode["heads"], 1, length, decode["dim"])
+               for length in decode["lens"]]
+    return shapes
+
+
+# -------------------------------------------------------------------------------------------
+# The machine
+
+
+def cpu_description():
+    info = {"model": platform.processor() or platform.machine(), "flags": set()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and info["model"] in ("", platform.machine(), "x86_64"):
+                    info["model"] = value.strip()
+                elif key == "flags" and not info["flags"]:
+                    info["flags"] = set(value.split())
+    except OSError:
+        pass
+    caches = []
+    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            with open(os.path.join(index, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(index, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(index, "size")) as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        if kind != "Instruction":
+            caches.append(f"L{level} {size}")
+    info["caches"] = caches
+    memory = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    memory = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    info["memory_bytes"] = memory
+    info["cpus"] = os.cpu_count()
+    return info
+
+
+def find_bench_binary(requested):
+    if requested == "none":
+        return None
+    if requested:
+        return requested if os.access(requested, os.X_OK) else None
+    candidates = [path for path in glob.glob(os.path.join(REPO, "build*", "bench", "forward_bench"))
+                  if os.access(path, os.X_OK)]
+    return max(candidates, key=os.path.getmtime) if candidates else None
+
+
+def limits_from_bench(binary, threads, quick):
+    """FMA peak (GFLOP/s) and read bandwidth (GB/s) for 1 and `threads` threads, from the rows
+    Machine/FmaPeak and Machine/ReadBandwidth of forward_bench."""
+    env = dict(os.environ, SDPA_NUM_THREADS=str(threads))
+    command = [binary, "--benchmark_filter=^Machine/", "--benchmark_format=json",
+               f"--benchmark_min_time={0.01 if quick else 0.3}"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
+                            check=True)
+    report = json.loads(result.stdout)
+    peak, bandwidth = {}, {}
+    for row in report["benchmarks"]:
+        match = re.match(r"Machine/(\w+)/threads:(\d+)", row["name"])
+        if not match:
+            continue
+        count = int(match.group(2))
+        if match.group(1) == "FmaPeak":
+            # The better of the start-up and the row's own measurement: a neighbour can only
+            # make a peak measurement lower.
+            peak[count] = max(row["GFLOP/s"], row.get("startup_GFLOP/s", 0.0))
+        elif match.group(1) == "ReadBandwidth":
+            bandwidth[count] = max(row["GB/s"], row.get("best_pass_GB/s", 0.0))
+    return {"peak_gflops": peak, "bandwidth_gbps": bandwidth,
+            "source": f"`{os.path.relpath(binary, REPO)}` (rows `Machine/FmaPeak`, "
+                      "`Machine/ReadBandwidth`)"}
+
+
+def limits_fallback(threads, quick):
+    """Without forward_bench: the peak from `sdpa info`, the bandwidth from numpy sums."""
+    import numpy as np
+    from concurrent.futures import ThreadPoolExecutor
+
+    peak = {}
+    tool = shutil.which("sdpa")
+    if tool:
+        try:
+            text = subprocess.run([tool, "info", "--threads", str(threads)], capture_output=True,
+                                  text=True, timeout=120, check=True).stdout
+            match = re.search(r"fma peak:\s*([\d.]+) GFLOP/s with (\d+) threads?"
+                              r"(?: \(([\d.]+) with 1\))?", text)
+            if match:
+                peak[int(match.group(2))] = float(match.group(1))
+                peak[1] = float(match.group(3) or match.group(1))
+        except (subprocess.SubprocessError, OSError):
+            pass
+    buffer = np.ones((64 if quick else 512) << 18, dtype=np.float32)  # 64 or 512 MiB
+    bandwidth = {}
+    for count in sorted({1, threads}):
+        parts = np.array_split(buffer, count)
+        with ThreadPoolExecutor(count) as pool:  # numpy releases the GIL in the sums
+            best = math.inf
+            for _ in range(5):
+                start = time.perf_counter()
+                list(pool.map(np.add.reduce, parts))
+                best = min(best, time.perf_counter() - start)
+        bandwidth[count] = buffer.nbytes / best * 1e-9
+    return {"peak_gflops": peak, "bandwidth_gbps": bandwidth,
+            "source": "`sdpa info` (peak) and a threaded numpy sum (bandwidth; forward_bench "
+                      "was not found, so this is a lower bound)"}
+
+
+# -------------------------------------------------------------------------------------------
+# The implementations. Each maker returns (callable, None) or (None, reason skipped).
+
+
+def make_operands(shape, np):
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((shape.batch, shape.heads, shape.q_len, shape.head_dim),
+                            dtype=np.float32)
+    k = rng.standard_normal((shape.batch, shape.kv_heads, shape.kv_len, shape.head_dim),
+                            dtype=np.float32)
+    v = rng.standard_normal((shape.batch, shape.kv_heads, shape.kv_len, shape.v_dim),
+                            dtype=np.float32)
+    return q, k, v
+
+
+def numpy_attention(q, k, v, bias, scale, np):
+    """The straightforward unfused float32 path: S = Q Kᵀ·scale (+ causal bias), row max
+    subtracted, exp, normalised, times V. Materialises the B·H·Lq·Lkv score matrix."""
+    s = np.matmul(q, k.swapaxes(-1, -2))
+    s *= scale
+    if bias is not None:
+        s += bias
+    s -= s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return np.matmul(s, v)
+
+
+class Peers:
+    """Imports and thread settings of the peers, done once."""
+
+    def __init__(self, threads):
+        import numpy as np
+        import sdpa
+
+        self.np, self.sdpa, self.threads = np, sdpa, threads
+        sdpa.set_num_threads(threads)
+        self.has_backend = "backend" in inspect.signature(sdpa.attention).parameters
+        self.threadpool = None
+        self.blas = []
+        try:
+            from threadpoolctl import threadpool_info, threadpool_limits
+
+            self.threadpool = threadpool_limits(limits=threads)  # stays in effect
+            self.blas = [{key: lib.get(key) for key in
+                          ("internal_api", "version", "architecture", "num_threads", "filepath")}
+                         for lib in threadpool_info() if lib.get("user_api") == "blas"]
+        except ImportError:
+            pass
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+            self.torch = torch
+        except ImportError:
+            self.torch = None
+
+    def make(self, name, shape, q, k, v):
+        np, sdpa = self.np, self.sdpa
+        causal = "top_left" if shape.causal else None
+        if name == "sdpa":
+            return (lambda: sdpa.attention(q, k, v, causal=causal)), None
+        if name == "sdpa_1t":  # the engine on one thread, for the decode scaling
+            def one_thread():
+                sdpa.set_num_threads(1)
+                try:
+                    return sdpa.attention(q, k, v, causal=causal)
+                finally:
+                    sdpa.set_num_threads(self.threads)
+            return one_thread, None
+        if name == "reference":
+            if not self.has_backend:
+                return None, "this sdpa build has no backend= keyword"
+            if shape.flops() > REFERENCE_MAX_FLOPS:
+                return None, f"over {REFERENCE_MAX_FLOPS:.0e} FLOPs (too slow)"
+            return (lambda: sdpa.attention(q, k, v, causal=causal, backend="reference")), None
+        if name == "numpy":
+            if shape.score_bytes() > NUMPY_MAX_SCORE_BYTES:
+                return None, (f"the score matrix would take "
+                              f"{shape.score_bytes() / 2**30:.0f} GiB")
+            bias = None
+            if shape.causal:
+                bias = np.triu(np.full((shape.q_len, shape.kv_len), -np.inf, np.float32), k=1)
+            scale = 1.0 / math.sqrt(shape.head_dim)
+            return (lambda: numpy_attention(q, k, v, bias, scale, np)), None
+        if name == "torch":
+            torch = self.torch
+            if torch is None:
+                return None, "torch is not installed"
+            tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+            gqa = shape.kv_heads != shape.heads
+            sdpa_fn = torch.nn.functional.scaled_dot_product_attention
+
+            def run_torch():
+                with torch.inference_mode():
+                    return sdpa_fn(tq, tk, tv, is_causal=shape.causal, enable_gqa=gqa)
+            return run_torch, None
+        raise ValueError(name)
+
+
+def to_numpy(result, np):
+    if hasattr(result, "numpy"):
+        return result.numpy()
+    return np.asarray(result)
+
+
+def time_sample(function, calls):
+    start = time.perf_counter()
+    for _ in range(calls):
+        function()
+    return (time.perf_counter() - start) / calls
+
+
+def measure_shape(peers, shape, args, log):
+    """Median seconds per call of every implementation on `shape`, sampled interleaved."""
+    np = peers.np
+    q, k, v = make_operands(shape, np)
+    names = list(IMPLS) + (["sdpa_1t"] if shape.kind == "decode" and args.threads > 1 else [])
+    functions, results = {}, {}
+    for name in names:
+        function, skipped = peers.make(name, shape, q, k, v)
+        if function is None:
+            results[name] = {"skipped": skipped}
+        else:
+            functions[name] = function
+
+    # Warm-up: one call each, which also sizes the samples and checks the outputs agree.
+    ours = None
+    calls = {}
+    for name, function in functions.items():
+        start = time.perf_counter()
+        out = to_numpy(function(), np)
+        warm = time.perf_counter() - start
+        calls[name] = max(1, int(args.sample_seconds / max(warm, 1e-6)))
+        results[name] = {"warmup_s": warm}
+        if name == "sdpa":
+            ours = out
+        elif ours is not None:
+            results[name]["max_abs_diff"] = float(np.max(np.abs(out.astype(np.float64) - ours)))
+        del out
+    slowest = max((r["warmup_s"] for r in results.values() if "warmup_s" in r), default=0)
+    repeats = args.repeats if slowest < 2.0 else min(args.repeats, 3)
+
+    order = list(functions)
+    samples = {name: [] for name in order}
+    for repeat in range(repeats):
+        rotated = order[repeat % len(order):] + order[:repeat % len(order)]
+        for name in rotated:
+            samples[name].append(time_sample(functions[name], calls[name]))
+            # Let the previous implementation's idle workers (OpenMP and OpenBLAS spin a while
+            # before they sleep) settle, so they do not steal a core from the next one.
+            time.sleep(0.02)
+    for name in order:
+        results[name].update(seconds=statistics.median(samples[name]), samples=samples[name],
+                             calls_per_sample=calls[name])
+    summary = "  ".join(f"{name} {results[name]['seconds'] * 1e3:.3g} ms" for name in order)
+    log(f"{shape.label():<40} {summary}")
+    return results
+
+
+def engine_plan(peers, shape):
+    """The first line of sdpa.explain for `shape`: path, tiles, SIMD target, threads."""
+    np = peers.np
+    # np.zeros maps untouched pages: free even for the largest shape; explain reads no data.
+    q = np.zeros((shape.batch, shape.heads, shape.q_len, shape.head_dim), np.float32)
+    k = np.zeros((shape.batch, shape.kv_heads, shape.kv_len, shape.head_dim), np.float32)
+    v = np.zeros((shape.batch, shape.kv_heads, shape.kv_len, shape.v_dim), np.float32)
+    text = peers.sdpa.explain(q, k, v, causal="top_left" if shape.causal else None)
+    return text.splitlines()[0].replace("sdpa plan: ", "")
+
+
+# -------------------------------------------------------------------------------------------
+# Memory: peak RSS increase of one long call, beyond its inputs and output, in a fresh process.
+
+MEMORY_PROBE = textwrap.dedent("""
+    import json, resource, sys
+    import numpy as np
+    import sdpa
+    length, heads, dim, threads = (int(a) for a in sys.argv[1:5])
+    sdpa.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    q, k, v = (np.empty((1, heads, length, dim), np.float32) for _ in range(3))
+    for a in (q, k, v):
+        rng.standard_normal(out=a, dtype=np.float32)  # in place: no temporary peak
+    small = np.zeros((1, heads, 64, dim), np.float32)
+    sdpa.attention(small, small, small)  # start the engine's threads outside the measurement
+    try:  # reset the peak to the current RSS (Linux >= 4.0), else measure from the old peak
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open("/proc/self/statm") as f:
+        rss_before = int(f.read().split()[1]) * resource.getpagesize()
+    start = __import__("time").perf_counter()
+    out = sdpa.attention(q, k, v)
+    seconds = __import__("time").perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"before": before, "rss_before": rss_before, "after": after,
+                      "out_bytes": out.nbytes,
+                      "input_bytes": q.nbytes + k.nbytes + v.nbytes, "seconds": seconds}))
+""")
+
+
+def measure_memory(length, heads, dim, threads):
+    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(length), str(heads),
+                             str(dim), str(threads)], capture_output=True, text=True,
+                            timeout=1200)
+    if result.returncode != 0:
+        return {"error": result.stderr.strip().splitlines()[-1:] or ["failed"]}
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    probe.update(length=length, heads=heads, dim=dim,
+                 flops=Shape("prefill", heads, length, length, dim).flops(),
+                 extra_bytes=probe["after"] - probe["before"] - probe["out_bytes"])
+    return probe
+
+
+# -------------------------------------------------------------------------------------------
+# The report
+
+
+def fmt(value, digits=3, suffix=""):
+    if value is None:
+        return "–"
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return "–"
+    return f"{value:.{digits}g}{suffix}"
+
+
+def pct(fraction):
+    return "–" if fraction is None else f"{100 * fraction:.0f}%"
+
+
+def plural(count, word):
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def ratio(a, b):
+    return a / b if a and b else None
+
+
+def read_notes(path):
+    """The hand-written text between the notes markers of an earlier report, if any."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    begin, end = text.find(NOTES_BEGIN), text.find(NOTES_END)
+    if begin < 0 or end < begin:
+        return None
+    return text[begin + len(NOTES_BEGIN):end].strip("\n")
+
+
+def summarize(shape, result, peak, bandwidth):
+    """Rates and ratios of one shape: GFLOP/s per implementation, fraction of the peak, ours over
+    the peers; for decode also GB/s of K/V, fraction of the bandwidth and the thread scaling."""
+    def per_second(name, amount):
+        seconds = result.get(name, {}).get("seconds")
+        return amount / seconds if seconds else None
+
+    row = {"shape": shape, "result": result,
+           "ms": {name: result[name]["seconds"] * 1e3 for name in result
+                  if "seconds" in result[name]}}
+    row["gflops"] = {name: per_second(name, shape.flops() * 1e-9) for name in IMPLS}
+    ours = row["gflops"]["sdpa"]
+    row["peak_frac"] = ours / peak if ours and peak else None
+    row["vs_torch"] = ratio(ours, row["gflops"]["torch"])
+    row["vs_numpy"] = ratio(ours, row["gflops"]["numpy"])
+    row["torch_diff"] = result.get("torch", {}).get("max_abs_diff")
+    if shape.kind == "decode":
+        row["gbps"] = {name: per_second(name, shape.kv_bytes() * 1e-9) for name in IMPLS}
+        gbps = row["gbps"]["sdpa"]
+        row["bw_frac"] = gbps / bandwidth if gbps and bandwidth else None
+        one = row["ms"].get("sdpa_1t")
+        row["speedup"] = ratio(one, row["ms"].get("sdpa"))
+    return row
+
+
+def section_intro(context):
+    threads = context["threads"]
+    quick = ""
+    if context["quick"]:
+        quick = " in --quick mode (a smoke test: these are not measurements)"
+    return [
+        "# Benchmarks: attention forward on the CPU", "",
+        f"Generated by `bench/compare.py` on {context['date']}{quick}. Reproduce on a quiet "
+        "machine with", "",
+        "    cmake -S . -B build-bench -G Ninja && cmake --build build-bench -j2",
+        "    pip install .",
+        "    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\",
+        f"        python bench/compare.py --threads {threads}", "",
+        "Every implementation runs in one process with the same thread count. Per shape they take "
+        "turns (in a rotating order) and each figure is the median of "
+        f"{context['repeats']} samples (3 where a call takes over 2 s), a sample being "
+        f"back-to-back calls for at least {context['sample_seconds']} s. "
+        "FLOPs = 2·B·H·pairs·(D + Dv), where "
+        "pairs counts the visible (query, key) pairs: Lq·Lkv, exactly L·(L+1)/2 for causal, so a "
+        "causal row at the same GFLOP/s is as efficient as a full one. Inputs are standard normal "
+        "float32 in (B, H, L, D) layout; every call allocates its output. `sdpa` is the engine "
+        "(`sdpa.attention`), `reference` its float64-accumulating oracle, `numpy` the unfused "
+        "softmax(Q·Kᵀ·scale)·V in float32, `torch` PyTorch's "
+        "`torch.nn.functional.scaled_dot_product_attention`.", ""]
+
+
+def section_machine(context):
+    threads, cpu, limits = context["threads"], context["cpu"], context["limits"]
+    flags = cpu["flags"]
+    simd = ", ".join(f for f in ("avx512f", "avx2", "fma", "neon") if f in flags) or "?"
+    memory = f"{cpu['memory_bytes'] / 2**30:.0f} GiB" if cpu["memory_bytes"] else "?"
+    versions = context["versions"]
+    lines = [
+        "## Machine", "",
+        f"- CPU: {cpu['model']}, {plural(cpu['cpus'], 'logical CPU')}"
+        f"{' (virtual machine)' if 'hypervisor' in flags else ''}; {simd}; caches (per core, "
+        f"shared): {', '.join(cpu['caches']) or '?'}; memory {memory}.",
+        f"- Threads: {threads} for every implementation (`sdpa.set_num_threads`, "
+        "`torch.set_num_threads`, threadpoolctl for numpy's BLAS).",
+        f"- Software: Python {platform.python_version()}, sdpa {versions['sdpa']}, numpy "
+        f"{versions['numpy']}, torch {versions['torch']}.",
+        f"- The engine's plan for the largest prefill shape: `{context['plan_prefill']}`; "
+        f"for the longest decode: `{context['plan_decode']}`."]
+    for lib in context["blas"]:
+        where = os.path.basename(os.path.dirname(lib.get("filepath") or ""))
+        lines.append(f"- BLAS for numpy: {lib.get('internal_api')} {lib.get('version')} "
+                     f"(from {where}), kernel {lib.get('architecture')}, "
+                     f"{plural(lib.get('num_threads'), 'thread')}.")
+    if context["openblas_env"]:
+        lines.append(f"- **Warning:** {context['openblas_env']} set in the environment: numpy's "
+                     "OpenBLAS may use a slower kernel than this CPU allows.")
+    start, end = context["load"]
+    busy = max(start, end) > 1.3
+    lines.append(f"- Load average (1 min): {start:.2f} at the start, {end:.2f} at the end"
+                 + (" — **the machine was busy; treat the figures with caution**." if busy
+                    else "."))
+    peaks = ", ".join(f"{plural(count, 'thread')}: {value:.1f} GFLOP/s"
+                      for count, value in sorted(limits["peak_gflops"].items()))
+    bandwidths = ", ".join(f"{plural(count, 'thread')}: {value:.1f} GB/s"
+                           for count, value in sorted(limits["bandwidth_gbps"].items()))
+    lines += [f"- float32 FMA peak: {peaks or 'not measured'}.",
+              f"- Read bandwidth (streaming sum over 512 MiB): {bandwidths or 'not measured'}.",
+              f"- Both measured by {limits['source']}."]
+    one, many = limits["peak_gflops"].get(1), limits["peak_gflops"].get(threads)
+    if one and many and threads > 1 and many < 0.8 * threads * one:
+        lines.append(f"- **Warning:** the {threads}-thread peak is only {many / one:.2f}× the "
+                     "1-thread peak: another process held a core while it was measured, and "
+                     "every % of peak below is inflated.")
+    return lines + [""]
+
+
+def section_targets(rows, decode_rows, memory, threads):
+    """Issue 3's targets, each with the value reached and whether it is met."""
+    lines = ["## Targets", "", "| target (issue 3) | required | reached | status |",
+             "|---|---|---|---|"]
+
+    def add(what, required, reached, ok):
+        status = "–" if ok is None else ("met" if ok else "**missed**")
+        lines.append(f"| {what} | {required} | {reached} | {status} |")
+
+    def lowest(pairs, show):
+        """(value, where) of the smallest value, formatted, and the value."""
+        pairs = [(value, shape) for value, shape in pairs if value is not None]
+        if not pairs:
+            return "not measured", None
+        value, shape = min(pairs, key=lambda pair: pair[0])
+        return f"{show(value)} (lowest, at {shape.label()})", value
+
+    text, worst = lowest([(r["vs_torch"], r["shape"]) for r in rows + decode_rows],
+                         lambda x: f"{x:.2f}×")
+    add("throughput vs PyTorch SDPA, every shape", "≥ 1.5×", text,
+        None if worst is None else worst >= 1.5)
+    for dim, required in ((128, 0.75), (64, 0.65)):
+        for causal in (False, True):
+            subset = [(r["peak_frac"], r["shape"]) for r in rows
+                      if r["shape"].head_dim == dim and r["shape"].causal == causal
+                      and r["shape"].q_len >= 1024]
+            text, worst = lowest(subset, pct)
+            kind = "causal, in causal FLOPs" if causal else "full"
+            add(f"D={dim}, L ≥ 1024, {kind}: fraction of the {threads}-thread FMA peak",
+                f"≥ {required:.0%}", text, None if worst is None else worst >= required)
+    if decode_rows:
+        longest = max(decode_rows, key=lambda r: r["shape"].kv_len)
+        kv_len, fraction, speedup = longest["shape"].kv_len, longest["bw_frac"], longest["speedup"]
+        add(f"decode Lkv={kv_len}: fraction of the read bandwidth", "≥ 80%", pct(fraction),
+            None if fraction is None else fraction >= 0.8)
+        add(f"decode Lkv={kv_len}: {threads} threads vs 1", "≥ 1.7×", fmt(speedup, 3, "×"),
+            None if speedup is None else speedup >= 1.7)
+    text, worst = lowest([(r["vs_numpy"], r["shape"]) for r in rows if r["shape"].q_len <= 256],
+                         lambda x: f"{x:.2f}×")
+    add("L ≤ 256: throughput vs unfused numpy", "≥ 1×", text,
+        None if worst is None else worst >= 1.0)
+    if memory and "extra_bytes" in memory:
+        extra = max(0, memory["extra_bytes"]) / 2**20
+        add(f"memory, L={memory['length']} H={memory['heads']} D={memory['dim']}: peak RSS "
+            "beyond inputs and output", "< 64 MiB", f"{extra:.1f} MiB", extra < 64)
+    return lines + [""]
+
+
+def section_prefill(rows):
+    lines = ["## Prefill: B=1, Lq = Lkv = L", "",
+             "GFLOP/s per implementation; causal counts only the visible pairs.", "",
+             "| D | causal | L | sdpa ms | sdpa GFLOP/s | % of peak | torch | numpy | reference | "
+             "ours/torch | ours/numpy | max abs diff vs torch |", "|" + "---|" * 12]
+    for row in rows:
+        s, g = row["shape"], row["gflops"]
+        lines.append(
+            f"| {s.head_dim} | {'yes' if s.causal else 'no'} | {s.q_len} | "
+            f"{fmt(row['ms'].get('sdpa'))} | {fmt(g['sdpa'])} | {pct(row['peak_frac'])} | "
+            f"{fmt(g['torch'])} | {fmt(g['numpy'])} | {fmt(g['reference'])} | "
+            f"{fmt(row['vs_torch'], 3, '×')} | {fmt(row['vs_numpy'], 3, '×')} | "
+            f"{fmt(row['torch_diff'], 2)} |")
+    return lines + [""]
+
+
+def section_decode(decode_rows, threads):
+    if not decode_rows:
+        return []
+    s0 = decode_rows[0]["shape"]
+    lines = [f"## Decode: B=1, H={s0.heads}, D={s0.head_dim}, Lq=1", "",
+             "GB/s of K and V read per call (each is read once; 0.5 flop per byte, so memory "
+             "bandwidth is the limit).", "",
+             "| Lkv | K/V MiB | sdpa ms | sdpa GB/s | % of bandwidth | 1 thread ms | "
+             f"{threads} threads vs 1 | torch GB/s | numpy GB/s | reference GB/s | ours/torch | "
+             "ours/numpy |", "|" + "---|" * 12]
+    for row in decode_rows:
+        s, g = row["shape"], row["gbps"]
+        lines.append(
+            f"| {s.kv_len} | {s.kv_bytes() / 2**20:.3g} | {fmt(row['ms'].get('sdpa'))} | "
+            f"{fmt(g['sdpa'])} | {pct(row['bw_frac'])} | {fmt(row['ms'].get('sdpa_1t'))} | "
+            f"{fmt(row['speedup'], 3, '×')} | {fmt(g['torch'])} | {fmt(g['numpy'])} | "
+            f"{fmt(g['reference'])} | {fmt(row['vs_torch'], 3, '×')} | "
+            f"{fmt(row['vs_numpy'], 3, '×')} |")
+    return lines + [""]
+
+
+def section_skipped(shapes, results):
+    skipped = {}
+    for shape, result in zip(shapes, results):
+        for name, entry in result.items():
+            if "skipped" in entry:
+                skipped.setdefault((name, entry["skipped"]), []).append(shape.label())
+    if not skipped:
+        return []
+    lines = ["Not run:", ""]
+    for (name, reason), labels in skipped.items():
+        shown = "; ".join(labels[:3]) + ("; …" if len(labels) > 3 else "")
+        lines.append(f"- {name}: {reason}, on {plural(len(labels), 'shape')} ({shown}).")
+    return lines + [""]
+
+
+def section_memory(memory):
+    lines = ["## Memory", ""]
+    if not memory:
+        return lines + ["Not measured.", ""]
+    if "extra_bytes" not in memory:
+        return lines + [f"The memory probe failed: {memory.get('error')}", ""]
+    mib = 2**20
+    grew = (memory["after"] - memory["before"]) / mib
+    scores = 4 * memory["heads"] * memory["length"] ** 2 / 2**30
+    return lines + [
+        f"One `sdpa.attention` call with L = {memory['length']}, H = {memory['heads']}, "
+        f"D = {memory['dim']}, float32 ({memory['input_bytes'] / mib:.0f} MiB of inputs, "
+        f"{memory['out_bytes'] / mib:.0f} MiB of output), in a fresh process after a warm-up "
+        f"call on a small shape: the peak RSS grew by {grew:.1f} MiB during the call, that is "
+        f"**{max(0, memory['extra_bytes']) / mib:.1f} MiB beyond the output** "
+        "(`resource.getrusage` ru_maxrss; the peak was reset to the current RSS through "
+        f"/proc/self/clear_refs before the call). The call took {memory['seconds']:.1f} s "
+        f"({memory['flops'] / memory['seconds'] * 1e-9:.0f} GFLOP/s). An unfused implementation "
+        f"would hold {scores:.0f} GiB of scores.", ""]
+
+
+def write_report(path, context, shapes, results, memory):
+    threads = context["threads"]
+    peak = context["limits"]["peak_gflops"].get(threads)
+    bandwidth = context["limits"]["bandwidth_gbps"].get(threads)
+    summaries = [summarize(shape, result, peak, bandwidth)
+                 for shape, result in zip(shapes, results)]
+    rows = [r for r in summaries if r["shape"].kind == "prefill"]
+    decode_rows = [r for r in summaries if r["shape"].kind == "decode"]
+    notes = context.get("notes")
+    if notes is None:
+        notes = "(Hand-written analysis goes here; compare.py keeps it when it rewrites this file.)"
+    lines = (section_intro(context) + section_machine(context)
+             + section_targets(rows, decode_rows, memory, threads) + section_prefill(rows)
+             + section_decode(decode_rows, threads) + section_skipped(shapes, results)
+             + section_memory(memory)
+             + ["## Plot", "", "![throughput vs L](benchmarks.png)", ""]
+             + ["## Notes", "", NOTES_BEGIN, notes, NOTES_END, ""])
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return rows, decode_rows
+
+
+def write_plot(path, rows, decode_rows, context):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib): no plot"
+    threads = context["threads"]
+    peak = context["limits"]["peak_gflops"].get(threads)
+    bandwidth = context["limits"]["bandwidth_gbps"].get(threads)
+    dims = sorted({r["shape"].head_dim for r in rows})
+    figure = plt.figure(figsize=(15, 4.2 * len(dims)), layout="constrained")
+    spec = figure.add_gridspec(len(dims), 3)
+    for i, dim in enumerate(dims):
+        for j, causal in enumerate((False, True)):
+            axis = figure.add_subplot(spec[i, j])
+            subset = [r for r in rows if r["shape"].head_dim == dim and r["shape"].causal == causal]
+            for name in IMPLS:
+                points = [(r["shape"].q_len, r["gflops"][name]) for r in subset
+                          if r["gflops"][name]]
+                if points:
+                    axis.plot(*zip(*points), marker="o", label=name, color=COLORS[name])
+            if peak:
+                axis.axhline(peak, color="black", linestyle="--", linewidth=1,
+                             label=f"FMA peak, {threads} threads")
+            axis.set_xscale("log", base=2)
+            axis.set_yscale("log")
+            axis.set_xlabel("L (Lq = Lkv)")
+            axis.set_ylabel("GFLOP/s")
+            heads = subset[0]["shape"].heads if subset else "?"
+            axis.set_title(f"D={dim}, {'causal' if causal else 'full'}, H={heads}")
+            axis.grid(True, which="both", alpha=0.3)
+            axis.legend(fontsize=8)
+    if decode_rows:
+        axis = figure.add_subplot(spec[:, 2])
+        names = [n for n in IMPLS if any(r["gbps"][n] for r in decode_rows)]
+        width = 0.8 / max(len(names), 1)
+        for k, name in enumerate(names):
+            xs = [i + k * width for i in range(len(decode_rows))]
+            axis.bar(xs, [r["gbps"][name] or 0 for r in decode_rows], width, label=name,
+                     color=COLORS[name])
+        axis.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(decode_rows))])
+        axis.set_xticklabels([f"Lkv={r['shape'].kv_len}" for r in decode_rows])
+        if bandwidth:
+            axis.axhline(bandwidth, color="black", linestyle="--", linewidth=1,
+                         label=f"read bandwidth, {threads} threads")
+        s0 = decode_rows[0]["shape"]
+        axis.set_title(f"decode: H={s0.heads}, D={s0.head_dim}, Lq=1")
+        axis.set_ylabel("GB/s of K and V")
+        axis.legend(fontsize=8)
+    figure.suptitle(f"Attention forward, float32, {threads} threads — {context['cpu']['model']}"
+                    + (" (--quick smoke test)" if context["quick"] else ""))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    threads = args.threads
+    # Thread pools read these when the libraries load; threadpoolctl and torch.set_num_threads
+    # below also set them at run time.
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, str(threads))
+    openblas_env = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if v in os.environ]
+
+    def log(message):
+        print(message, file=sys.stderr, flush=True)
+
+    load_start = os.getloadavg()[0]
+    if load_start > 1.3 and not args.quick:
+        log(f"warning: load average {load_start:.2f}: other processes are running; the figures "
+            "will be noisy")
+    binary = find_bench_binary(args.bench_binary)
+    if binary:
+        log(f"machine limits from {binary}")
+        limits = limits_from_bench(binary, threads, args.quick)
+    else:
+        log("forward_bench not found: machine limits from fallbacks")
+        limits = limits_fallback(threads, args.quick)
+    log(f"FMA peak {limits['peak_gflops']} GFLOP/s, read bandwidth {limits['bandwidth_gbps']} GB/s")
+
+    peers = Peers(threads)
+    shapes = grid(args.quick)
+    results = [measure_shape(peers, shape, args, log) for shape in shapes]
+
+    memory_shape = (4096, 1, 64) if args.quick else (131072, 1, 64)
+    log(f"memory probe L={memory_shape[0]} ...")
+    memory = measure_memory(*memory_shape, threads)
+    load_end = os.getloadavg()[0]
+
+    prefill = [s for s in shapes if s.kind == "prefill"]
+    decode = [s for s in shapes if s.kind == "decode"]
+    context = {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "quick": args.quick, "threads": threads, "repeats": args.repeats,
+        "sample_seconds": args.sample_seconds, "limits": limits, "cpu": cpu_description(),
+        "blas": peers.blas, "openblas_env": " and ".join(openblas_env),
+        "load": (load_start, load_end),
+        "versions": {"sdpa": peers.sdpa.__version__, "numpy": peers.np.__version__,
+                     "torch": peers.torch.__version__ if peers.torch else "not installed"},
+        "plan_prefill": engine_plan(peers, max(prefill, key=lambda s: (not s.causal, s.q_len,
+                                                                        s.head_dim))),
+        "plan_decode": engine_plan(peers, max(decode, key=lambda s: s.kv_len)) if decode else "",
+        "notes": read_notes(os.path.join(args.out, "benchmarks.md")),
+    }
+    os.makedirs(args.out, exist_ok=True)
+    report = os.path.join(args.out, "benchmarks.md")
+    rows, decode_rows = write_report(report, context, shapes, results, memory)
+    problem = write_plot(os.path.join(args.out, "benchmarks.png"), rows, decode_rows, context)
+    if problem:
+        log(problem)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"context": {k: v for k, v in context.items() if k != "cpu"},
+                       "shapes": [s.label() for s in shapes], "results": results,
+                       "memory": memory}, f, indent=1, default=str)
+    log(f"wrote {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""bench/compare.py runs end to end in --quick mode (tiny shapes, two samples each: a few
+seconds) and writes its report. It proves the script works, not how fast anything is."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(REPO, "bench", "compare.py")
+
+
+@pytest.mark.skipif(not os.path.exists(SCRIPT), reason="bench/compare.py is not in this tree")
+def test_compare_quick_writes_the_report(tmp_path):
+    notes = "Hand-written notes survive a rerun."
+    (tmp_path / "benchmarks.md").write_text(
+        f"old\n<!-- notes:begin -->\n{notes}\n<!-- notes:end -->\n")
+    result = subprocess.run(
+        [sys.executable, SCRIPT, "--quick", "--threads", "2", "--bench-binary", "none",
+         "--out", str(tmp_path), "--json", str(tmp_path / "raw.json")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+    report = (tmp_path / "benchmarks.md").read_text()
+    for heading in ("## Machine", "## Targets", "## Prefill", "## Decode", "## Memory"):
+        assert heading in report
+    assert "--quick" in report  # marked as a smoke test, not a measurement
+    assert notes in report
+    assert "| 32 | no | 64 |" in report  # a prefill row: D, causal, L
+    assert (tmp_path / "raw.json").exists()
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "benchmarks.png").stat().st_size > 0
