@@ -119,9 +119,14 @@ void SetNumThreads(int num_threads) {
 int GetNumThreads() {
   const int set = g_num_threads.load();
   if (set > 0) return set;
-  if (const char* env = std::getenv("SDPA_NUM_THREADS")) {
-    const int from_env = std::atoi(env);
-    if (from_env > 0) return from_env;
+  if (const char* env = std::getenv("SDPA_NUM_THREADS"); env != nullptr && env[0] != '\0') {
+    char* end = nullptr;
+    const long from_env = std::strtol(env, &end, 10);
+    if (*end != '\0' || from_env < 1 || from_env > 4096) {
+      internal::Fail("environment variable SDPA_NUM_THREADS is '", env,
+                     "' but must be an integer from 1 to 4096");
+    }
+    return static_cast<int>(from_env);
   }
   const unsigned hardware = std::thread::hardware_concurrency();
   return hardware > 0 ? static_cast<int>(hardware) : 1;

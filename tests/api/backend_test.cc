@@ -160,6 +160,16 @@ TEST_F(Threads, EnvironmentVariableAppliesWhenNotSet) {
   EXPECT_EQ(sdpa::GetNumThreads(), 2);  // an explicit setting wins
 }
 
+TEST_F(Threads, InvalidEnvironmentVariableIsAnError) {
+  for (const char* bad : {"abc", "0", "-2", "3x", "100000"}) {
+    const ScopedEnv env("SDPA_NUM_THREADS", bad);
+    EXPECT_TRUE(
+        sdpa_test::ThrowsError([] { sdpa::GetNumThreads(); },
+                               std::string("sdpa: environment variable SDPA_NUM_THREADS is '") +
+                                   bad + "' but must be an integer from 1 to 4096"));
+  }
+}
+
 TEST_F(Threads, NegativeCountIsRejected) {
   sdpa::SetNumThreads(3);
   EXPECT_TRUE(sdpa_test::ThrowsError([] { sdpa::SetNumThreads(-1); },
