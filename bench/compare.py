@@ -465,11 +465,11 @@ def measure_memory(length, heads, dim, threads):
 
 
 def fmt(value, digits=3, suffix=""):
-    if value is None:
+    """`digits` significant digits, without an exponent for large values; "–" for none."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return "–"
-    return f"{value:.{digits}g}{suffix}"
+    text = f"{value:.0f}" if abs(value) >= 10 ** digits else f"{value:.{digits}g}"
+    return text + suffix
 
 
 def pct(fraction):
@@ -670,7 +670,7 @@ def section_decode(decode_rows, threads):
     for row in decode_rows:
         s, g = row["shape"], row["gbps"]
         lines.append(
-            f"| {s.kv_len} | {s.kv_bytes() / 2**20:.3g} | {fmt(row['ms'].get('sdpa'))} | "
+            f"| {s.kv_len} | {fmt(s.kv_bytes() / 2**20)} | {fmt(row['ms'].get('sdpa'))} | "
             f"{fmt(g['sdpa'])} | {pct(row['bw_frac'])} | {fmt(row['ms'].get('sdpa_1t'))} | "
             f"{fmt(row['speedup'], 3, '×')} | {fmt(g['torch'])} | {fmt(g['numpy'])} | "
             f"{fmt(g['reference'])} | {fmt(row['vs_torch'], 3, '×')} | "
