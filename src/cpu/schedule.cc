@@ -68,6 +68,14 @@ Schedule MakeSchedule(const internal::Problem& p, int threads) {
   }
   std::stable_sort(s.tasks.begin(), s.tasks.end(),
                    [](const Task& a, const Task& b) { return a.cost > b.cost; });
+  double work = 0;
+  for (const Task& t : s.tasks) work += t.cost * static_cast<double>(p.head_dim + p.v_dim);
+  const auto useful =
+      static_cast<int>(std::min<double>(s.threads, std::max(1.0, work / kMinWorkPerThread)));
+  if (useful < s.threads) {
+    why << "; " << useful << " of " << s.threads << " threads, as the work is small";
+    s.threads = useful;
+  }
   why << "; " << s.tasks.size() << " task(s) heaviest first on " << s.threads << " thread(s)";
   s.reason = why.str();
   return s;

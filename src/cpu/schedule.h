@@ -53,6 +53,11 @@ inline constexpr std::int64_t kMinTasks = 32;
 // ...into chunks of at least this many keys (merge cost stays < 1%).
 inline constexpr std::int64_t kMinChunk = 512;
 
+// Each extra thread must get at least this much work (visible pairs × (D + Dv), ~2 flops each):
+// waking a sleeping OpenMP thread costs 5-50 us, and on a 2-vCPU VM whose other core is busy it
+// can cost a whole scheduler time slice (a 64×64 problem took 16 ms on 2 threads, 17 us on 1).
+inline constexpr double kMinWorkPerThread = 2e6;
+
 Schedule MakeSchedule(const internal::Problem& problem, int threads);
 
 }  // namespace sdpa::cpu

@@ -309,12 +309,16 @@ TEST_P(EngineMatches, FullyMaskedRows) {
 TEST_P(EngineMatches, BitwiseIdenticalForAnyThreadCount) {
   const std::vector<Case> cases = {
       {"rows", 2, 4, 2, 300, 300, 32, 32, Causal::kTopLeft},
-      {"split", 1, 2, 1, 2, 6000, 32, 32},
+      {"split", 1, 4, 1, 2, 40000, 32, 32},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
     NaiveProblem p = MakeProblem(c, 19);
     const sdpa::Options engine = OptionsFor(p, sdpa::Backend::kCpu);
+    // Large enough that the schedule really uses several threads.
+    sdpa::SetNumThreads(8);
+    sdpa_test::Buffer<float> q(p.query), k(p.key), v(p.value);
+    ASSERT_GE(sdpa::Explain(q.view(), k.view(), v.view(), engine).threads, 4);
     sdpa::SetNumThreads(1);
     const NaiveResult one = sdpa_test::RunForward<float>(p, engine);
     for (int threads : {2, 3, 8}) {
