@@ -43,6 +43,25 @@ struct AttentionResult {
 AttentionResult AttentionWithLse(const TensorView& query, const TensorView& key,
                                  const TensorView& value, const Options& options = {});
 
+// Gradients of Forward (FlashAttention-2's backward): given the forward's inputs and options,
+// its `out` and `lse` (from Forward with lse), and grad_out = ∂L/∂out, writes
+//   grad_query ∂L/∂query [.., heads, q_len, head_dim], grad_key ∂L/∂key [.., kv_heads, kv_len,
+//   head_dim], grad_value ∂L/∂value [.., kv_heads, kv_len, v_dim]
+// (caller-owned, the query's dtype and rank). With GQA, grad_key and grad_value sum over the
+// query heads of each group. Rows with no visible key contribute nothing (their gradients are 0).
+// Results are bitwise identical for any thread count. Throws sdpa::Error on invalid input before
+// touching the outputs, which must not overlap any input or each other.
+void Backward(const TensorView& query, const TensorView& key, const TensorView& value,
+              const TensorView& out, const TensorView& lse, const TensorView& grad_out,
+              const MutableTensorView& grad_query, const MutableTensorView& grad_key,
+              const MutableTensorView& grad_value, const Options& options = {});
+struct Gradients {
+  Tensor grad_query, grad_key, grad_value;
+};
+Gradients AttentionBackward(const TensorView& query, const TensorView& key, const TensorView& value,
+                            const TensorView& out, const TensorView& lse,
+                            const TensorView& grad_out, const Options& options = {});
+
 // What a call with these arguments would do, and why: the backend, the kernel path, its tile
 // sizes, the SIMD target and the thread split. Validates like Forward (throws sdpa::Error).
 // Setting the environment variable SDPA_VERBOSE=1 prints this to stderr on every call.

@@ -93,6 +93,33 @@ AttentionResult AttentionWithLse(const TensorView& query, const TensorView& key,
   return result;
 }
 
+void Backward(const TensorView& query, const TensorView& key, const TensorView& value,
+              const TensorView& out, const TensorView& lse, const TensorView& grad_out,
+              const MutableTensorView& grad_query, const MutableTensorView& grad_key,
+              const MutableTensorView& grad_value, const Options& options) {
+  const internal::BackwardProblem problem = internal::ValidateBackward(
+      internal::ValidateInputs(query, key, value, options), query.rank(),
+      Inputs(query, key, value, options), out, lse, grad_out, grad_query, grad_key, grad_value);
+  internal::RunBackward(problem);
+}
+
+Gradients AttentionBackward(const TensorView& query, const TensorView& key, const TensorView& value,
+                            const TensorView& out, const TensorView& lse,
+                            const TensorView& grad_out, const Options& options) {
+  internal::Problem problem = internal::ValidateInputs(query, key, value, options);
+  internal::CheckBackwardInputs(problem, query.rank(), out, lse, grad_out);
+  const auto shape_of = [](const TensorView& v) {
+    return std::vector<std::int64_t>(v.layout.shape, v.layout.shape + v.layout.rank);
+  };
+  Gradients g{Tensor(problem.dtype, shape_of(query)), Tensor(problem.dtype, shape_of(key)),
+              Tensor(problem.dtype, shape_of(value))};
+  const internal::BackwardProblem backward = internal::ValidateBackward(
+      std::move(problem), query.rank(), Inputs(query, key, value, options), out, lse, grad_out,
+      g.grad_query.mutable_view(), g.grad_key.mutable_view(), g.grad_value.mutable_view());
+  internal::RunBackward(backward);
+  return g;
+}
+
 Plan Explain(const TensorView& query, const TensorView& key, const TensorView& value,
              const Options& options) {
   return internal::MakePlan(internal::ValidateInputs(query, key, value, options));

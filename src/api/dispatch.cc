@@ -6,7 +6,9 @@
 #include <string>
 
 #include "api/validate.h"
+#include "cpu/backward.h"
 #include "cpu/forward.h"
+#include "reference/backward.h"
 #include "reference/forward.h"
 
 namespace sdpa::internal {
@@ -63,6 +65,15 @@ void Run(const Problem& problem) {
     reference::Forward(problem);
   } else {
     cpu::Forward(problem, GetNumThreads());
+  }
+}
+
+void RunBackward(const BackwardProblem& problem) {
+  if (VerboseRequested()) std::cerr << MakePlan(problem.forward).ToString() << " (backward)\n";
+  if (ResolveBackend(problem.forward) == Backend::kReference) {
+    reference::Backward(problem);
+  } else {
+    cpu::Backward(problem, GetNumThreads());
   }
 }
 

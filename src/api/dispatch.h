@@ -17,4 +17,7 @@ Plan MakePlan(const Problem& problem);
 // environment variable SDPA_VERBOSE is set to a non-empty value other than 0.
 void Run(const Problem& problem);
 
+// Computes the gradients of a validated backward problem on the resolved backend.
+void RunBackward(const BackwardProblem& problem);
+
 }  // namespace sdpa::internal

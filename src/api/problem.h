@@ -58,6 +58,15 @@ struct Problem {
   }
 };
 
+// A validated backward call: the forward problem (q, k, v, mask, options; its `out` and `lse`
+// operands hold the forward's results, read-only here) plus grad_out and the three gradients.
+// Gradients have the shapes of q, k and v and overlap nothing else.
+struct BackwardProblem {
+  Problem forward;
+  Operand<const void> grad_out;  // [B, H, Lq, Dv]
+  Operand<void> grad_q, grad_k, grad_v;
+};
+
 // Typed view of an untyped operand (the dtype was checked by validation).
 template <typename T>
 Operand<const T> As(const Operand<const void>& op) {

@@ -105,23 +105,49 @@ bool SelfOverlaps(const Layout& layout) {
   return false;
 }
 
-void CheckOutput(const char* name, const MutableTensorView& view, DType dtype,
-                 const std::vector<std::int64_t>& expected_shape) {
-  CheckSameDType(name, view.dtype, "query", dtype);
+// dtype, view and exact shape of an operand whose shape follows from the problem.
+void CheckShaped(const char* name, const void* data, DType dtype, const Layout& layout,
+                 DType expected_dtype, const std::vector<std::int64_t>& expected_shape) {
+  CheckSameDType(name, dtype, "query", expected_dtype);
   const int rank = static_cast<int>(expected_shape.size());
-  CheckView(name, view.data, view.dtype, view.layout, rank, rank);
+  CheckView(name, data, dtype, layout, rank, rank);
   for (int d = 0; d < rank; ++d) {
-    if (view.layout.shape[d] != expected_shape[static_cast<std::size_t>(d)]) {
-      Fail(name, ".shape is ", ShapeString(view.layout), " but must be ",
-           ShapeString(expected_shape));
+    if (layout.shape[d] != expected_shape[static_cast<std::size_t>(d)]) {
+      Fail(name, ".shape is ", ShapeString(layout), " but must be ", ShapeString(expected_shape));
     }
   }
+}
+
+void CheckOutput(const char* name, const MutableTensorView& view, DType dtype,
+                 const std::vector<std::int64_t>& expected_shape) {
+  CheckShaped(name, view.data, view.dtype, view.layout, dtype, expected_shape);
   if (SelfOverlaps(view.layout)) {
     const std::vector<std::int64_t> strides(view.layout.strides,
                                             view.layout.strides + view.layout.rank);
     Fail(name, " has overlapping elements: shape ", ShapeString(view.layout), " with strides ",
          ShapeString(strides), " maps two indices to one address");
   }
+}
+
+// lse [.., Lq] seen as [.., Lq, 1], so that a rank-4 operand's Row(b, h, i) addresses it.
+Layout LseAsRows(Layout lse) {
+  lse.shape[lse.rank] = 1;
+  lse.strides[lse.rank] = 0;
+  lse.rank += 1;
+  return lse;
+}
+
+// The trailing `rank` entries of a rank-4 shape.
+std::vector<std::int64_t> Trailing(std::vector<std::int64_t> full, int rank) {
+  return std::vector<std::int64_t>(full.end() - rank, full.end());
+}
+
+// Copies a view's strides, normalised to rank 4, into an operand.
+template <typename Op>
+void SetOperand(Op& op, decltype(Op::data) data, const Layout& layout) {
+  const Normalized n = Normalize(layout);
+  op.data = data;
+  std::copy(n.stride, n.stride + 4, op.stride);
 }
 
 }  // namespace
@@ -284,6 +310,67 @@ bool Overlaps(const void* a_data, DType a_dtype, const Layout& a, const void* b_
   return ra.lo < rb.hi && rb.lo < ra.hi;
 }
 
+void CheckBackwardInputs(const Problem& p, int query_rank, const TensorView& out,
+                         const TensorView& lse, const TensorView& grad_out) {
+  CheckShaped("out", out.data, out.dtype, out.layout, p.dtype, OutShape(p, query_rank));
+  CheckShaped("lse", lse.data, lse.dtype, lse.layout, p.dtype, LseShape(p, query_rank));
+  CheckShaped("grad_out", grad_out.data, grad_out.dtype, grad_out.layout, p.dtype,
+              OutShape(p, query_rank));
+}
+
+BackwardProblem ValidateBackward(Problem problem, int query_rank,
+                                 const std::vector<TensorView>& forward_inputs,
+                                 const TensorView& out, const TensorView& lse,
+                                 const TensorView& grad_out, const MutableTensorView& grad_query,
+                                 const MutableTensorView& grad_key,
+                                 const MutableTensorView& grad_value) {
+  const Problem& p = problem;
+  CheckBackwardInputs(p, query_rank, out, lse, grad_out);
+  const MutableTensorView* grads[3] = {&grad_query, &grad_key, &grad_value};
+  const char* grad_names[3] = {"grad_query", "grad_key", "grad_value"};
+  CheckOutput("grad_query", grad_query, p.dtype,
+              Trailing({p.batch, p.heads, p.q_len, p.head_dim}, query_rank));
+  CheckOutput("grad_key", grad_key, p.dtype,
+              Trailing({p.batch, p.kv_heads, p.kv_len, p.head_dim}, query_rank));
+  CheckOutput("grad_value", grad_value, p.dtype,
+              Trailing({p.batch, p.kv_heads, p.kv_len, p.v_dim}, query_rank));
+
+  std::vector<TensorView> inputs = forward_inputs;
+  std::vector<const char*> input_names = {"query", "key", "value"};
+  if (inputs.size() > 3) input_names.push_back("options.mask");
+  for (const auto& [view, name] : {std::pair{out, "out"}, {lse, "lse"}, {grad_out, "grad_out"}}) {
+    inputs.push_back(view);
+    input_names.push_back(name);
+  }
+  for (int g = 0; g < 3; ++g) {
+    const MutableTensorView& grad = *grads[g];
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      const TensorView& in = inputs[i];
+      if (Overlaps(grad.data, grad.dtype, grad.layout, in.data, in.dtype, in.layout)) {
+        Fail(grad_names[g], " overlaps ", input_names[i],
+             " in memory; outputs must not alias inputs");
+      }
+    }
+    for (int other = 0; other < g; ++other) {
+      if (Overlaps(grad.data, grad.dtype, grad.layout, grads[other]->data, grads[other]->dtype,
+                   grads[other]->layout)) {
+        Fail(grad_names[g], " overlaps ", grad_names[other], " in memory");
+      }
+    }
+  }
+
+  BackwardProblem b;
+  b.forward = std::move(problem);
+  // The forward's results are read-only inputs of the backward: Operand<void> by convention.
+  SetOperand(b.forward.out, const_cast<void*>(out.data), out.layout);
+  SetOperand(b.forward.lse, const_cast<void*>(lse.data), LseAsRows(lse.layout));
+  SetOperand(b.grad_out, grad_out.data, grad_out.layout);
+  SetOperand(b.grad_q, grad_query.data, grad_query.layout);
+  SetOperand(b.grad_k, grad_key.data, grad_key.layout);
+  SetOperand(b.grad_v, grad_value.data, grad_value.layout);
+  return b;
+}
+
 void AttachOutputs(Problem& p, int query_rank, const MutableTensorView& out,
                    const MutableTensorView* lse, const std::vector<TensorView>& inputs,
                    const std::vector<const char*>& input_names) {
@@ -302,19 +389,8 @@ void AttachOutputs(Problem& p, int query_rank, const MutableTensorView& out,
     Fail("lse overlaps out in memory");
   }
 
-  const Normalized o = Normalize(out.layout);
-  p.out.data = out.data;
-  std::copy(o.stride, o.stride + 4, p.out.stride);
-  if (lse) {
-    // lse [B, H, Lq] is stored in stride[0..2] of a rank-4 operand so Row(b, h, i) addresses it.
-    Layout padded = lse->layout;
-    padded.rank += 1;
-    padded.shape[padded.rank - 1] = 1;
-    padded.strides[padded.rank - 1] = 0;
-    const Normalized l = Normalize(padded);
-    p.lse.data = lse->data;
-    std::copy(l.stride, l.stride + 4, p.lse.stride);
-  }
+  SetOperand(p.out, out.data, out.layout);
+  if (lse) SetOperand(p.lse, lse->data, LseAsRows(lse->layout));
 }
 
 }  // namespace sdpa::internal

@@ -60,6 +60,20 @@ void AttachOutputs(Problem& problem, int query_rank, const MutableTensorView& ou
                    const MutableTensorView* lse, const std::vector<TensorView>& inputs,
                    const std::vector<const char*>& input_names);
 
+// Checks the backward's extra inputs: out, lse and grad_out (shapes of out, lse, out).
+void CheckBackwardInputs(const Problem& problem, int query_rank, const TensorView& out,
+                         const TensorView& lse, const TensorView& grad_out);
+
+// Checks the backward's extra arguments against a problem from ValidateInputs and attaches them:
+// out, lse and grad_out are inputs here (shapes of out, lse, out), the gradients outputs (shapes
+// of query, key, value) that must not overlap any input or each other.
+BackwardProblem ValidateBackward(Problem problem, int query_rank,
+                                 const std::vector<TensorView>& forward_inputs,
+                                 const TensorView& out, const TensorView& lse,
+                                 const TensorView& grad_out, const MutableTensorView& grad_query,
+                                 const MutableTensorView& grad_key,
+                                 const MutableTensorView& grad_value);
+
 // True when two views share at least one byte of memory (conservative: compares byte ranges).
 bool Overlaps(const void* a_data, DType a_dtype, const Layout& a, const void* b_data, DType b_dtype,
               const Layout& b);

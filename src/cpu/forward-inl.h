@@ -49,59 +49,12 @@
 #include "cpu/parallel.h"
 #include "cpu/partials.h"
 #include "cpu/schedule.h"
+#include "cpu/tile_steps-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace sdpa::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
-
-using internal::MaskKind;
-using internal::Problem;
-
-inline constexpr double kLog2e = 1.442695040888963407359924681001892137;
-
-inline std::int64_t RoundUp(std::int64_t x, std::int64_t multiple) {
-  return (x + multiple - 1) / multiple * multiple;
-}
-
-// Per-thread buffers, grown on demand and kept for the next call.
-template <typename T>
-class Arena {
- public:
-  // Returns `count` elements, 64-byte aligned, valid until the next Reset.
-  T* Take(std::int64_t count) {
-    T* p = base_.get() + used_;
-    used_ += RoundUp(count, 64 / static_cast<std::int64_t>(sizeof(T)));
-    return p;
-  }
-  void Reset(std::int64_t total) {
-    if (total > capacity_) {
-      base_ = hwy::AllocateAligned<T>(static_cast<std::size_t>(total));
-      capacity_ = total;
-    }
-    used_ = 0;
-  }
-  // Elements Take(count) consumes.
-  static std::int64_t Footprint(std::int64_t count) {
-    return RoundUp(count, 64 / static_cast<std::int64_t>(sizeof(T)));
-  }
-
- private:
-  hwy::AlignedFreeUniquePtr<T[]> base_;
-  std::int64_t capacity_ = 0, used_ = 0;
-};
-
-// One query row of a task: where it reads and writes, and its causal end.
-template <typename T>
-struct RowRef {
-  const T* q;
-  T* out;
-  T* lse;                   // nullptr when not requested
-  const void* mask;         // mask(b, h, i, 0), nullptr without a mask
-  std::int64_t head;        // query head h
-  std::int64_t end;         // keys [0, end) pass the causal rule
-  std::int64_t global_row;  // index into Partials: (b·H + h)·Lq + i
-};
 
 // One task: a block of query rows of one (batch, kv head) against a range of keys.
 template <typename T>
@@ -162,13 +115,13 @@ class ForwardTask {
       if (dot_form_) {
         ScoreTileByDots(k, ldk, keys);
       } else {
-        ScoreTile(k, ldk, keys);
+        ScoreTile(d_, qt_, p_.head_dim, rp_, k, ldk, keys, st_);
       }
-      if (partial) ApplyMask(j0, keys);
+      if (partial) ApplyMask(p_, rows_, j0, keys, st_, rp_);
       OnlineSoftmaxUpdate(keys);
       // 0 · NaN = NaN: a masked key whose V row is not finite would poison rows that may not
       // see it, so such tiles take the path that skips zero probabilities.
-      if (partial && !AllFinite(v, ldv, keys)) {
+      if (partial && !AllFinite(d_, v, ldv, keys, p_.v_dim)) {
         AccumulatePvSkippingZeros(v, ldv, keys);
       } else {
         AccumulatePv(v, ldv, keys);
@@ -181,40 +134,16 @@ class ForwardTask {
     }
   }
 
- private:
-  // Row r of the task is position i = row / G of head h = kv_head·G + row % G (schedule.h).
   void DescribeRows() {
-    rows_.resize(static_cast<std::size_t>(br_));
-    const std::int64_t g = s_.group;
-    for (std::int64_t r = 0; r < br_; ++r) {
-      const std::int64_t row = t_.row_begin + r, i = row / g, h = t_.kv_head * g + row % g;
-      RowRef<T>& ref = rows_[static_cast<std::size_t>(r)];
-      ref.q = internal::As<T>(p_.q).Row(t_.batch, h, i);
-      ref.out = internal::As<T>(p_.out).Row(t_.batch, h, i);
-      ref.lse = p_.lse.data ? internal::As<T>(p_.lse).Row(t_.batch, h, i) : nullptr;
-      ref.mask =
-          p_.mask_kind == MaskKind::kNone
-              ? nullptr
-              : static_cast<const char*>(p_.mask.data) +
-                    (t_.batch * p_.mask.stride[0] + h * p_.mask.stride[1] + i * p_.mask.stride[2]) *
-                        static_cast<std::int64_t>(p_.mask_kind == MaskKind::kBool ? sizeof(bool)
-                                                                                  : sizeof(T));
-      ref.head = h;
-      ref.end = p_.CausalEnd(i);
-      ref.global_row = (t_.batch * p_.heads + h) * p_.q_len + i;
-    }
+    cpu::HWY_NAMESPACE::DescribeRows(p_, s_.group, t_.batch, t_.kv_head, t_.row_begin, t_.row_end,
+                                     rows_);
   }
 
-  // Qᵀ panels: qt[panel][k][x] = q[panel·2N + x][k] · scale; padded rows are 0.
+  // Qᵀ panels of the task's rows, pre-multiplied by scale; padded rows are 0.
   void PackQueries() {
-    const T factor = static_cast<T>(p_.scale);
-    const std::int64_t width = 2 * n_, depth = p_.head_dim, qs = p_.q.stride[3];
-    std::fill(qt_, qt_ + rp_ * depth, T(0));
-    for (std::int64_t r = 0; r < br_; ++r) {
-      const T* q = rows_[static_cast<std::size_t>(r)].q;
-      T* dst = qt_ + (r / width) * depth * width + r % width;
-      for (std::int64_t k = 0; k < depth; ++k) dst[k * width] = q[k * qs] * factor;
-    }
+    PackPanels(
+        br_, rp_, 2 * n_, p_.head_dim, p_.q.stride[3], static_cast<T>(p_.scale),
+        [&](std::int64_t r) { return rows_[static_cast<std::size_t>(r)].q; }, qt_);
   }
 
   // Query rows for the dot form: q[r][k] · scale in rows of Dp (zero-padded).
@@ -228,16 +157,11 @@ class ForwardTask {
     }
   }
 
-  // K rows of the tile with unit element stride: in place, or packed when strided.
+  // K rows of the tile with unit element stride: in place, or packed (and padded to Dp).
   const T* KeyTile(std::int64_t j0, std::int64_t keys) {
     const T* k = internal::As<T>(p_.k).Row(t_.batch, t_.kv_head, j0);
     if (k_unit_) return k;
-    for (std::int64_t c = 0; c < keys; ++c) {
-      T* dst = k_pack_ + c * dp_;
-      for (std::int64_t x = 0; x < p_.head_dim; ++x)
-        dst[x] = k[c * p_.k.stride[2] + x * p_.k.stride[3]];
-      std::fill(dst + p_.head_dim, dst + dp_, T(0));
-    }
+    PackRows(k, p_.k.stride[2], p_.k.stride[3], keys, p_.head_dim, dp_, k_pack_);
     return k_pack_;
   }
 
@@ -245,27 +169,8 @@ class ForwardTask {
   const T* ValueTile(std::int64_t j0, std::int64_t keys) {
     const T* v = internal::As<T>(p_.v).Row(t_.batch, t_.kv_head, j0);
     if (v_unit_) return v;
-    for (std::int64_t c = 0; c < keys; ++c) {
-      T* dst = v_pack_ + c * dvp_;
-      for (std::int64_t x = 0; x < p_.v_dim; ++x)
-        dst[x] = v[c * p_.v.stride[2] + x * p_.v.stride[3]];
-      std::fill(dst + p_.v_dim, dst + dvp_, T(0));
-    }
+    PackRows(v, p_.v.stride[2], p_.v.stride[3], keys, p_.v_dim, dvp_, v_pack_);
     return v_pack_;
-  }
-
-  // Sᵀ[c][r] = K[c] · Qᵀ[:, r] for all Rp rows (panels of 2N) and keys c < keys.
-  void ScoreTile(const T* k, std::int64_t ldk, std::int64_t keys) {
-    const std::int64_t width = 2 * n_, depth = p_.head_dim;
-    for (std::int64_t panel = 0; panel < rp_ / width; ++panel) {
-      const T* qt_panel = qt_ + panel * depth * width;
-      for (std::int64_t c = 0; c < keys; c += kMicroRows) {
-        WithMicroRows(keys - c, [&](auto rows) {
-          ScoreMicroTile<decltype(rows)::value>(d_, qt_panel, depth, k + c * ldk, ldk,
-                                                st_ + c * rp_ + panel * width, rp_);
-        });
-      }
-    }
   }
 
   // The same Sᵀ for a task with fewer rows than vector lanes (decode): padding the rows to a
@@ -297,32 +202,6 @@ class ForwardTask {
           a = hn::MulAdd(hn::Load(d_, q + x), hn::LoadU(d_, k + c * ldk + x), a);
         }
         st_[c * rp_ + r] = hn::GetLane(hn::SumOfLanes(d_, a));
-      }
-    }
-  }
-
-  // Sets the scores of invisible keys to -inf (causal rule, bool mask) and adds an additive
-  // mask. Only tiles that contain an invisible key or a mask come here. The score
-  // is overwritten, never combined, so NaN/Inf from masked K rows cannot survive.
-  void ApplyMask(std::int64_t j0, std::int64_t keys) {
-    constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-    const std::int64_t ms = p_.mask.stride[3];
-    for (std::int64_t r = 0; r < br_; ++r) {
-      const RowRef<T>& row = rows_[static_cast<std::size_t>(r)];
-      T* s = st_ + r;
-      const std::int64_t visible = std::clamp<std::int64_t>(row.end - j0, 0, keys);
-      for (std::int64_t c = visible; c < keys; ++c) s[c * rp_] = kNegInf;
-      if (p_.mask_kind == MaskKind::kBool) {
-        const bool* mask = static_cast<const bool*>(row.mask) + j0 * ms;
-        for (std::int64_t c = 0; c < visible; ++c) {
-          if (!mask[c * ms]) s[c * rp_] = kNegInf;
-        }
-      } else if (p_.mask_kind == MaskKind::kAdditive) {
-        const T* mask = static_cast<const T*>(row.mask) + j0 * ms;
-        for (std::int64_t c = 0; c < visible; ++c) {
-          const T bias = mask[c * ms];
-          s[c * rp_] = bias == kNegInf ? kNegInf : s[c * rp_] + bias;
-        }
       }
     }
   }
@@ -374,8 +253,8 @@ class ForwardTask {
     for (std::int64_t col = 0; col < p_.v_dim; col += width) {
       for (std::int64_t r = 0; r < br_; r += kMicroRows) {
         WithMicroRows(br_ - r, [&](auto rows) {
-          PvMicroTile<decltype(rows)::value>(d_, st_ + r, rp_, keys, v + col, ldv, alpha_ + r,
-                                             o_ + r * dvp_ + col, dvp_);
+          MulAddMicroTile<decltype(rows)::value>(d_, st_ + r, 1, rp_, keys, v + col, ldv,
+                                                 alpha_ + r, o_ + r * dvp_ + col, dvp_);
         });
       }
     }
@@ -401,18 +280,6 @@ class ForwardTask {
     }
   }
 
-  bool AllFinite(const T* v, std::int64_t ldv, std::int64_t keys) const {
-    // x·0 is 0 for finite x and NaN for NaN/±Inf.
-    const V zero = hn::Zero(d_);
-    auto bad = hn::Zero(d_);
-    for (std::int64_t c = 0; c < keys; ++c) {
-      for (std::int64_t x = 0; x < p_.v_dim; x += n_) {
-        bad = hn::Or(bad, hn::Mul(hn::LoadU(d_, v + c * ldv + x), zero));
-      }
-    }
-    return hn::AllTrue(d_, hn::Eq(bad, zero));
-  }
-
   // out[r] = O[r] / l[r]; lse[r] = m[r] + ln l[r]. Rows that never saw a visible score
   // (m = -inf) get out = 0 and lse = -inf.
   void FinalizeRows() {
@@ -422,10 +289,11 @@ class ForwardTask {
       const bool empty = m == -std::numeric_limits<T>::infinity();
       const T inv = empty ? T(0) : T(1) / l;
       const T* o = o_ + r * dvp_;
+      T* out = internal::As<T>(p_.out).Row(t_.batch, row.head, row.pos);
       const std::int64_t os = p_.out.stride[3];
-      for (std::int64_t x = 0; x < p_.v_dim; ++x) row.out[x * os] = empty ? T(0) : o[x] * inv;
-      if (row.lse != nullptr) {
-        *row.lse =
+      for (std::int64_t x = 0; x < p_.v_dim; ++x) out[x * os] = empty ? T(0) : o[x] * inv;
+      if (p_.lse.data != nullptr) {
+        *internal::As<T>(p_.lse).Row(t_.batch, row.head, row.pos) =
             empty ? m : static_cast<T>(static_cast<double>(m) + std::log(static_cast<double>(l)));
       }
     }

@@ -9,8 +9,9 @@
 // Both kernels compute C[kRows][2N] (+)= A[kRows][depth] · B[depth][2N] where A is read as
 // broadcast scalars and B as two vectors per step:
 //   ScoreMicroTile: A = K rows (keys), B = a packed Qᵀ panel; C = a block of Sᵀ.
-//   PvMicroTile:    A = Pᵀ columns (query rows), B = V rows; C = a block of O, rescaled by α on
-//                   load (the FlashAttention-2 rescale fused into the accumulator load).
+//   MulAddMicroTile: A in any layout, B = rows (V, dO, Q or K); C = a block of O (rescaled by α
+//                   on load: the FlashAttention-2 rescale fused into the accumulator load) or
+//                   of a gradient.
 
 #if defined(SDPA_CPU_MICRO_KERNELS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef SDPA_CPU_MICRO_KERNELS_INL_H_
@@ -86,43 +87,51 @@ HWY_INLINE void ScoreMicroTile(D d, const T* HWY_RESTRICT qt_panel, std::int64_t
 #undef SDPA_STORE_ROW
 }
 
-// O[r][0..2N) = α[r] · O[r][0..2N) + Σ_c Pᵀ[c][r] · V[c][0..2N) for the kRows query rows r.
-//   pt [keys][ldpt] (column r of Pᵀ is query row r), v [keys][ldv] (unaligned rows),
-//   alpha [kRows], o [kRows][ldo] (aligned rows).
+// C[r][0..2N) = α[r]·C[r][0..2N) + Σ_k A(r, k)·B[k][0..2N) for the kRows rows r, where
+// A(r, k) = a[r·a_row + k·a_k] (any layout), B[k] = b + k·ldb (unaligned rows), C rows are ldc
+// apart (aligned), and α = 1 when alpha is null. Forward: O = α·O + P·V with A = Pᵀ read by
+// column. Backward: dV += Pᵀ·dO, dK += dSᵀ·Q (A read by row) and dQ += dS·K (by column).
 template <int kRows, class D, typename T = hn::TFromD<D>>
-HWY_INLINE void PvMicroTile(D d, const T* HWY_RESTRICT pt, std::int64_t ldpt, std::int64_t keys,
-                            const T* HWY_RESTRICT v, std::int64_t ldv, const T* HWY_RESTRICT alpha,
-                            T* HWY_RESTRICT o, std::int64_t ldo) {
+HWY_INLINE void MulAddMicroTile(D d, const T* HWY_RESTRICT a, std::int64_t a_row, std::int64_t a_k,
+                                std::int64_t depth, const T* HWY_RESTRICT b, std::int64_t ldb,
+                                const hn::TFromD<D>* HWY_RESTRICT alpha, T* HWY_RESTRICT c,
+                                std::int64_t ldc) {
   static_assert(kRows >= 1 && kRows <= kMicroRows, "micro-tile rows");
   const std::int64_t n = static_cast<std::int64_t>(hn::Lanes(d));
   using V = hn::Vec<D>;
   V c00 = hn::Zero(d), c01 = hn::Zero(d), c10 = hn::Zero(d), c11 = hn::Zero(d);
   V c20 = hn::Zero(d), c21 = hn::Zero(d), c30 = hn::Zero(d), c31 = hn::Zero(d);
   V c40 = hn::Zero(d), c41 = hn::Zero(d), c50 = hn::Zero(d), c51 = hn::Zero(d);
-#define SDPA_LOAD_ROW(r)                                \
-  {                                                     \
-    const V a = hn::Set(d, alpha[r]);                   \
-    c##r##0 = hn::Mul(hn::Load(d, o + (r)*ldo), a);     \
-    c##r##1 = hn::Mul(hn::Load(d, o + (r)*ldo + n), a); \
+  const T* a0 = a;
+  const T* a1 = a0 + a_row;
+  const T* a2 = a1 + a_row;
+  const T* a3 = a2 + a_row;
+  const T* a4 = a3 + a_row;
+  const T* a5 = a4 + a_row;
+#define SDPA_LOAD_ROW(r)                                             \
+  {                                                                  \
+    const V scale = alpha ? hn::Set(d, alpha[r]) : hn::Set(d, T(1)); \
+    c##r##0 = hn::Mul(hn::Load(d, c + (r)*ldc), scale);              \
+    c##r##1 = hn::Mul(hn::Load(d, c + (r)*ldc + n), scale);          \
   }
   SDPA_FOR_ROWS(SDPA_LOAD_ROW)
 #undef SDPA_LOAD_ROW
-  for (std::int64_t c = 0; c < keys; ++c) {
-    const V b0 = hn::LoadU(d, v + c * ldv);
-    const V b1 = hn::LoadU(d, v + c * ldv + n);
-    const T* p = pt + c * ldpt;
-#define SDPA_PV_ROW(r)                    \
+  for (std::int64_t k = 0; k < depth; ++k) {
+    const V b0 = hn::LoadU(d, b + k * ldb);
+    const V b1 = hn::LoadU(d, b + k * ldb + n);
+    const std::int64_t at = k * a_k;
+#define SDPA_MULADD_ROW(r)                \
   {                                       \
-    const V a = hn::Set(d, p[r]);         \
-    c##r##0 = hn::MulAdd(a, b0, c##r##0); \
-    c##r##1 = hn::MulAdd(a, b1, c##r##1); \
+    const V x = hn::Set(d, a##r[at]);     \
+    c##r##0 = hn::MulAdd(x, b0, c##r##0); \
+    c##r##1 = hn::MulAdd(x, b1, c##r##1); \
   }
-    SDPA_FOR_ROWS(SDPA_PV_ROW)
-#undef SDPA_PV_ROW
+    SDPA_FOR_ROWS(SDPA_MULADD_ROW)
+#undef SDPA_MULADD_ROW
   }
 #define SDPA_STORE_ROW(r)             \
-  hn::Store(c##r##0, d, o + (r)*ldo); \
-  hn::Store(c##r##1, d, o + (r)*ldo + n);
+  hn::Store(c##r##0, d, c + (r)*ldc); \
+  hn::Store(c##r##1, d, c + (r)*ldc + n);
   SDPA_FOR_ROWS(SDPA_STORE_ROW)
 #undef SDPA_STORE_ROW
 }

@@ -81,4 +81,49 @@ Schedule MakeSchedule(const internal::Problem& p, int threads) {
   return s;
 }
 
+Schedule MakeBackwardSchedule(const internal::Problem& p, int threads) {
+  Schedule s;
+  s.q_tile = kQTile;
+  s.kv_tile = kKvTile;
+  s.threads = std::max(1, threads);
+  if (p.batch == 0 || p.kv_heads == 0 || p.kv_len == 0) return s;
+  s.group = p.heads / p.kv_heads;
+  const std::int64_t pairs = p.batch * p.kv_heads;
+  s.kv_chunk = p.kv_len;
+  if (pairs < kMinBackwardTasks && p.kv_len >= 2 * kMinChunk) {
+    const std::int64_t wanted = std::min(CeilDiv(kMinBackwardTasks, pairs), p.kv_len / kMinChunk);
+    s.kv_chunk = CeilDiv(CeilDiv(p.kv_len, wanted), s.kv_tile) * s.kv_tile;
+  }
+  s.kv_splits = CeilDiv(p.kv_len, s.kv_chunk);
+  double work = 0;
+  for (std::int64_t b = 0; b < p.batch; ++b) {
+    for (std::int64_t kvh = 0; kvh < p.kv_heads; ++kvh) {
+      for (std::int64_t split = 0; split < s.kv_splits; ++split) {
+        Task t;
+        t.batch = b;
+        t.kv_head = kvh;
+        t.row_begin = 0;
+        t.row_end = s.group * p.q_len;
+        t.kv_begin = split * s.kv_chunk;
+        t.kv_end = std::min(p.kv_len, t.kv_begin + s.kv_chunk);
+        t.split = split;
+        // Rows that see the chunk's keys: all but those before the diagonal.
+        t.cost = t.row_end > 0 ? TaskCost(p, t) : 0;
+        work += t.cost;
+        s.tasks.push_back(t);
+      }
+    }
+  }
+  std::stable_sort(s.tasks.begin(), s.tasks.end(),
+                   [](const Task& a, const Task& b) { return a.cost > b.cost; });
+  work *= 2.5 * static_cast<double>(p.head_dim + p.v_dim);
+  s.threads =
+      static_cast<int>(std::min<double>(s.threads, std::max(1.0, work / kMinWorkPerThread)));
+  std::ostringstream why;
+  why << "backward: " << s.tasks.size() << " task(s) of (batch, kv head, " << s.kv_chunk
+      << " keys) on " << s.threads << " thread(s)";
+  s.reason = why.str();
+  return s;
+}
+
 }  // namespace sdpa::cpu

@@ -60,4 +60,11 @@ inline constexpr double kMinWorkPerThread = 2e6;
 
 Schedule MakeSchedule(const internal::Problem& problem, int threads);
 
+// The backward's partition (backward-inl.h): one task per (batch, kv head, key chunk) owns the
+// gradients of its keys and all query rows of its group (row_begin = 0, row_end = G·Lq). Keys are
+// chunked only when there are fewer than kMinBackwardTasks (batch, kv head) pairs; each chunk then
+// keeps its own dQ, summed in chunk order afterwards. Shape-only, so thread-count independent.
+inline constexpr std::int64_t kMinBackwardTasks = 8;
+Schedule MakeBackwardSchedule(const internal::Problem& problem, int threads);
+
 }  // namespace sdpa::cpu

@@ -1,0 +1,347 @@
+// The tiled backward pass (FlashAttention-2, Algorithm 2) for one SIMD target.
+//
+// What it computes, for each query row i with visible keys j (forward: P = softmax(S),
+// S = scale·Q Kᵀ + mask, O = P V):
+//   P_ij = exp(S_ij - lse_i)                 recomputed from the saved lse, never stored whole
+//   Δ_i  = Σ_e dO_ie O_ie                    (= Σ_j P_ij dP_ij), once per row before the pass
+//   dV_j = Σ_i P_ij dO_i                     (inverts the forward's AccumulatePv)
+//   dP_ij = dO_i · V_j;  dS_ij = P_ij (dP_ij - Δ_i)   (inverts OnlineSoftmaxUpdate)
+//   dQ_i = scale Σ_j dS_ij K_j;  dK_j = scale Σ_i dS_ij Q_i   (invert ScoreTile)
+//
+// Loop order: a task owns one (batch, kv head, key chunk). For each K/V tile of Bc keys it keeps
+// dK_j, dV_j in L1/L2 and streams the group's query rows past them in tiles of Br, skipping rows
+// whose causal range ends before the tile; dQ accumulates per task in a [G·Lq][Dkp] buffer (per
+// chunk when keys are chunked, summed in chunk order at the end). Every gradient element is
+// written by exactly one task in a fixed order: no atomics, bitwise identical for any thread
+// count. Five products per tile, all on the forward's micro-kernels (ScoreMicroTile for Sᵀ and
+// dPᵀ, MulAddMicroTile for dV, dK, dQ).
+//
+// Legend: Qᵀ, dOᵀ [Rp/2N][D or Dv][2N] transposed panels; Q, dO rows [Br][Dkp or Dvp]; K, V rows
+// [Bc][Dkp or Dvp] (packed, zero-padded); Pᵀ, dSᵀ [Bc][Rp]; dK, dV accumulators [Bc][Dkp, Dvp].
+//
+// Zeros stay zeros: P is exactly 0 for masked keys, padded rows and rows with no visible key
+// (lse = -inf), dS is set to 0 wherever P is 0 (so NaN/Inf in a masked V row cannot reach dS),
+// and dQ skips zero dS when a masked K row is not finite.
+
+#if defined(SDPA_CPU_BACKWARD_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef SDPA_CPU_BACKWARD_INL_H_
+#undef SDPA_CPU_BACKWARD_INL_H_
+#else
+#define SDPA_CPU_BACKWARD_INL_H_
+#endif
+
+#include <hwy/highway.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "api/problem.h"
+#include "cpu/exp2-inl.h"
+#include "cpu/micro_kernels-inl.h"
+#include "cpu/parallel.h"
+#include "cpu/schedule.h"
+#include "cpu/tile_steps-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace sdpa::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using internal::BackwardProblem;
+
+// Per-call state shared by the tasks: Δ per output row and the dQ accumulators.
+template <typename T>
+struct BackwardShared {
+  std::vector<T> delta;               // [B·H·Lq], by RowRef::global_row
+  hwy::AlignedFreeUniquePtr<T[]> dq;  // [chunks][B·Hkv][G·Lq][Dkp]
+  std::int64_t dkp = 0;
+
+  T* DqRows(const internal::Problem& p, const Schedule& s, const Task& t) const {
+    const std::int64_t rows = s.group * p.q_len;
+    return dq.get() + ((t.split * p.batch + t.batch) * p.kv_heads + t.kv_head) * rows * dkp;
+  }
+};
+
+// The first row of a group (i-major, see schedule.h) whose causal range reaches key j0.
+inline std::int64_t FirstRowSeeing(const internal::Problem& p, std::int64_t group,
+                                   std::int64_t j0) {
+  std::int64_t first_pos = 0;  // smallest i with CausalEnd(i) > j0
+  if (p.causal == Causal::kTopLeft) first_pos = j0;
+  if (p.causal == Causal::kBottomRight) first_pos = j0 - (p.kv_len - p.q_len);
+  return std::clamp<std::int64_t>(first_pos, 0, p.q_len) * group;
+}
+
+template <typename T>
+class BackwardTask {
+ public:
+  using D = hn::ScalableTag<T>;
+  using V = hn::Vec<D>;
+
+  BackwardTask(const BackwardProblem& bp, const Schedule& s, const Task& t,
+               const BackwardShared<T>& shared, Arena<T>& arena, std::vector<RowRef<T>>& rows)
+      : bp_(bp), p_(bp.forward), s_(s), t_(t), shared_(shared), rows_(rows) {
+    n_ = static_cast<std::int64_t>(hn::Lanes(d_));
+    rp_ = RoundUp(s.q_tile, 2 * n_);
+    dkp_ = shared.dkp;
+    dvp_ = RoundUp(p_.v_dim, 2 * n_);
+    const std::int64_t bc = s.kv_tile;
+    using A = Arena<T>;
+    arena.Reset(A::Footprint(rp_ * p_.head_dim) + A::Footprint(rp_ * p_.v_dim) +
+                A::Footprint(rp_ * dkp_) + A::Footprint(rp_ * dvp_) + 2 * A::Footprint(bc * rp_) +
+                2 * A::Footprint(bc * dkp_) + 2 * A::Footprint(bc * dvp_) + 2 * A::Footprint(rp_));
+    qt_ = arena.Take(rp_ * p_.head_dim);
+    dot_ = arena.Take(rp_ * p_.v_dim);
+    q_rows_ = arena.Take(rp_ * dkp_);
+    do_rows_ = arena.Take(rp_ * dvp_);
+    pt_ = arena.Take(bc * rp_);
+    dst_ = arena.Take(bc * rp_);
+    k_rows_ = arena.Take(bc * dkp_);
+    v_rows_ = arena.Take(bc * dvp_);
+    dk_ = arena.Take(bc * dkp_);
+    dv_ = arena.Take(bc * dvp_);
+    lse_ = arena.Take(rp_);
+    delta_ = arena.Take(rp_);
+  }
+
+  // The tile loop: for each K/V tile of the chunk, every query tile that can see it.
+  void Run() {
+    const std::int64_t total_rows = s_.group * p_.q_len;
+    T* dq = shared_.DqRows(p_, s_, t_);
+    for (std::int64_t j0 = t_.kv_begin; j0 < t_.kv_end; j0 += s_.kv_tile) {
+      const std::int64_t keys = std::min(s_.kv_tile, t_.kv_end - j0);
+      LoadKvTile(j0, keys);
+      std::fill(dk_, dk_ + keys * dkp_, T(0));
+      std::fill(dv_, dv_ + keys * dvp_, T(0));
+      for (std::int64_t r0 = FirstRowSeeing(p_, s_.group, j0); r0 < total_rows; r0 += s_.q_tile) {
+        const std::int64_t rows = std::min(s_.q_tile, total_rows - r0);
+        DescribeRows(p_, s_.group, t_.batch, t_.kv_head, r0, r0 + rows, rows_);
+        const bool partial = p_.mask_kind != internal::MaskKind::kNone || j0 + keys > rows_[0].end;
+        LoadQueryTile(rows);
+        ScoreTile(d_, qt_, p_.head_dim, rp_, k_rows_, dkp_, keys, pt_);
+        if (partial) ApplyMask(p_, rows_, j0, keys, pt_, rp_);
+        Probabilities(keys);
+        ScoreTile(d_, dot_, p_.v_dim, rp_, v_rows_, dvp_, keys, dst_);
+        ScoreGradients(keys);
+        AccumulateKeyGradients(keys, rows);
+        const bool k_finite = !partial || AllFinite(d_, k_rows_, dkp_, keys, dkp_);
+        AccumulateQueryGradients(keys, rows, k_finite, dq + r0 * dkp_);
+      }
+      StoreKeyGradients(j0, keys);
+    }
+  }
+
+ private:
+  // K and V rows of the tile, packed and zero-padded to Dkp / Dvp (both are B operands of
+  // MulAddMicroTile, which reads whole 2N-wide vectors).
+  void LoadKvTile(std::int64_t j0, std::int64_t keys) {
+    const T* k = internal::As<T>(p_.k).Row(t_.batch, t_.kv_head, j0);
+    const T* v = internal::As<T>(p_.v).Row(t_.batch, t_.kv_head, j0);
+    PackRows(k, p_.k.stride[2], p_.k.stride[3], keys, p_.head_dim, dkp_, k_rows_);
+    PackRows(v, p_.v.stride[2], p_.v.stride[3], keys, p_.v_dim, dvp_, v_rows_);
+  }
+
+  // Qᵀ (scaled) and dOᵀ panels, Q and dO rows, and each row's lse and Δ. Padded rows get
+  // lse = -inf, which makes their P exactly 0 like a row with no visible key.
+  void LoadQueryTile(std::int64_t rows) {
+    const auto q_row = [&](std::int64_t r) { return rows_[static_cast<std::size_t>(r)].q; };
+    const auto do_row = [&](std::int64_t r) {
+      const RowRef<T>& row = rows_[static_cast<std::size_t>(r)];
+      return internal::As<T>(bp_.grad_out).Row(t_.batch, row.head, row.pos);
+    };
+    PackPanels(rows, rp_, 2 * n_, p_.head_dim, p_.q.stride[3], static_cast<T>(p_.scale), q_row,
+               qt_);
+    PackPanels(rows, rp_, 2 * n_, p_.v_dim, bp_.grad_out.stride[3], T(1), do_row, dot_);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      PackRows(q_row(r), 0, p_.q.stride[3], 1, p_.head_dim, dkp_, q_rows_ + r * dkp_);
+      PackRows(do_row(r), 0, bp_.grad_out.stride[3], 1, p_.v_dim, dvp_, do_rows_ + r * dvp_);
+      const RowRef<T>& row = rows_[static_cast<std::size_t>(r)];
+      lse_[r] = *internal::As<T>(p_.lse).Row(t_.batch, row.head, row.pos);
+      delta_[r] = shared_.delta[static_cast<std::size_t>(row.global_row)];
+    }
+    std::fill(lse_ + rows, lse_ + rp_, -std::numeric_limits<T>::infinity());
+    std::fill(delta_ + rows, delta_ + rp_, T(0));
+  }
+
+  // Pᵀ[c][r] = exp(Sᵀ[c][r] - lse[r]), exactly 0 where the score is -inf (masked) or lse is
+  // -inf (no visible key, or a padded row).
+  void Probabilities(std::int64_t keys) {
+    const V neg_inf = hn::Set(d_, -std::numeric_limits<T>::infinity());
+    const V log2e = hn::Set(d_, static_cast<T>(kLog2e));
+    for (std::int64_t x = 0; x < rp_; x += n_) {
+      const V lse = hn::Load(d_, lse_ + x);
+      const auto empty = hn::Eq(lse, neg_inf);
+      for (std::int64_t c = 0; c < keys; ++c) {
+        T* s = pt_ + c * rp_ + x;
+        const V score = hn::Load(d_, s);
+        const V prob = Exp2(d_, hn::Mul(hn::Sub(score, lse), log2e));
+        hn::Store(hn::IfThenZeroElse(hn::Or(empty, hn::Eq(score, neg_inf)), prob), d_, s);
+      }
+    }
+  }
+
+  // dSᵀ[c][r] = Pᵀ[c][r]·(dPᵀ[c][r] - Δ[r]) in place of dPᵀ; 0 wherever P is 0.
+  void ScoreGradients(std::int64_t keys) {
+    for (std::int64_t x = 0; x < rp_; x += n_) {
+      const V delta = hn::Load(d_, delta_ + x);
+      for (std::int64_t c = 0; c < keys; ++c) {
+        const V prob = hn::Load(d_, pt_ + c * rp_ + x);
+        T* ds = dst_ + c * rp_ + x;
+        const V grad = hn::Mul(prob, hn::Sub(hn::Load(d_, ds), delta));
+        hn::Store(hn::IfThenZeroElse(hn::Eq(prob, hn::Zero(d_)), grad), d_, ds);
+      }
+    }
+  }
+
+  // dV[c] += Σ_r Pᵀ[c][r] dO[r];  dK[c] += Σ_r dSᵀ[c][r] Q[r] (scale applied on store).
+  void AccumulateKeyGradients(std::int64_t keys, std::int64_t rows) {
+    const std::int64_t width = 2 * n_;
+    for (std::int64_t c = 0; c < keys; c += kMicroRows) {
+      WithMicroRows(keys - c, [&](auto tile) {
+        constexpr int kRows = decltype(tile)::value;
+        for (std::int64_t col = 0; col < dvp_; col += width) {
+          MulAddMicroTile<kRows>(d_, pt_ + c * rp_, rp_, 1, rows, do_rows_ + col, dvp_, nullptr,
+                                 dv_ + c * dvp_ + col, dvp_);
+        }
+        for (std::int64_t col = 0; col < dkp_; col += width) {
+          MulAddMicroTile<kRows>(d_, dst_ + c * rp_, rp_, 1, rows, q_rows_ + col, dkp_, nullptr,
+                                 dk_ + c * dkp_ + col, dkp_);
+        }
+      });
+    }
+  }
+
+  // dQ[r] += Σ_c dSᵀ[c][r] K[c] (scale applied on store). When a masked K row is not finite,
+  // 0·NaN would leak, so zero dS entries are skipped instead.
+  void AccumulateQueryGradients(std::int64_t keys, std::int64_t rows, bool k_finite, T* dq) {
+    if (!k_finite) {
+      for (std::int64_t r = 0; r < rows; ++r) {
+        for (std::int64_t c = 0; c < keys; ++c) {
+          const T ds = dst_[c * rp_ + r];
+          if (ds == T(0)) continue;
+          for (std::int64_t x = 0; x < dkp_; x += n_) {
+            hn::Store(hn::MulAdd(hn::Set(d_, ds), hn::Load(d_, k_rows_ + c * dkp_ + x),
+                                 hn::Load(d_, dq + r * dkp_ + x)),
+                      d_, dq + r * dkp_ + x);
+          }
+        }
+      }
+      return;
+    }
+    const std::int64_t width = 2 * n_;
+    for (std::int64_t r = 0; r < rows; r += kMicroRows) {
+      WithMicroRows(rows - r, [&](auto tile) {
+        for (std::int64_t col = 0; col < dkp_; col += width) {
+          MulAddMicroTile<decltype(tile)::value>(d_, dst_ + r, 1, rp_, keys, k_rows_ + col, dkp_,
+                                                 nullptr, dq + r * dkp_ + col, dkp_);
+        }
+      });
+    }
+  }
+
+  // grad_k = scale·dK and grad_v = dV for the tile's keys (this task owns them).
+  void StoreKeyGradients(std::int64_t j0, std::int64_t keys) {
+    const T scale = static_cast<T>(p_.scale);
+    for (std::int64_t c = 0; c < keys; ++c) {
+      T* gk = internal::As<T>(bp_.grad_k).Row(t_.batch, t_.kv_head, j0 + c);
+      T* gv = internal::As<T>(bp_.grad_v).Row(t_.batch, t_.kv_head, j0 + c);
+      for (std::int64_t x = 0; x < p_.head_dim; ++x) {
+        gk[x * bp_.grad_k.stride[3]] = scale * dk_[c * dkp_ + x];
+      }
+      for (std::int64_t x = 0; x < p_.v_dim; ++x) gv[x * bp_.grad_v.stride[3]] = dv_[c * dvp_ + x];
+    }
+  }
+
+  const BackwardProblem& bp_;
+  const internal::Problem& p_;
+  const Schedule& s_;
+  const Task& t_;
+  const BackwardShared<T>& shared_;
+  std::vector<RowRef<T>>& rows_;
+  D d_;
+  std::int64_t n_ = 0, rp_ = 0, dkp_ = 0, dvp_ = 0;
+  T *qt_ = nullptr, *dot_ = nullptr, *q_rows_ = nullptr, *do_rows_ = nullptr, *pt_ = nullptr,
+    *dst_ = nullptr, *k_rows_ = nullptr, *v_rows_ = nullptr, *dk_ = nullptr, *dv_ = nullptr,
+    *lse_ = nullptr, *delta_ = nullptr;
+};
+
+// Δ_i = Σ_e dO_ie·O_ie for every output row, in float64.
+template <typename T>
+void ComputeDelta(const BackwardProblem& bp, const Schedule& s, std::vector<T>& delta) {
+  const internal::Problem& p = bp.forward;
+  const std::int64_t rows = p.batch * p.heads * p.q_len, per_task = 1024;
+  delta.assign(static_cast<std::size_t>(rows), T(0));
+  ParallelFor((rows + per_task - 1) / per_task, s.threads, [&](std::int64_t task, int) {
+    for (std::int64_t row = task * per_task; row < std::min(rows, (task + 1) * per_task); ++row) {
+      const std::int64_t i = row % p.q_len, h = (row / p.q_len) % p.heads,
+                         b = row / (p.q_len * p.heads);
+      const T* o = internal::As<T>(p.out).Row(b, h, i);
+      const T* g = internal::As<T>(bp.grad_out).Row(b, h, i);
+      double sum = 0;
+      for (std::int64_t e = 0; e < p.v_dim; ++e) {
+        sum += static_cast<double>(o[e * p.out.stride[3]]) *
+               static_cast<double>(g[e * bp.grad_out.stride[3]]);
+      }
+      delta[static_cast<std::size_t>(row)] = static_cast<T>(sum);
+    }
+  });
+}
+
+// grad_q = scale·Σ_chunks dQ, chunks summed in order, mapped from group rows to (h, i).
+template <typename T>
+void StoreQueryGradients(const BackwardProblem& bp, const Schedule& s,
+                         const BackwardShared<T>& shared) {
+  const internal::Problem& p = bp.forward;
+  const std::int64_t group_rows = s.group * p.q_len, pairs = p.batch * p.kv_heads;
+  const T scale = static_cast<T>(p.scale);
+  ParallelFor(pairs, s.threads, [&](std::int64_t pair, int) {
+    const std::int64_t b = pair / p.kv_heads, kvh = pair % p.kv_heads;
+    for (std::int64_t row = 0; row < group_rows; ++row) {
+      const std::int64_t i = row / s.group, h = kvh * s.group + row % s.group;
+      T* out = internal::As<T>(bp.grad_q).Row(b, h, i);
+      for (std::int64_t x = 0; x < p.head_dim; ++x) {
+        T sum = 0;
+        for (std::int64_t chunk = 0; chunk < s.kv_splits; ++chunk) {
+          sum += shared.dq[static_cast<std::size_t>(
+              (((chunk * p.batch + b) * p.kv_heads + kvh) * group_rows + row) * shared.dkp + x)];
+        }
+        out[x * bp.grad_q.stride[3]] = scale * sum;
+      }
+    }
+  });
+}
+
+template <typename T>
+void RunBackwardTyped(const BackwardProblem& bp, const Schedule& s) {
+  const internal::Problem& p = bp.forward;
+  BackwardShared<T> shared;
+  shared.dkp = RoundUp(p.head_dim, 2 * static_cast<std::int64_t>(hn::Lanes(hn::ScalableTag<T>())));
+  ComputeDelta(bp, s, shared.delta);
+  const std::int64_t dq_size = s.kv_splits * p.batch * p.heads * p.q_len * shared.dkp;
+  // Zeroed here, not per task: rows of a problem without keys have no task but need dQ = 0.
+  shared.dq = hwy::AllocateAligned<T>(static_cast<std::size_t>(std::max<std::int64_t>(dq_size, 1)));
+  std::fill(shared.dq.get(), shared.dq.get() + dq_size, T(0));
+  ParallelFor(static_cast<std::int64_t>(s.tasks.size()), s.threads, [&](std::int64_t index, int) {
+    static thread_local Arena<T> arena;
+    static thread_local std::vector<RowRef<T>> rows;
+    BackwardTask<T>(bp, s, s.tasks[static_cast<std::size_t>(index)], shared, arena, rows).Run();
+  });
+  StoreQueryGradients(bp, s, shared);
+}
+
+// The per-target entry point (HWY_EXPORT-ed by backward.cc).
+inline void RunBackward(const BackwardProblem& bp, const Schedule& s) {
+  if (bp.forward.dtype == DType::kFloat64) {
+    RunBackwardTyped<double>(bp, s);
+  } else {
+    RunBackwardTyped<float>(bp, s);
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace sdpa::cpu
+HWY_AFTER_NAMESPACE();
+
+#endif  // SDPA_CPU_BACKWARD_INL_H_
