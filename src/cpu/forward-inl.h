@@ -90,7 +90,7 @@ class ForwardTask {
 
   // The tile loop: stream the visible K/V tiles of the task's key range through the rows.
   void Run(Partials<T>* partials) {
-    DescribeRows();
+    DescribeRows(p_, s_.group, t_.batch, t_.kv_head, t_.row_begin, t_.row_end, rows_);
     if (dot_form_) {
       PackQueryRows();
       std::fill(st_, st_ + s_.kv_tile * rp_, T(0));  // padded rows stay finite
@@ -132,11 +132,6 @@ class ForwardTask {
     } else {
       FinalizeRows();
     }
-  }
-
-  void DescribeRows() {
-    cpu::HWY_NAMESPACE::DescribeRows(p_, s_.group, t_.batch, t_.kv_head, t_.row_begin, t_.row_end,
-                                     rows_);
   }
 
   // Qᵀ panels of the task's rows, pre-multiplied by scale; padded rows are 0.
