@@ -16,7 +16,8 @@ SystemInfo GetSystemInfo();
 
 // Measures the float32 fused-multiply-add throughput of this machine in GFLOP/s with `threads`
 // threads (0 = GetNumThreads()), running independent FMA chains on the engine's SIMD target for
-// about `seconds`. This is the "peak" that efficiency figures are fractions of.
+// about `seconds`: the sum over threads of each thread's best rate, so a busy neighbour on a
+// shared machine does not lower it. This is the "peak" that efficiency figures are fractions of.
 double MeasureFmaPeakGflops(int threads = 0, double seconds = 0.2);
 
 }  // namespace sdpa
