@@ -13,8 +13,7 @@
 // whose causal range ends before the tile; dQ accumulates per task in a [G·Lq][Dkp] buffer (per
 // chunk when keys are chunked, summed in chunk order at the end). Every gradient element is
 // written by exactly one task in a fixed order: no atomics, bitwise identical for any thread
-// count. Five products per tile, all on the forward's micro-kernels (ScoreMicroTile for Sᵀ and
-// dPᵀ, MulAddMicroTile for dV, dK, dQ).
+// count. Five products per tile, all on the forward's micro-kernel (MulAddMicroTile).
 //
 // Legend: Qᵀ, dOᵀ [Rp/2N][D or Dv][2N] transposed panels; Q, dO rows [Br][Dkp or Dvp]; K, V rows
 // [Bc][Dkp or Dvp] (packed, zero-padded); Pᵀ, dSᵀ [Bc][Rp]; dK, dV accumulators [Bc][Dkp, Dvp].
@@ -202,12 +201,12 @@ class BackwardTask {
       WithMicroRows(keys - c, [&](auto tile) {
         constexpr int kRows = decltype(tile)::value;
         for (std::int64_t col = 0; col < dvp_; col += width) {
-          MulAddMicroTile<kRows>(d_, pt_ + c * rp_, rp_, 1, rows, do_rows_ + col, dvp_, nullptr,
-                                 dv_ + c * dvp_ + col, dvp_);
+          MulAddMicroTile<kRows, true>(d_, pt_ + c * rp_, rp_, 1, rows, do_rows_ + col, dvp_,
+                                       nullptr, dv_ + c * dvp_ + col, dvp_);
         }
         for (std::int64_t col = 0; col < dkp_; col += width) {
-          MulAddMicroTile<kRows>(d_, dst_ + c * rp_, rp_, 1, rows, q_rows_ + col, dkp_, nullptr,
-                                 dk_ + c * dkp_ + col, dkp_);
+          MulAddMicroTile<kRows, true>(d_, dst_ + c * rp_, rp_, 1, rows, q_rows_ + col, dkp_,
+                                       nullptr, dk_ + c * dkp_ + col, dkp_);
         }
       });
     }
@@ -234,8 +233,8 @@ class BackwardTask {
     for (std::int64_t r = 0; r < rows; r += kMicroRows) {
       WithMicroRows(rows - r, [&](auto tile) {
         for (std::int64_t col = 0; col < dkp_; col += width) {
-          MulAddMicroTile<decltype(tile)::value>(d_, dst_ + r, 1, rp_, keys, k_rows_ + col, dkp_,
-                                                 nullptr, dq + r * dkp_ + col, dkp_);
+          MulAddMicroTile<decltype(tile)::value, true>(d_, dst_ + r, 1, rp_, keys, k_rows_ + col,
+                                                       dkp_, nullptr, dq + r * dkp_ + col, dkp_);
         }
       });
     }

@@ -248,8 +248,8 @@ class ForwardTask {
     for (std::int64_t col = 0; col < p_.v_dim; col += width) {
       for (std::int64_t r = 0; r < br_; r += kMicroRows) {
         WithMicroRows(br_ - r, [&](auto rows) {
-          MulAddMicroTile<decltype(rows)::value>(d_, st_ + r, 1, rp_, keys, v + col, ldv,
-                                                 alpha_ + r, o_ + r * dvp_ + col, dvp_);
+          MulAddMicroTile<decltype(rows)::value, true>(d_, st_ + r, 1, rp_, keys, v + col, ldv,
+                                                       alpha_ + r, o_ + r * dvp_ + col, dvp_);
         });
       }
     }

@@ -6,12 +6,11 @@
 // the 4-cycle FMA latency. Accumulators are named variables, not an array: GCC 12 kept an
 // `acc[6][2]` array on the stack (29-35 instead of 97 GFLOP/s).
 //
-// Both kernels compute C[kRows][2N] (+)= A[kRows][depth] · B[depth][2N] where A is read as
-// broadcast scalars and B as two vectors per step:
-//   ScoreMicroTile: A = K rows (keys), B = a packed Qᵀ panel; C = a block of Sᵀ.
-//   MulAddMicroTile: A in any layout, B = rows (V, dO, Q or K); C = a block of O (rescaled by α
-//                   on load: the FlashAttention-2 rescale fused into the accumulator load) or
-//                   of a gradient.
+// One kernel serves every product of both passes: C[kRows][2N] (+)= A[kRows][depth]·B[depth][2N]
+// with A read as broadcast scalars (any layout) and B as two vectors per step:
+//   scores Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ   (A = K or V rows, B = a packed Qᵀ or dOᵀ panel; C = 0 first)
+//   O = α·O + P·V                      (A = Pᵀ read by column; α fused into the accumulator load)
+//   dV += Pᵀ·dO, dK += dSᵀ·Q, dQ += dS·K (backward).
 
 #if defined(SDPA_CPU_MICRO_KERNELS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef SDPA_CPU_MICRO_KERNELS_INL_H_
@@ -50,48 +49,11 @@ inline constexpr int kMicroRows = 6;
     STEP(5)                  \
   }
 
-// Sᵀ[c][0..2N) = Σ_k K[c][k] · Qᵀ[k][0..2N) for the kRows keys c at k_rows + c·ldk.
-//   qt_panel [depth][2N] (aligned), st [kRows][ldst] (aligned rows).
-template <int kRows, class D, typename T = hn::TFromD<D>>
-HWY_INLINE void ScoreMicroTile(D d, const T* HWY_RESTRICT qt_panel, std::int64_t depth,
-                               const T* HWY_RESTRICT k_rows, std::int64_t ldk, T* HWY_RESTRICT st,
-                               std::int64_t ldst) {
-  static_assert(kRows >= 1 && kRows <= kMicroRows, "micro-tile rows");
-  const std::int64_t n = static_cast<std::int64_t>(hn::Lanes(d));
-  using V = hn::Vec<D>;
-  V c00 = hn::Zero(d), c01 = hn::Zero(d), c10 = hn::Zero(d), c11 = hn::Zero(d);
-  V c20 = hn::Zero(d), c21 = hn::Zero(d), c30 = hn::Zero(d), c31 = hn::Zero(d);
-  V c40 = hn::Zero(d), c41 = hn::Zero(d), c50 = hn::Zero(d), c51 = hn::Zero(d);
-  const T* k0 = k_rows;
-  const T* k1 = k0 + ldk;
-  const T* k2 = k1 + ldk;
-  const T* k3 = k2 + ldk;
-  const T* k4 = k3 + ldk;
-  const T* k5 = k4 + ldk;
-  for (std::int64_t k = 0; k < depth; ++k) {
-    const V b0 = hn::Load(d, qt_panel + k * 2 * n);
-    const V b1 = hn::Load(d, qt_panel + k * 2 * n + n);
-#define SDPA_SCORE_ROW(r)                 \
-  {                                       \
-    const V a = hn::Set(d, k##r[k]);      \
-    c##r##0 = hn::MulAdd(a, b0, c##r##0); \
-    c##r##1 = hn::MulAdd(a, b1, c##r##1); \
-  }
-    SDPA_FOR_ROWS(SDPA_SCORE_ROW)
-#undef SDPA_SCORE_ROW
-  }
-#define SDPA_STORE_ROW(r)               \
-  hn::Store(c##r##0, d, st + (r)*ldst); \
-  hn::Store(c##r##1, d, st + (r)*ldst + n);
-  SDPA_FOR_ROWS(SDPA_STORE_ROW)
-#undef SDPA_STORE_ROW
-}
-
 // C[r][0..2N) = α[r]·C[r][0..2N) + Σ_k A(r, k)·B[k][0..2N) for the kRows rows r, where
-// A(r, k) = a[r·a_row + k·a_k] (any layout), B[k] = b + k·ldb (unaligned rows), C rows are ldc
-// apart (aligned), and α = 1 when alpha is null. Forward: O = α·O + P·V with A = Pᵀ read by
-// column. Backward: dV += Pᵀ·dO, dK += dSᵀ·Q (A read by row) and dQ += dS·K (by column).
-template <int kRows, class D, typename T = hn::TFromD<D>>
+// A(r, k) = a[r·a_row + k·a_k] (any layout), B[k] = b + k·ldb (rows of 2N, unaligned), C rows
+// are ldc apart (aligned), and α = 1 when alpha is null. Without kAccumulate, C starts at 0
+// (C = A·B) and alpha is ignored.
+template <int kRows, bool kAccumulate, class D, typename T = hn::TFromD<D>>
 HWY_INLINE void MulAddMicroTile(D d, const T* HWY_RESTRICT a, std::int64_t a_row, std::int64_t a_k,
                                 std::int64_t depth, const T* HWY_RESTRICT b, std::int64_t ldb,
                                 const hn::TFromD<D>* HWY_RESTRICT alpha, T* HWY_RESTRICT c,
@@ -108,14 +70,16 @@ HWY_INLINE void MulAddMicroTile(D d, const T* HWY_RESTRICT a, std::int64_t a_row
   const T* a3 = a2 + a_row;
   const T* a4 = a3 + a_row;
   const T* a5 = a4 + a_row;
+  if constexpr (kAccumulate) {
 #define SDPA_LOAD_ROW(r)                                             \
   {                                                                  \
     const V scale = alpha ? hn::Set(d, alpha[r]) : hn::Set(d, T(1)); \
     c##r##0 = hn::Mul(hn::Load(d, c + (r)*ldc), scale);              \
     c##r##1 = hn::Mul(hn::Load(d, c + (r)*ldc + n), scale);          \
   }
-  SDPA_FOR_ROWS(SDPA_LOAD_ROW)
+    SDPA_FOR_ROWS(SDPA_LOAD_ROW)
 #undef SDPA_LOAD_ROW
+  }
   for (std::int64_t k = 0; k < depth; ++k) {
     const V b0 = hn::LoadU(d, b + k * ldb);
     const V b1 = hn::LoadU(d, b + k * ldb + n);

@@ -133,8 +133,8 @@ void ScoreTile(D d, const T* panels, std::int64_t depth, std::int64_t rp, const 
     const T* b = panels + panel * depth * width;
     for (std::int64_t c = 0; c < keys; c += kMicroRows) {
       WithMicroRows(keys - c, [&](auto rows) {
-        ScoreMicroTile<decltype(rows)::value>(d, b, depth, a + c * lda, lda,
-                                              st + c * rp + panel * width, rp);
+        MulAddMicroTile<decltype(rows)::value, false>(d, a + c * lda, lda, 1, depth, b, width,
+                                                      nullptr, st + c * rp + panel * width, rp);
       });
     }
   }
