@@ -17,6 +17,13 @@ The engine in (batch, heads, seq, dim) layout, with both causal alignments and t
     explain(query, key, value, *, mask=None, causal=None, scale=None, backend=None)
     set_num_threads(n), get_num_threads()
 
+Gradients: attention's backward, and (with PyTorch installed) attention as a
+torch.autograd.Function whose forward and backward are computed here::
+
+    attention_backward(grad_out, query, key, value, out, lse, *, mask=None, causal=None,
+                       scale=None, backend=None)    -> (grad_query, grad_key, grad_value)
+    sdpa.torch.attention(query, key, value, *, mask=None, causal=None, scale=None, backend=None)
+
 Errors: ValueError for shapes and options (the message names the argument, the expected and the
 actual value), TypeError for dtypes.
 
@@ -27,13 +34,14 @@ array([[1.660477, 2.660477],
 """
 
 from ._sdpa import __version__
-from ._attention import (attention, explain, get_num_threads, scaled_dot_product_attention,
-                         set_num_threads)
+from ._attention import (attention, attention_backward, explain, get_num_threads,
+                         scaled_dot_product_attention, set_num_threads)
 from ._seed import compute_qkv, self_attention
 
 __all__ = [
     "__version__",
     "attention",
+    "attention_backward",
     "compute_qkv",
     "explain",
     "get_num_threads",

@@ -1,4 +1,5 @@
-"""The attention functions: PyTorch's scaled_dot_product_attention and the engine's attention()."""
+"""The attention functions: PyTorch's scaled_dot_product_attention, the engine's attention() and
+its gradients, attention_backward()."""
 
 import operator
 
@@ -165,6 +166,53 @@ def attention(query, key, value, *, mask=None, causal=None, scale=None, return_l
     q, k, v, m = _operands(query, key, value, mask)
     return _sdpa.forward(q, k, v, m, _causal_name(causal), _scale(scale), bool(return_lse),
                          _backend_name(backend))
+
+
+@_public
+def attention_backward(grad_out, query, key, value, out, lse, *, mask=None, causal=None,
+                       scale=None, backend=None):
+    """Gradients of ``attention``: returns ``(grad_query, grad_key, grad_value)``, the
+    derivatives of a loss ``L`` with respect to ``query``, ``key`` and ``value`` given
+    ``grad_out = dL/d(out)``.
+
+    - ``query``, ``key``, ``value``, ``mask``, ``causal``, ``scale``, ``backend``: those of the
+      forward call ``out, lse = attention(query, key, value, ..., return_lse=True)``, with the
+      same shapes and rules.
+    - ``out`` ``(B, H, Lq, Dv)`` and ``lse`` ``(B, H, Lq)``: that call's results (the backward
+      recomputes the attention weights from ``lse`` instead of storing them).
+    - ``grad_out``: shaped like ``out``.
+
+    The results have the shapes of ``query``, ``key`` and ``value`` and the query's dtype. With
+    GQA/MQA, ``grad_key`` and ``grad_value`` sum over the query heads that share a kv head. A row
+    with no visible key contributes nothing (its ``grad_query`` row is 0). The mask gets no
+    gradient. Results do not depend on the thread count (bitwise).
+
+    >>> import numpy as np, sdpa
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (rng.standard_normal((2, 4, 8)) for _ in range(3))  # (heads, seq, dim)
+    >>> out, lse = sdpa.attention(q, k, v, causal="top_left", return_lse=True)
+    >>> grad_out = np.ones_like(out)  # L = out.sum()
+    >>> dq, dk, dv = sdpa.attention_backward(grad_out, q, k, v, out, lse, causal="top_left")
+    >>> dq.shape, dk.shape, dv.shape
+    ((2, 4, 8), (2, 4, 8), (2, 4, 8))
+
+    Each query row's weights sum to 1, so with ``grad_out`` all ones ``grad_value`` sums to the
+    number of query rows; query row 0 sees only key 0, so its weight is 1 whatever ``q[:, 0]``:
+
+    >>> dv.sum(axis=1)[:, 0]
+    array([4., 4.])
+    >>> bool(np.all(dq[:, 0] == 0))
+    True
+    """
+    dout = as_operand("grad_out", grad_out)
+    q = as_operand("query", query)
+    k = as_operand("key", key)
+    v = as_operand("value", value)
+    o = as_operand("out", out)
+    l = as_operand("lse", lse)
+    m = None if mask is None else as_mask("mask", mask, q.dtype)
+    return _sdpa.backward(dout, q, k, v, o, l, m, _causal_name(causal), _scale(scale),
+                          _backend_name(backend))
 
 
 @_public

@@ -144,6 +144,24 @@ nb::object Forward(const InArray& query, const InArray& key, const InArray& valu
   return nb::make_tuple(ToNumpy(std::move(result.out)), ToNumpy(std::move(result.lse)));
 }
 
+// (grad_query, grad_key, grad_value), each the shape and dtype of its input.
+std::tuple<OutArray, OutArray, OutArray> Backward(
+    const InArray& grad_out, const InArray& query, const InArray& key, const InArray& value,
+    const InArray& out, const InArray& lse, const std::optional<InArray>& mask,
+    const std::string& causal, std::optional<double> scale, const std::string& backend) {
+  const sdpa::TensorView dout = ToView("grad_out", grad_out), q = ToView("query", query),
+                         k = ToView("key", key), v = ToView("value", value), o = ToView("out", out),
+                         l = ToView("lse", lse);
+  const sdpa::Options options = MakeOptions(mask, causal, scale, backend);
+  sdpa::Gradients grads;
+  {
+    nb::gil_scoped_release release;
+    grads = sdpa::AttentionBackward(q, k, v, o, l, dout, options);
+  }
+  return {ToNumpy(std::move(grads.grad_query)), ToNumpy(std::move(grads.grad_key)),
+          ToNumpy(std::move(grads.grad_value))};
+}
+
 std::string Explain(const InArray& query, const InArray& key, const InArray& value,
                     const std::optional<InArray>& mask, const std::string& causal,
                     std::optional<double> scale, const std::string& backend) {
@@ -195,6 +213,11 @@ NB_MODULE(_sdpa, m) {
         nb::arg("mask").none(), nb::arg("causal"), nb::arg("scale").none(), nb::arg("return_lse"),
         nb::arg("backend") = "auto",
         "sdpa::Attention / AttentionWithLse on rank 2-4 arrays; returns out or (out, lse).");
+  m.def("backward", &Backward, nb::arg("grad_out"), nb::arg("query"), nb::arg("key"),
+        nb::arg("value"), nb::arg("out"), nb::arg("lse"), nb::arg("mask").none(), nb::arg("causal"),
+        nb::arg("scale").none(), nb::arg("backend") = "auto",
+        "sdpa::AttentionBackward on rank 2-4 arrays; returns (grad_query, grad_key, "
+        "grad_value).");
   m.def("explain", &Explain, nb::arg("query"), nb::arg("key"), nb::arg("value"),
         nb::arg("mask").none(), nb::arg("causal"), nb::arg("scale").none(),
         nb::arg("backend") = "auto",
