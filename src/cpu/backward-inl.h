@@ -159,6 +159,12 @@ class BackwardTask {
       const RowRef<T>& row = rows_[static_cast<std::size_t>(r)];
       lse_[r] = *internal::As<T>(p_.lse).Row(t_.batch, row.head, row.pos);
       delta_[r] = shared_.delta[static_cast<std::size_t>(row.global_row)];
+      if (lse_[r] == -std::numeric_limits<T>::infinity()) {
+        // No visible key: the row contributes nothing, even when its q or dO is not finite
+        // (padding rows); its P is 0 and 0·NaN in dK or dV would leak, so pack zeros.
+        std::fill(q_rows_ + r * dkp_, q_rows_ + (r + 1) * dkp_, T(0));
+        std::fill(do_rows_ + r * dvp_, do_rows_ + (r + 1) * dvp_, T(0));
+      }
     }
     std::fill(lse_ + rows, lse_ + rp_, -std::numeric_limits<T>::infinity());
     std::fill(delta_ + rows, delta_ + rp_, T(0));

@@ -106,8 +106,10 @@ Schedule MakeBackwardSchedule(const internal::Problem& p, int threads) {
   s.q_tile = kQTile;
   s.kv_tile = kKvTile;
   s.threads = std::max(1, threads);
-  if (p.batch == 0 || p.kv_heads == 0 || p.kv_len == 0) return s;
+  if (p.batch == 0 || p.kv_heads == 0) return s;
+  // Set even without keys: StoreQueryGradients maps the group's rows to heads with it.
   s.group = p.heads / p.kv_heads;
+  if (p.kv_len == 0) return s;
   s.kv_chunk = KeyChunk(p, p.batch * p.kv_heads, kMinBackwardTasks);
   s.kv_splits = CeilDiv(p.kv_len, s.kv_chunk);
   std::ostringstream why;
