@@ -192,6 +192,8 @@ def limits_from_bench(binary, threads, quick):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
                             check=True)
     report = json.loads(result.stdout)
+    inside = os.path.abspath(binary).startswith(REPO + os.sep)
+    shown = os.path.relpath(binary, REPO) if inside else binary
     peak, bandwidth = {}, {}
     for row in report["benchmarks"]:
         match = re.match(r"Machine/(\w+)/threads:(\d+)", row["name"])
@@ -205,8 +207,7 @@ def limits_from_bench(binary, threads, quick):
         elif match.group(1) == "ReadBandwidth":
             bandwidth[count] = max(row["GB/s"], row.get("best_pass_GB/s", 0.0))
     return {"peak_gflops": peak, "bandwidth_gbps": bandwidth,
-            "source": f"`{os.path.relpath(binary, REPO)}` (rows `Machine/FmaPeak`, "
-                      "`Machine/ReadBandwidth`)"}
+            "source": f"`{shown}` (rows `Machine/FmaPeak`, `Machine/ReadBandwidth`)"}
 
 
 def limits_fallback(threads, quick):
@@ -418,9 +419,22 @@ def engine_plan(peers, shape):
 # Memory: peak RSS increase of one long call, beyond its inputs and output, in a fresh process.
 
 MEMORY_PROBE = textwrap.dedent("""
-    import json, resource, sys
+    import json, resource, sys, time
     import numpy as np
     import sdpa
+
+    def peak_and_current():
+        # VmHWM/VmRSS of this process. resource.getrusage's ru_maxrss would do on its own in a
+        # process started fresh, but Linux folds into it the peak of the image this process
+        # was exec'ed from (the benchmark process, GiBs), which hides the call's growth.
+        fields = {}
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmHWM", "VmRSS"):
+                    fields[key] = int(value.split()[0]) * 1024
+        return fields["VmHWM"], fields["VmRSS"]
+
     length, heads, dim, threads = (int(a) for a in sys.argv[1:5])
     sdpa.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -429,21 +443,19 @@ MEMORY_PROBE = textwrap.dedent("""
         rng.standard_normal(out=a, dtype=np.float32)  # in place: no temporary peak
     small = np.zeros((1, heads, 64, dim), np.float32)
     sdpa.attention(small, small, small)  # start the engine's threads outside the measurement
-    try:  # reset the peak to the current RSS (Linux >= 4.0), else measure from the old peak
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    with open("/proc/self/statm") as f:
-        rss_before = int(f.read().split()[1]) * resource.getpagesize()
-    start = __import__("time").perf_counter()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM (and ru_maxrss's own part) to the current RSS
+    peak_before, rss_before = peak_and_current()
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
     out = sdpa.attention(q, k, v)
-    seconds = __import__("time").perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"before": before, "rss_before": rss_before, "after": after,
-                      "out_bytes": out.nbytes,
-                      "input_bytes": q.nbytes + k.nbytes + v.nbytes, "seconds": seconds}))
+    seconds = time.perf_counter() - start
+    peak_after, _ = peak_and_current()
+    maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"before": rss_before, "after": peak_after, "peak_before": peak_before,
+                      "maxrss_before": maxrss_before, "maxrss_after": maxrss_after,
+                      "out_bytes": out.nbytes, "input_bytes": q.nbytes + k.nbytes + v.nbytes,
+                      "seconds": seconds}))
 """)
 
 
@@ -708,8 +720,9 @@ def section_memory(memory):
         f"{memory['out_bytes'] / mib:.0f} MiB of output), in a fresh process after a warm-up "
         f"call on a small shape: the peak RSS grew by {grew:.1f} MiB during the call, that is "
         f"**{max(0, memory['extra_bytes']) / mib:.1f} MiB beyond the output** "
-        "(`resource.getrusage` ru_maxrss; the peak was reset to the current RSS through "
-        f"/proc/self/clear_refs before the call). The call took {memory['seconds']:.1f} s "
+        "(VmHWM of /proc/self/status, reset to the current RSS through /proc/self/clear_refs "
+        "before the call; `resource.getrusage` gives the same when the process did not inherit "
+        f"a larger peak through exec). The call took {memory['seconds']:.1f} s "
         f"({memory['flops'] / memory['seconds'] * 1e-9:.0f} GFLOP/s). An unfused implementation "
         f"would hold {scores:.0f} GiB of scores.", ""]
 
