@@ -89,6 +89,8 @@ const std::vector<Case>& Cases() {
        {50, 140}},
       {"mask_and_bottom_right", 1, 2, 2, 130, 100, 16, 16, Causal::kBottomRight, MaskType::kBool},
       {"chunked", 1, 1, 1, 20, 3000, 16, 16},
+      {"chunked_gqa_top_left", 1, 2, 1, 20, 1500, 16, 8, Causal::kTopLeft},
+      {"chunked_bottom_right_mask", 1, 3, 3, 5, 1100, 8, 8, Causal::kBottomRight, MaskType::kBool},
       {"decode", 1, 4, 4, 1, 700, 64, 64},
       {"large_logits", 1, 2, 2, 40, 60, 8, 8, Causal::kNone, MaskType::kNone, {}, 2e3},
       {"empty_q", 1, 2, 2, 0, 5, 4, 4},
