@@ -119,10 +119,11 @@ class BackwardTask {
         DescribeRows(p_, s_.group, t_.batch, t_.kv_head, r0, r0 + rows, rows_);
         const bool partial = p_.mask_kind != internal::MaskKind::kNone || j0 + keys > rows_[0].end;
         LoadQueryTile(rows);
-        ScoreTile(d_, qt_, p_.head_dim, rp_, k_rows_, dkp_, keys, pt_);
+        const auto all_keys = [keys](std::int64_t, std::int64_t) { return keys; };
+        ScoreTile(d_, qt_, p_.head_dim, rp_, k_rows_, dkp_, all_keys, pt_);
         if (partial) ApplyMask(p_, rows_, j0, keys, pt_, rp_);
         Probabilities(keys);
-        ScoreTile(d_, dot_, p_.v_dim, rp_, v_rows_, dvp_, keys, dst_);
+        ScoreTile(d_, dot_, p_.v_dim, rp_, v_rows_, dvp_, all_keys, dst_);
         ScoreGradients(keys);
         AccumulateKeyGradients(keys, rows);
         const bool k_finite = !partial || AllFinite(d_, k_rows_, dkp_, keys, dkp_);

@@ -115,16 +115,16 @@ class ForwardTask {
       if (dot_form_) {
         ScoreTileByDots(k, ldk, keys);
       } else {
-        ScoreTile(d_, qt_, p_.head_dim, rp_, k, ldk, keys, st_);
+        ScoreTile(d_, qt_, p_.head_dim, rp_, k, ldk, KeysSeen(j0, keys), st_);
       }
       if (partial) ApplyMask(p_, rows_, j0, keys, st_, rp_);
-      OnlineSoftmaxUpdate(keys);
+      OnlineSoftmaxUpdate(KeysSeen(j0, keys));
       // 0 · NaN = NaN: a masked key whose V row is not finite would poison rows that may not
       // see it, so such tiles take the path that skips zero probabilities.
       if (partial && !AllFinite(d_, v, ldv, keys, p_.v_dim)) {
-        AccumulatePvSkippingZeros(v, ldv, keys);
+        AccumulatePvSkippingZeros(v, ldv, KeysSeen(j0, keys));
       } else {
-        AccumulatePv(v, ldv, keys);
+        AccumulatePv(v, ldv, KeysSeen(j0, keys));
       }
     }
     if (partials != nullptr) {
@@ -132,6 +132,17 @@ class ForwardTask {
     } else {
       FinalizeRows();
     }
+  }
+
+  // For the tile [j0, j0 + keys): a function giving, for task rows [begin, end), how many of the
+  // tile's keys the last of those rows can see (rows' causal ends grow with the row). Rows past
+  // the task's last row count as the last row.
+  auto KeysSeen(std::int64_t j0, std::int64_t keys) const {
+    return [this, j0, keys](std::int64_t begin, std::int64_t end) {
+      const std::int64_t last = std::min(end, br_) - 1;
+      if (last < begin) return std::int64_t{0};
+      return std::clamp<std::int64_t>(rows_[static_cast<std::size_t>(last)].end - j0, 0, keys);
+    };
   }
 
   // Qᵀ panels of the task's rows, pre-multiplied by scale; padded rows are 0.
@@ -204,10 +215,14 @@ class ForwardTask {
   // Online softmax, lane-wise over rows: m_new = max(m, max_c Sᵀ[c]); α = exp(m - m_new);
   // Sᵀ[c] ← P = exp(Sᵀ[c] - m_new) (exactly 0 where Sᵀ = -inf); l ← α·l + Σ_c P.
   // Rows with no visible score yet keep m = -inf and subtract 0 instead (avoiding -inf - -inf).
-  void OnlineSoftmaxUpdate(std::int64_t keys) {
+  // Keys are limited per vector of rows by keys_for, extended by a micro-tile of rows so that
+  // every P entry AccumulatePv reads is written.
+  template <class KeysFor>
+  void OnlineSoftmaxUpdate(const KeysFor& keys_for) {
     const V neg_inf = hn::Set(d_, -std::numeric_limits<T>::infinity());
     const V log2e = hn::Set(d_, static_cast<T>(kLog2e));
     for (std::int64_t x = 0; x < br_; x += n_) {
+      const std::int64_t keys = keys_for(x, x + n_ + kMicroRows - 1);
       const V m_old = hn::Load(d_, m_ + x);
       V m_new = m_old;
       for (std::int64_t c = 0; c < keys; ++c)
@@ -231,8 +246,10 @@ class ForwardTask {
 
   // O[r] = α[r]·O[r] + Σ_c P[r][c]·V[c] over the task's rows, in micro-tiles of 6 rows × 2N
   // (or, for the few rows of the dot form, one row at a time across up to 8 vectors of Dv).
-  void AccumulatePv(const T* v, std::int64_t ldv, std::int64_t keys) {
+  template <class KeysFor>
+  void AccumulatePv(const T* v, std::int64_t ldv, const KeysFor& keys_for) {
     if (dot_form_) {
+      const std::int64_t keys = keys_for(0, br_);
       const std::int64_t vectors = (p_.v_dim + n_ - 1) / n_;
       for (std::int64_t r = 0; r < br_; ++r) {
         for (std::int64_t x = 0; x < vectors; x += 8) {
@@ -247,6 +264,7 @@ class ForwardTask {
     const std::int64_t width = 2 * n_;
     for (std::int64_t col = 0; col < p_.v_dim; col += width) {
       for (std::int64_t r = 0; r < br_; r += kMicroRows) {
+        const std::int64_t keys = keys_for(r, r + kMicroRows);
         WithMicroRows(br_ - r, [&](auto rows) {
           MulAddMicroTile<decltype(rows)::value, true>(d_, st_ + r, 1, rp_, keys, v + col, ldv,
                                                        alpha_ + r, o_ + r * dvp_ + col, dvp_);
@@ -257,8 +275,10 @@ class ForwardTask {
 
   // Same as AccumulatePv, skipping zero probabilities, for tiles where a masked V row is not
   // finite. Rare (NaN/Inf in V), so plainly written.
-  void AccumulatePvSkippingZeros(const T* v, std::int64_t ldv, std::int64_t keys) {
+  template <class KeysFor>
+  void AccumulatePvSkippingZeros(const T* v, std::int64_t ldv, const KeysFor& keys_for) {
     for (std::int64_t r = 0; r < br_; ++r) {
+      const std::int64_t keys = keys_for(r, r + 1);
       T* o = o_ + r * dvp_;
       const V alpha = hn::Set(d_, alpha_[r]);
       for (std::int64_t x = 0; x < dvp_; x += n_)

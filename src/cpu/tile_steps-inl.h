@@ -123,14 +123,17 @@ void PackRows(const T* src, std::int64_t ld, std::int64_t stride, std::int64_t c
   }
 }
 
-// Sᵀ[c][r] = A[c] · panels[:, r] for keys c < keys and all rp rows (panels of 2N):
-// the scores K·Qᵀ (forward and backward) and dPᵀ = V·dOᵀ (backward). A rows are `lda` apart.
-template <class D, typename T = hn::TFromD<D>>
+// Sᵀ[c][r] = A[c] · panels[:, r] for all rp rows (panels of 2N) and the keys c each panel
+// needs, keys_for(first row, end row) <= keys: the scores K·Qᵀ (forward and backward) and
+// dPᵀ = V·dOᵀ (backward). A rows are `lda` apart. On a causal diagonal tile a panel's keys stop
+// at its last row's end, so the part of the tile above the diagonal is not computed.
+template <class D, class KeysFor, typename T = hn::TFromD<D>>
 void ScoreTile(D d, const T* panels, std::int64_t depth, std::int64_t rp, const T* a,
-               std::int64_t lda, std::int64_t keys, T* st) {
+               std::int64_t lda, const KeysFor& keys_for, T* st) {
   const std::int64_t width = 2 * static_cast<std::int64_t>(hn::Lanes(d));
   for (std::int64_t panel = 0; panel < rp / width; ++panel) {
     const T* b = panels + panel * depth * width;
+    const std::int64_t keys = keys_for(panel * width, (panel + 1) * width);
     for (std::int64_t c = 0; c < keys; c += kMicroRows) {
       WithMicroRows(keys - c, [&](auto rows) {
         MulAddMicroTile<decltype(rows)::value, false>(d, a + c * lda, lda, 1, depth, b, width,
