@@ -18,8 +18,10 @@ The numbers in docs/ are made on a quiet machine (load average well below 1) wit
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/compare.py --threads 2
 
 (those two variables, set on some machines for old OpenBLAS builds, slow down a current numpy;
-unset them for this command only). `--quick` runs a tiny grid in a few seconds (smoke test).
-Text between the notes markers of an existing <out>/benchmarks.md is kept across runs.
+unset them for this command only; the full run takes about 6 minutes). `--quick` runs a tiny
+grid in a few seconds (smoke test). Text between the notes markers of an existing
+<out>/benchmarks.md is kept across runs; `--json FILE` saves the raw results and
+`--from-json FILE` remakes the report and plot from them without measuring.
 """
 
 import argparse
@@ -45,6 +47,7 @@ NUMPY_MAX_SCORE_BYTES = 4 << 30  # the unfused path materialises B·H·Lq·Lkv f
 REFERENCE_MAX_FLOPS = 3e8  # the reference runs at ~1 GFLOP/s: keep a call under ~0.3 s
 
 IMPLS = ("sdpa", "torch", "numpy", "reference")
+TARGET_PEAK_FRACTION = {64: 0.65, 128: 0.75}  # issue 3, L >= 1024
 COLORS = {"sdpa": "tab:blue", "torch": "tab:red", "numpy": "tab:green", "reference": "tab:gray"}
 
 
@@ -65,6 +68,9 @@ def parse_args(argv=None):
                         help="path to forward_bench (default: the newest build*/bench/"
                              "forward_bench); 'none' to use the fallbacks")
     parser.add_argument("--json", default=None, help="also write the raw results to this file")
+    parser.add_argument("--from-json", default=None,
+                        help="measure nothing: rewrite the report and plot from a file that "
+                             "--json wrote (to change the notes or the layout)")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
@@ -573,8 +579,9 @@ def section_machine(context):
         f"shared): {', '.join(cpu['caches']) or '?'}; memory {memory}.",
         f"- Threads: {threads} for every implementation (`sdpa.set_num_threads`, "
         "`torch.set_num_threads`, threadpoolctl for numpy's BLAS).",
-        f"- Software: Python {platform.python_version()}, sdpa {versions['sdpa']}, numpy "
-        f"{versions['numpy']}, torch {versions['torch']}.",
+        f"- Software: Python {platform.python_version()}, sdpa {versions['sdpa']} (imported "
+        f"from `{context.get('sdpa_from', '?')}`; the repository was at commit "
+        f"{context.get('commit') or '?'}), numpy {versions['numpy']}, torch {versions['torch']}.",
         f"- The engine's plan for the largest prefill shape: `{context['plan_prefill']}`; "
         f"for the longest decode: `{context['plan_decode']}`."]
     for lib in context["blas"]:
@@ -586,8 +593,10 @@ def section_machine(context):
         lines.append(f"- **Warning:** {context['openblas_env']} set in the environment: numpy's "
                      "OpenBLAS may use a slower kernel than this CPU allows.")
     start, end = context["load"]
-    busy = max(start, end) > 1.3
-    lines.append(f"- Load average (1 min): {start:.2f} at the start, {end:.2f} at the end"
+    # The run itself keeps `threads` threads busy, so only load beyond that is someone else's.
+    busy = start > 1.3 or end > threads + 1.3
+    lines.append(f"- Load average (1 min): {start:.2f} before the run, {end:.2f} at its end (the "
+                 f"run itself accounts for up to {threads})"
                  + (" — **the machine was busy; treat the figures with caution**." if busy
                     else "."))
     peaks = ", ".join(f"{plural(count, 'thread')}: {value:.1f} GFLOP/s"
@@ -631,14 +640,15 @@ def section_targets(rows, decode_rows, memory, threads):
             subset = [(r["peak_frac"], r["shape"]) for r in rows
                       if r["shape"].head_dim == dim and r["shape"].causal == causal
                       and r["shape"].q_len >= 1024]
-            text, worst = lowest(subset, pct)
+            text, worst = lowest(subset, lambda x: f"{100 * x:.1f}%")
             kind = "causal, in causal FLOPs" if causal else "full"
             add(f"D={dim}, L ≥ 1024, {kind}: fraction of the {threads}-thread FMA peak",
                 f"≥ {required:.0%}", text, None if worst is None else worst >= required)
     if decode_rows:
         longest = max(decode_rows, key=lambda r: r["shape"].kv_len)
         kv_len, fraction, speedup = longest["shape"].kv_len, longest["bw_frac"], longest["speedup"]
-        add(f"decode Lkv={kv_len}: fraction of the read bandwidth", "≥ 80%", pct(fraction),
+        shown = "–" if fraction is None else f"{100 * fraction:.1f}%"
+        add(f"decode Lkv={kv_len}: fraction of the read bandwidth", "≥ 80%", shown,
             None if fraction is None else fraction >= 0.8)
         add(f"decode Lkv={kv_len}: {threads} threads vs 1", "≥ 1.7×", fmt(speedup, 3, "×"),
             None if speedup is None else speedup >= 1.7)
@@ -772,16 +782,23 @@ def write_plot(path, rows, decode_rows, context):
                 if points:
                     axis.plot(*zip(*points), marker="o", label=name, color=COLORS[name])
             if peak:
+                # Linear from 0 to the peak: the height of a line is its fraction of the peak.
                 axis.axhline(peak, color="black", linestyle="--", linewidth=1,
                              label=f"FMA peak, {threads} threads")
+                target = TARGET_PEAK_FRACTION.get(dim)
+                if target:
+                    axis.axhline(target * peak, color="black", linestyle=":", linewidth=1,
+                                 label="target of issue 3")
+                axis.set_ylim(0, 1.05 * peak)
             axis.set_xscale("log", base=2)
-            axis.set_yscale("log")
             axis.set_xlabel("L (Lq = Lkv)")
             axis.set_ylabel("GFLOP/s")
             heads = subset[0]["shape"].heads if subset else "?"
             axis.set_title(f"D={dim}, {'causal' if causal else 'full'}, H={heads}")
-            axis.grid(True, which="both", alpha=0.3)
-            axis.legend(fontsize=8)
+            axis.grid(True, alpha=0.3)
+            if i == 0 and j == 0:
+                figure.legend(*axis.get_legend_handles_labels(), loc="outside lower center",
+                              ncol=6, fontsize=9)
     if decode_rows:
         axis = figure.add_subplot(spec[:, 2])
         names = [n for n in IMPLS if any(r["gbps"][n] for r in decode_rows)]
@@ -795,10 +812,14 @@ def write_plot(path, rows, decode_rows, context):
         if bandwidth:
             axis.axhline(bandwidth, color="black", linestyle="--", linewidth=1,
                          label=f"read bandwidth, {threads} threads")
+            axis.axhline(0.8 * bandwidth, color="black", linestyle=":", linewidth=1,
+                         label="target of issue 3")
+        top = max([bandwidth or 0] + [v or 0 for r in decode_rows for v in r["gbps"].values()])
+        axis.set_ylim(0, 1.4 * top)  # room for the legend above the bars
         s0 = decode_rows[0]["shape"]
         axis.set_title(f"decode: H={s0.heads}, D={s0.head_dim}, Lq=1")
         axis.set_ylabel("GB/s of K and V")
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=8, loc="upper center", ncol=2)
     figure.suptitle(f"Attention forward, float32, {threads} threads — {context['cpu']['model']}"
                     + (" (--quick smoke test)" if context["quick"] else ""))
     figure.savefig(path, dpi=110)
@@ -817,6 +838,10 @@ def main(argv=None):
 
     def log(message):
         print(message, file=sys.stderr, flush=True)
+
+    if args.from_json:
+        write_outputs(args.out, *load_run(args.from_json), log)
+        return 0
 
     load_start = os.getloadavg()[0]
     if load_start > 1.3 and not args.quick:
@@ -850,24 +875,65 @@ def main(argv=None):
         "load": (load_start, load_end),
         "versions": {"sdpa": peers.sdpa.__version__, "numpy": peers.np.__version__,
                      "torch": peers.torch.__version__ if peers.torch else "not installed"},
+        "sdpa_from": os.path.dirname(peers.sdpa.__file__), "commit": repo_commit(),
         "plan_prefill": engine_plan(peers, max(prefill, key=lambda s: (not s.causal, s.q_len,
                                                                         s.head_dim))),
         "plan_decode": engine_plan(peers, max(decode, key=lambda s: s.kv_len)) if decode else "",
-        "notes": read_notes(os.path.join(args.out, "benchmarks.md")),
     }
-    os.makedirs(args.out, exist_ok=True)
-    report = os.path.join(args.out, "benchmarks.md")
+    if args.json:
+        save_run(args.json, context, shapes, results, memory)
+    write_outputs(args.out, context, shapes, results, memory, log)
+    return 0
+
+
+def repo_commit():
+    """The commit of this checkout, with "+changes" when src/ or include/ differ from it."""
+    def git(*arguments):
+        return subprocess.run(["git", "-C", REPO, *arguments], capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "src", "include")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+changes" if dirty else "")) or None
+
+
+def save_run(path, context, shapes, results, memory):
+    """Everything the report is made from, so that --from-json can remake it."""
+    cpu = dict(context["cpu"], flags=sorted(context["cpu"]["flags"]))
+    with open(path, "w") as f:
+        json.dump({"context": dict(context, cpu=cpu), "shapes": [vars(s) for s in shapes],
+                   "results": results, "memory": memory}, f, indent=1)
+
+
+def load_run(path):
+    with open(path) as f:
+        run = json.load(f)
+    context = run["context"]
+    context["cpu"]["flags"] = set(context["cpu"]["flags"])
+    # JSON turns the integer keys (thread counts) into strings.
+    for name in ("peak_gflops", "bandwidth_gbps"):
+        context["limits"][name] = {int(k): v for k, v in context["limits"][name].items()}
+    shapes = []
+    for fields in run["shapes"]:
+        shape = Shape(fields["kind"], fields["heads"], fields["q_len"], fields["kv_len"],
+                      fields["head_dim"], fields["causal"], fields["kv_heads"], fields["batch"])
+        shape.v_dim = fields["v_dim"]
+        shapes.append(shape)
+    return context, shapes, run["results"], run["memory"]
+
+
+def write_outputs(out, context, shapes, results, memory, log):
+    """benchmarks.md (keeping the hand-written notes of the one it replaces) and benchmarks.png."""
+    os.makedirs(out, exist_ok=True)
+    report = os.path.join(out, "benchmarks.md")
+    context = dict(context, notes=read_notes(report))
     rows, decode_rows = write_report(report, context, shapes, results, memory)
-    problem = write_plot(os.path.join(args.out, "benchmarks.png"), rows, decode_rows, context)
+    problem = write_plot(os.path.join(out, "benchmarks.png"), rows, decode_rows, context)
     if problem:
         log(problem)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"context": {k: v for k, v in context.items() if k != "cpu"},
-                       "shapes": [s.label() for s in shapes], "results": results,
-                       "memory": memory}, f, indent=1, default=str)
     log(f"wrote {report}")
-    return 0
 
 
 if __name__ == "__main__":

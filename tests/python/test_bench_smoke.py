@@ -29,6 +29,15 @@ def test_compare_quick_writes_the_report(tmp_path):
     assert "--quick" in report  # marked as a smoke test, not a measurement
     assert notes in report
     assert "| 32 | no | 64 |" in report  # a prefill row: D, causal, L
-    assert (tmp_path / "raw.json").exists()
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "benchmarks.png").stat().st_size > 0
+
+    # --from-json remakes the same report without measuring anything.
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "benchmarks.md").write_text(report)
+    result = subprocess.run(
+        [sys.executable, SCRIPT, "--from-json", str(tmp_path / "raw.json"), "--out", str(again)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (again / "benchmarks.md").read_text() == report
