@@ -148,7 +148,9 @@ void BM_ReadBandwidth(benchmark::State& state, int threads) {
 // Attention rows.
 
 struct Case {
-  const char* kind;  // "Forward", "Decode" (adds the bandwidth counters) or "Reference"
+  // "Forward", "Decode" (adds the bandwidth counters), "Reference" (forward on the reference)
+  // or "Backward" (sdpa::Backward; FLOPs 2.5x the forward's, the convention of FlashAttention).
+  const char* kind;
   DType dtype;
   std::int64_t batch, heads, kv_heads, q_len, kv_len, head_dim, v_dim;
   Causal causal;
@@ -219,6 +221,7 @@ void Fill(sdpa::Tensor& tensor, std::uint64_t seed) {
 struct Operands {
   std::string key;
   sdpa::Tensor query, key_tensor, value, out;
+  sdpa::Tensor lse, grad_out, grad_query, grad_key, grad_value;  // backward rows only
 };
 
 Operands& OperandsFor(const Case& c) {
@@ -233,6 +236,18 @@ Operands& OperandsFor(const Case& c) {
     Fill(operands.query, 1);
     Fill(operands.key_tensor, 2);
     Fill(operands.value, 3);
+    if (std::string(c.kind) == "Backward") {
+      operands.lse = sdpa::Tensor(c.dtype, {c.batch, c.heads, c.q_len});
+      operands.grad_out = sdpa::Tensor(c.dtype, {c.batch, c.heads, c.q_len, c.v_dim});
+      operands.grad_query = sdpa::Tensor(c.dtype, {c.batch, c.heads, c.q_len, c.head_dim});
+      operands.grad_key = sdpa::Tensor(c.dtype, {c.batch, c.kv_heads, c.kv_len, c.head_dim});
+      operands.grad_value = sdpa::Tensor(c.dtype, {c.batch, c.kv_heads, c.kv_len, c.v_dim});
+      Fill(operands.grad_out, 4);
+      sdpa::Options options;
+      options.causal = c.causal;
+      sdpa::Forward(operands.query.view(), operands.key_tensor.view(), operands.value.view(),
+                    operands.out.mutable_view(), operands.lse.mutable_view(), options);
+    }
     operands.key = key;
   }
   return operands;
@@ -264,14 +279,21 @@ void BM_Attention(benchmark::State& state, const Case& c) {
   // Our own wall clock around the loop as well, so that the fractions below are plain numbers
   // (a rate counter would print them as "0.8/s"); the loop's bookkeeping costs nanoseconds.
   const auto start = std::chrono::steady_clock::now();
+  const bool backward = std::string(c.kind) == "Backward";
   for (auto _ : state) {
-    sdpa::Forward(q, k, v, out, options);
+    if (backward) {
+      sdpa::Backward(q, k, v, out, operands.lse.view(), operands.grad_out.view(),
+                     operands.grad_query.mutable_view(), operands.grad_key.mutable_view(),
+                     operands.grad_value.mutable_view(), options);
+    } else {
+      sdpa::Forward(q, k, v, out, options);
+    }
     benchmark::ClobberMemory();
   }
   const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
   const double calls_per_second = static_cast<double>(state.iterations()) / elapsed.count();
 
-  const double gflops = Flops(c) * 1e-9 * calls_per_second;
+  const double gflops = (backward ? 2.5 : 1.0) * Flops(c) * 1e-9 * calls_per_second;
   // float64 FMAs carry half the lanes of float32 ones.
   const double peak = FmaPeakFor(c.threads) * (c.dtype == DType::kFloat64 ? 0.5 : 1.0);
   state.counters["GFLOP/s"] = gflops;
@@ -308,6 +330,13 @@ std::vector<Case> Cases(int threads) {
   cases.push_back({"Decode", kF32, 1, 32, 8, 1, 32768, 128, 128, Causal::kNone, kCpu, threads});
   cases.push_back(
       {"Reference", kF32, 1, 8, 8, 256, 256, 64, 64, Causal::kNone, Backend::kReference, threads});
+  for (std::int64_t d : {64, 128}) {
+    for (Causal causal : {Causal::kNone, Causal::kTopLeft}) {
+      for (std::int64_t l : {1024, 4096}) {
+        cases.push_back({"Backward", kF32, 1, 8, 8, l, l, d, d, causal, kCpu, threads});
+      }
+    }
+  }
   return cases;
 }
 
