@@ -48,6 +48,7 @@ REFERENCE_MAX_FLOPS = 3e8  # the reference runs at ~1 GFLOP/s: keep a call under
 
 IMPLS = ("sdpa", "torch", "numpy", "reference")
 TARGET_PEAK_FRACTION = {64: 0.65, 128: 0.75}  # issue 3, L >= 1024
+IDLE_SECONDS = {"numpy": 0.15}  # pause after an implementation's sample (see measure_shape)
 COLORS = {"sdpa": "tab:blue", "torch": "tab:red", "numpy": "tab:green", "reference": "tab:gray"}
 
 
@@ -399,9 +400,11 @@ def measure_shape(peers, shape, args, log):
         rotated = order[repeat % len(order):] + order[:repeat % len(order)]
         for name in rotated:
             samples[name].append(time_sample(functions[name], calls[name]))
-            # Let the previous implementation's idle workers (OpenMP and OpenBLAS spin a while
-            # before they sleep) settle, so they do not steal a core from the next one.
-            time.sleep(0.02)
+            # Let this implementation's idle workers go to sleep before the next one starts:
+            # OpenBLAS's spin for up to ~0.1 s after a call (measured: sdpa 15-20% slower when
+            # it starts 20 ms after numpy's matmul, unaffected after 100 ms); libgomp's, shared
+            # by sdpa and torch, spin far less.
+            time.sleep(IDLE_SECONDS.get(name, 0.02))
     for name in order:
         results[name].update(seconds=statistics.median(samples[name]), samples=samples[name],
                              calls_per_sample=calls[name])
@@ -580,7 +583,7 @@ def section_machine(context):
         f"- Threads: {threads} for every implementation (`sdpa.set_num_threads`, "
         "`torch.set_num_threads`, threadpoolctl for numpy's BLAS).",
         f"- Software: Python {platform.python_version()}, sdpa {versions['sdpa']} (imported "
-        f"from `{context.get('sdpa_from', '?')}`; the repository was at commit "
+        f"from `{context.get('sdpa_from', '?')}`, built from commit "
         f"{context.get('commit') or '?'}), numpy {versions['numpy']}, torch {versions['torch']}.",
         f"- The engine's plan for the largest prefill shape: `{context['plan_prefill']}`; "
         f"for the longest decode: `{context['plan_decode']}`."]
@@ -650,7 +653,8 @@ def section_targets(rows, decode_rows, memory, threads):
         shown = "–" if fraction is None else f"{100 * fraction:.1f}%"
         add(f"decode Lkv={kv_len}: fraction of the read bandwidth", "≥ 80%", shown,
             None if fraction is None else fraction >= 0.8)
-        add(f"decode Lkv={kv_len}: {threads} threads vs 1", "≥ 1.7×", fmt(speedup, 3, "×"),
+        add(f"decode Lkv={kv_len}: {threads} threads vs 1", "≥ 1.7×",
+            "–" if speedup is None else f"{speedup:.2f}×",
             None if speedup is None else speedup >= 1.7)
     text, worst = lowest([(r["vs_numpy"], r["shape"]) for r in rows if r["shape"].q_len <= 256],
                          lambda x: f"{x:.2f}×")
@@ -887,7 +891,11 @@ def main(argv=None):
 
 
 def repo_commit():
-    """The commit of this checkout, with "+changes" when src/ or include/ differ from it."""
+    """The commit of this checkout, with "+changes" when src/ or include/ differ from it: the
+    engine's commit when sdpa was installed from this checkout (pip install .), as documented;
+    SDPA_BENCH_COMMIT overrides it when the imported sdpa was built elsewhere."""
+    if os.environ.get("SDPA_BENCH_COMMIT"):
+        return os.environ["SDPA_BENCH_COMMIT"]
     def git(*arguments):
         return subprocess.run(["git", "-C", REPO, *arguments], capture_output=True, text=True,
                               timeout=30).stdout.strip()
