@@ -48,6 +48,8 @@ REFERENCE_MAX_FLOPS = 3e8  # the reference runs at ~1 GFLOP/s: keep a call under
 
 IMPLS = ("sdpa", "torch", "numpy", "reference")
 TARGET_PEAK_FRACTION = {64: 0.65, 128: 0.75}  # issue 3, L >= 1024
+NOISY_SPREAD = 0.15  # samples further apart than this (over the median) mark a row as noisy
+NOISY_MARK = " (†)"
 IDLE_SECONDS = {"numpy": 0.15}  # pause after an implementation's sample (see measure_shape)
 COLORS = {"sdpa": "tab:blue", "torch": "tab:red", "numpy": "tab:green", "reference": "tab:gray"}
 
@@ -391,6 +393,7 @@ def measure_shape(peers, shape, args, log):
         elif ours is not None:
             results[name]["max_abs_diff"] = float(np.max(np.abs(out.astype(np.float64) - ours)))
         del out
+        time.sleep(IDLE_SECONDS.get(name, 0.02))  # as between samples, below
     slowest = max((r["warmup_s"] for r in results.values() if "warmup_s" in r), default=0)
     repeats = args.repeats if slowest < 2.0 else min(args.repeats, 3)
 
@@ -534,6 +537,7 @@ def summarize(shape, result, peak, bandwidth):
     row["vs_torch"] = ratio(ours, row["gflops"]["torch"])
     row["vs_numpy"] = ratio(ours, row["gflops"]["numpy"])
     row["torch_diff"] = result.get("torch", {}).get("max_abs_diff")
+    row["noisy"] = any(spread(result.get(name, {})) > NOISY_SPREAD for name in ("sdpa", "torch"))
     if shape.kind == "decode":
         row["gbps"] = {name: per_second(name, shape.kv_bytes() * 1e-9) for name in IMPLS}
         gbps = row["gbps"]["sdpa"]
@@ -541,6 +545,16 @@ def summarize(shape, result, peak, bandwidth):
         one = row["ms"].get("sdpa_1t")
         row["speedup"] = ratio(one, row["ms"].get("sdpa"))
     return row
+
+
+def spread(entry):
+    """How far apart an implementation's samples are, over their median: slowest minus fastest,
+    leaving out one at each end when there are 5 or more (a single hiccup does not move the
+    median either); 0 without samples."""
+    samples = sorted(entry.get("samples") or [])
+    if len(samples) >= 5:
+        samples = samples[1:-1]
+    return (samples[-1] - samples[0]) / entry["seconds"] if len(samples) > 1 else 0.0
 
 
 def section_intro(context):
@@ -678,9 +692,17 @@ def section_prefill(rows):
             f"| {s.head_dim} | {'yes' if s.causal else 'no'} | {s.q_len} | "
             f"{fmt(row['ms'].get('sdpa'))} | {fmt(g['sdpa'])} | {pct(row['peak_frac'])} | "
             f"{fmt(g['torch'])} | {fmt(g['numpy'])} | {fmt(g['reference'])} | "
-            f"{fmt(row['vs_torch'], 3, '×')} | {fmt(row['vs_numpy'], 3, '×')} | "
-            f"{fmt(row['torch_diff'], 2)} |")
-    return lines + [""]
+            f"{fmt(row['vs_torch'], 3, '×')}{NOISY_MARK if row['noisy'] else ''} | "
+            f"{fmt(row['vs_numpy'], 3, '×')} | {fmt(row['torch_diff'], 2)} |")
+    return lines + [""] + noisy_footnote(rows)
+
+
+def noisy_footnote(rows):
+    if not any(row["noisy"] for row in rows):
+        return []
+    return [f"{NOISY_MARK} the samples of sdpa or torch on this shape spread by more than "
+            f"{NOISY_SPREAD:.0%} of their median: something else ran meanwhile; the ratio is "
+            "less certain.", ""]
 
 
 def section_decode(decode_rows, threads):
@@ -699,9 +721,9 @@ def section_decode(decode_rows, threads):
             f"| {s.kv_len} | {fmt(s.kv_bytes() / 2**20)} | {fmt(row['ms'].get('sdpa'))} | "
             f"{fmt(g['sdpa'])} | {pct(row['bw_frac'])} | {fmt(row['ms'].get('sdpa_1t'))} | "
             f"{fmt(row['speedup'], 3, '×')} | {fmt(g['torch'])} | {fmt(g['numpy'])} | "
-            f"{fmt(g['reference'])} | {fmt(row['vs_torch'], 3, '×')} | "
-            f"{fmt(row['vs_numpy'], 3, '×')} |")
-    return lines + [""]
+            f"{fmt(g['reference'])} | {fmt(row['vs_torch'], 3, '×')}"
+            f"{NOISY_MARK if row['noisy'] else ''} | {fmt(row['vs_numpy'], 3, '×')} |")
+    return lines + [""] + noisy_footnote(decode_rows)
 
 
 def section_skipped(shapes, results):
