@@ -416,6 +416,54 @@ def measure_shape(peers, shape, args, log):
     return results
 
 
+def backward_grid(quick):
+    """Issue 6: B=1, H=8, D in {64, 128}, L in {1024, 4096}, causal and not."""
+    if quick:
+        return [Shape("backward", 2, 128, 128, 32, causal) for causal in (False, True)]
+    return [Shape("backward", 8, length, length, dim, causal)
+            for dim in (64, 128) for causal in (False, True) for length in (1024, 4096)]
+
+
+def measure_backward(peers, quick, log):
+    """Backward of ours (sdpa.attention_backward) against PyTorch's (autograd through
+    F.scaled_dot_product_attention), interleaved, medians of 5 samples; FLOPs 2.5x forward."""
+    np = peers.np
+    rows = []
+    for shape in backward_grid(quick):
+        rng = np.random.default_rng(7)
+        q, k, v, g = (rng.standard_normal((1, shape.heads, shape.q_len, shape.head_dim),
+                                          dtype=np.float32) for _ in range(4))
+        causal = "top_left" if shape.causal else None
+        out, lse = peers.sdpa.attention(q, k, v, causal=causal, return_lse=True)
+        functions = {"sdpa": lambda: peers.sdpa.attention_backward(g, q, k, v, out, lse,
+                                                                   causal=causal)}
+        if peers.torch is not None:
+            torch = peers.torch
+            tq, tk, tv = (torch.from_numpy(x).requires_grad_() for x in (q, k, v))
+            tout = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv,
+                                                                    is_causal=shape.causal)
+            tg = torch.from_numpy(g)
+            functions["torch"] = lambda: torch.autograd.grad(tout, (tq, tk, tv), tg,
+                                                             retain_graph=True)
+        calls, samples = {}, {name: [] for name in functions}
+        for name, function in functions.items():
+            calls[name] = max(1, int(0.25 / max(time_sample(function, 1), 1e-6)))
+        for _ in range(3 if quick else 5):
+            for name, function in functions.items():
+                samples[name].append(time_sample(function, calls[name]))
+                time.sleep(0.02)
+        flops = 2.5 * shape.flops()
+        row = {"label": shape.label(), "head_dim": shape.head_dim, "causal": shape.causal,
+               "length": shape.q_len}
+        for name in functions:
+            row[name] = statistics.median(samples[name])
+            row[name + "_gflops"] = flops / row[name] * 1e-9
+        rows.append(row)
+        log(f"backward {shape.label()}: " + ", ".join(
+            f"{name} {row[name] * 1e3:.1f} ms" for name in functions))
+    return rows
+
+
 def engine_plan(peers, shape):
     """The first line of sdpa.explain for `shape`: path, tiles, SIMD target, threads."""
     np = peers.np
@@ -726,6 +774,30 @@ def section_decode(decode_rows, threads):
     return lines + [""] + noisy_footnote(decode_rows)
 
 
+def section_backward(rows, peak):
+    """Issue 6: ours vs PyTorch's backward; targets 1.5x PyTorch and 40% of the peak."""
+    if not rows:
+        return []
+    lines = ["## Backward: B=1, H=8 (2 with --quick), Lq = Lkv = L", "",
+             "GFLOP/s with FLOPs = 2.5 × the forward's (causal: visible pairs only). Ours: "
+             "`sdpa.attention_backward` (out and lse from `sdpa.attention`); PyTorch: "
+             "`torch.autograd.grad` through `scaled_dot_product_attention` (graph kept, so only "
+             "the backward is timed). Targets (issue 6, L ≥ 1024): ≥ 1.5× PyTorch, ≥ 40% of the "
+             "FMA peak.", "",
+             "| D | causal | L | sdpa ms | sdpa GFLOP/s | % of peak | torch ms | torch GFLOP/s "
+             "| ours/torch |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        torch_ms = r.get("torch")
+        lines.append(
+            f"| {r['head_dim']} | {'yes' if r['causal'] else 'no'} | {r['length']} "
+            f"| {fmt(r['sdpa'] * 1e3)} | {fmt(r['sdpa_gflops'])} "
+            f"| {pct(r['sdpa_gflops'] / peak) if peak else '–'} "
+            f"| {fmt(torch_ms * 1e3) if torch_ms else '–'} "
+            f"| {fmt(r['torch_gflops']) if torch_ms else '–'} "
+            f"| {fmt(ratio(torch_ms, r['sdpa']), 3, '×')} |")
+    return lines + [""]
+
+
 def section_skipped(shapes, results):
     skipped = {}
     for shape, result in zip(shapes, results):
@@ -776,7 +848,9 @@ def write_report(path, context, shapes, results, memory):
         notes = "(Hand-written analysis goes here; compare.py keeps it when it rewrites this file.)"
     lines = (section_intro(context) + section_machine(context)
              + section_targets(rows, decode_rows, memory, threads) + section_prefill(rows)
-             + section_decode(decode_rows, threads) + section_skipped(shapes, results)
+             + section_decode(decode_rows, threads)
+             + section_backward(context.get("backward") or [], peak)
+             + section_skipped(shapes, results)
              + section_memory(memory)
              + ["## Plot", "", "![throughput vs L](benchmarks.png)", ""]
              + ["## Notes", "", NOTES_BEGIN, notes, NOTES_END, ""])
@@ -886,6 +960,8 @@ def main(argv=None):
     shapes = grid(args.quick)
     results = [measure_shape(peers, shape, args, log) for shape in shapes]
 
+    backward = measure_backward(peers, args.quick, log)
+
     memory_shape = (4096, 1, 64) if args.quick else (131072, 1, 64)
     log(f"memory probe L={memory_shape[0]} ...")
     memory = measure_memory(*memory_shape, threads)
@@ -905,6 +981,7 @@ def main(argv=None):
         "plan_prefill": engine_plan(peers, max(prefill, key=lambda s: (not s.causal, s.q_len,
                                                                         s.head_dim))),
         "plan_decode": engine_plan(peers, max(decode, key=lambda s: s.kv_len)) if decode else "",
+        "backward": backward,
     }
     if args.json:
         save_run(args.json, context, shapes, results, memory)
