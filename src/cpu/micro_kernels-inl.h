@@ -21,7 +21,10 @@
 
 #include <hwy/highway.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 HWY_BEFORE_NAMESPACE();
 namespace sdpa::cpu {
@@ -152,46 +155,28 @@ HWY_INLINE void PvRowKernel(D d, const T* HWY_RESTRICT p, std::int64_t ldp, std:
 #undef SDPA_FOR_VECS
 }
 
-// Calls kernel(std::integral_constant<int, V>()) with V = min(vectors, 8).
-template <class Kernel>
-HWY_INLINE void WithRowVectors(std::int64_t vectors, const Kernel& kernel) {
-  switch (vectors) {
-    case 1:
-      return kernel(std::integral_constant<int, 1>());
-    case 2:
-      return kernel(std::integral_constant<int, 2>());
-    case 3:
-      return kernel(std::integral_constant<int, 3>());
-    case 4:
-      return kernel(std::integral_constant<int, 4>());
-    case 5:
-      return kernel(std::integral_constant<int, 5>());
-    case 6:
-      return kernel(std::integral_constant<int, 6>());
-    case 7:
-      return kernel(std::integral_constant<int, 7>());
-    default:
-      return kernel(std::integral_constant<int, 8>());
-  }
+// Calls kernel(std::integral_constant<int, C>()) with C = clamp(count, 1, kMax), so that a
+// micro-kernel's row or vector count is a compile-time constant.
+template <int kMax, class Kernel, int... kMinusOne>
+HWY_INLINE void WithCount(std::int64_t count, const Kernel& kernel,
+                          std::integer_sequence<int, kMinusOne...>) {
+  const auto c = static_cast<int>(std::clamp<std::int64_t>(count, 1, kMax));
+  static_cast<void>((
+      (c == kMinusOne + 1 ? (kernel(std::integral_constant<int, kMinusOne + 1>()), true) : false) ||
+      ...));
 }
-
-// Calls kernel.template operator()<R>() with R = min(rows, kMicroRows) known at compile time.
+template <int kMax, class Kernel>
+HWY_INLINE void WithCount(std::int64_t count, const Kernel& kernel) {
+  WithCount<kMax>(count, kernel, std::make_integer_sequence<int, kMax>());
+}
+// Rows of a MulAddMicroTile call; vectors of a PvRowKernel call.
 template <class Kernel>
 HWY_INLINE void WithMicroRows(std::int64_t rows, const Kernel& kernel) {
-  switch (rows) {
-    case 1:
-      return kernel(std::integral_constant<int, 1>());
-    case 2:
-      return kernel(std::integral_constant<int, 2>());
-    case 3:
-      return kernel(std::integral_constant<int, 3>());
-    case 4:
-      return kernel(std::integral_constant<int, 4>());
-    case 5:
-      return kernel(std::integral_constant<int, 5>());
-    default:
-      return kernel(std::integral_constant<int, 6>());
-  }
+  WithCount<kMicroRows>(rows, kernel);
+}
+template <class Kernel>
+HWY_INLINE void WithRowVectors(std::int64_t vectors, const Kernel& kernel) {
+  WithCount<8>(vectors, kernel);
 }
 
 }  // namespace HWY_NAMESPACE
