@@ -55,8 +55,16 @@ void Backward(const TensorView& query, const TensorView& key, const TensorView& 
               const TensorView& out, const TensorView& lse, const TensorView& grad_out,
               const MutableTensorView& grad_query, const MutableTensorView& grad_key,
               const MutableTensorView& grad_value, const Options& options = {});
+// Same, also writing grad_sinks ∂L/∂options.sinks [heads] (the query's dtype; summed over batch
+// and rows). options.sinks must be set.
+void Backward(const TensorView& query, const TensorView& key, const TensorView& value,
+              const TensorView& out, const TensorView& lse, const TensorView& grad_out,
+              const MutableTensorView& grad_query, const MutableTensorView& grad_key,
+              const MutableTensorView& grad_value, const MutableTensorView& grad_sinks,
+              const Options& options);
 struct Gradients {
   Tensor grad_query, grad_key, grad_value;
+  Tensor grad_sinks;  // [heads] when options.sinks is set, else empty (shape [0])
 };
 Gradients AttentionBackward(const TensorView& query, const TensorView& key, const TensorView& value,
                             const TensorView& out, const TensorView& lse,

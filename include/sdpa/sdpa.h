@@ -9,6 +9,7 @@
 #pragma once
 
 #include "sdpa/attention.h"
+#include "sdpa/custom.h"
 #include "sdpa/error.h"
 #include "sdpa/options.h"
 #include "sdpa/seed.h"

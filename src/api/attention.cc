@@ -103,6 +103,18 @@ void Backward(const TensorView& query, const TensorView& key, const TensorView& 
   internal::RunBackward(problem);
 }
 
+void Backward(const TensorView& query, const TensorView& key, const TensorView& value,
+              const TensorView& out, const TensorView& lse, const TensorView& grad_out,
+              const MutableTensorView& grad_query, const MutableTensorView& grad_key,
+              const MutableTensorView& grad_value, const MutableTensorView& grad_sinks,
+              const Options& options) {
+  const internal::BackwardProblem problem =
+      internal::ValidateBackward(internal::ValidateInputs(query, key, value, options), query.rank(),
+                                 Inputs(query, key, value, options), out, lse, grad_out, grad_query,
+                                 grad_key, grad_value, &grad_sinks);
+  internal::RunBackward(problem);
+}
+
 Gradients AttentionBackward(const TensorView& query, const TensorView& key, const TensorView& value,
                             const TensorView& out, const TensorView& lse,
                             const TensorView& grad_out, const Options& options) {
@@ -111,11 +123,15 @@ Gradients AttentionBackward(const TensorView& query, const TensorView& key, cons
   const auto shape_of = [](const TensorView& v) {
     return std::vector<std::int64_t>(v.layout.shape, v.layout.shape + v.layout.rank);
   };
+  const bool sinks = !problem.sinks.empty();
   Gradients g{Tensor(problem.dtype, shape_of(query)), Tensor(problem.dtype, shape_of(key)),
-              Tensor(problem.dtype, shape_of(value))};
+              Tensor(problem.dtype, shape_of(value)),
+              Tensor(problem.dtype, {sinks ? problem.heads : 0})};
+  const MutableTensorView grad_sinks = g.grad_sinks.mutable_view();
   const internal::BackwardProblem backward = internal::ValidateBackward(
       std::move(problem), query.rank(), Inputs(query, key, value, options), out, lse, grad_out,
-      g.grad_query.mutable_view(), g.grad_key.mutable_view(), g.grad_value.mutable_view());
+      g.grad_query.mutable_view(), g.grad_key.mutable_view(), g.grad_value.mutable_view(),
+      sinks ? &grad_sinks : nullptr);
   internal::RunBackward(backward);
   return g;
 }

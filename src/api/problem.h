@@ -5,12 +5,20 @@
 //   * q [B,H,Lq,D], k [B,Hkv,Lkv,D], v [B,Hkv,Lkv,Dv], out [B,H,Lq,Dv], lse [B,H,Lq];
 //   * H % Hkv == 0; query head h reads kv head h / (H / Hkv);
 //   * a broadcast mask dimension has stride 0, so mask(b, h, i, j) is always addressable;
-//   * out and lse overlap no input and do not overlap themselves.
+//   * out and lse overlap no input and do not overlap themselves;
+//   * variants (options.h) are checked: window sides >= 0, one finite ALiBi slope and one sink
+//     (not NaN or +inf) per query head, softcap > 0, dropout_p in [0, 1), varlen offsets
+//     start at 0, never decrease and end at q_len / kv_len, with batch 1.
+//
+// Which keys a query row sees is the one rule every backend and the schedule share: Visible().
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
+#include <vector>
 
+#include "sdpa/custom.h"
 #include "sdpa/options.h"
 #include "sdpa/tensor.h"
 
@@ -30,6 +38,22 @@ struct Operand {
   }
 };
 
+// A sequence of the batch: batch entry b (sequence b, both offsets 0), or with varlen the
+// packed sequence s of batch entry 0.
+struct Sequence {
+  std::int64_t index = 0;  // b, or s with varlen: the `b` of ALiBi, dropout and custom functions
+  std::int64_t batch = 0;  // batch entry holding it (0 with varlen)
+  std::int64_t q_begin = 0, q_len = 0;  // its query rows [q_begin, q_begin + q_len)
+  std::int64_t k_begin = 0, k_len = 0;  // its keys [k_begin, k_begin + k_len)
+};
+
+// Keys [begin, end), as positions within the sequence; empty when begin >= end.
+struct KeyRange {
+  std::int64_t begin = 0, end = 0;
+};
+
+inline constexpr std::int64_t kUnbounded = std::numeric_limits<std::int64_t>::max() / 4;
+
 struct Problem {
   DType dtype = DType::kFloat32;  // of q, k, v, out, lse (and an additive mask)
   std::int64_t batch = 0, heads = 0, kv_heads = 0;
@@ -45,16 +69,71 @@ struct Problem {
   Causal causal = Causal::kNone;
   Backend backend = Backend::kAuto;  // as requested; resolved by the dispatcher
 
+  // Variants (options.h). Window sides are kUnbounded when unset (or without a window).
+  std::int64_t window_left = kUnbounded, window_right = kUnbounded;
+  std::vector<double> alibi_slopes;                      // [heads] or empty
+  double softcap = 0;                                    // 0 = none
+  std::vector<double> sinks;                             // [heads] or empty
+  std::vector<std::int64_t> cu_seqlens_q, cu_seqlens_k;  // empty unless varlen
+  double dropout_p = 0;
+  std::uint64_t seed = 0;
+  const CustomScore* custom = nullptr;
+
   std::int64_t group_size() const { return heads / kv_heads; }
   std::int64_t KvHead(std::int64_t h) const { return h / group_size(); }
 
-  // Keys visible to query row i under the causal rule are [0, CausalEnd(i)).
-  // Top-left: j <= i. Bottom-right: j <= i + Lkv - Lq. Clamped to [0, Lkv].
-  std::int64_t CausalEnd(std::int64_t i) const {
-    std::int64_t end = kv_len;
-    if (causal == Causal::kTopLeft) end = i + 1;
-    if (causal == Causal::kBottomRight) end = i + 1 + kv_len - q_len;
-    return std::clamp<std::int64_t>(end, 0, kv_len);
+  // True when any variant beyond mask/causal is requested (temporary: the CPU engine gains
+  // them in the next commits; until then they run on the reference).
+  bool has_variants() const {
+    return has_window() || !alibi_slopes.empty() || softcap > 0 || !sinks.empty() || varlen() ||
+           dropout_p > 0 || custom != nullptr;
+  }
+  bool varlen() const { return !cu_seqlens_q.empty(); }
+  bool has_window() const { return window_left < kUnbounded || window_right < kUnbounded; }
+  bool has_mask_mod() const { return custom != nullptr && custom->mask_f32 != nullptr; }
+  bool has_score_mod() const { return custom != nullptr && custom->score_f32 != nullptr; }
+  std::int64_t num_sequences() const {
+    return varlen() ? static_cast<std::int64_t>(cu_seqlens_q.size()) - 1 : batch;
+  }
+  Sequence Seq(std::int64_t s) const {
+    Sequence seq;
+    seq.index = s;
+    if (!varlen()) {
+      seq.batch = s;
+      seq.q_len = q_len;
+      seq.k_len = kv_len;
+      return seq;
+    }
+    const auto at = static_cast<std::size_t>(s);
+    seq.q_begin = cu_seqlens_q[at];
+    seq.q_len = cu_seqlens_q[at + 1] - seq.q_begin;
+    seq.k_begin = cu_seqlens_k[at];
+    seq.k_len = cu_seqlens_k[at + 1] - seq.k_begin;
+    return seq;
+  }
+
+  // The key aligned with query row i of `seq` (positions within the sequence) for the causal
+  // rule and the window: i (top-left) or i + k_len - q_len (bottom-right, also without causal).
+  std::int64_t Diagonal(const Sequence& seq, std::int64_t i) const {
+    return causal == Causal::kTopLeft ? i : i + seq.k_len - seq.q_len;
+  }
+  // Keys row i of `seq` may see under the causal rule, the window and the sequence bounds; both
+  // ends are non-decreasing in i (the kernels rely on it). Masks may remove more.
+  KeyRange Visible(const Sequence& seq, std::int64_t i) const {
+    const std::int64_t diag = Diagonal(seq, i);
+    std::int64_t begin = 0, end = seq.k_len;
+    if (causal != Causal::kNone) end = std::min(end, diag + 1);
+    if (window_left < kUnbounded) begin = std::max(begin, diag - window_left);
+    if (window_right < kUnbounded) end = std::min(end, diag + window_right + 1);
+    return {std::clamp<std::int64_t>(begin, 0, seq.k_len),
+            std::clamp<std::int64_t>(end, 0, seq.k_len)};
+  }
+  // The ALiBi bias of query head h, row i, key j of `seq` (positions within it), always aligned
+  // bottom-right: -slope·|i + k_len - q_len - j|.
+  double AlibiBias(const Sequence& seq, std::int64_t h, std::int64_t i, std::int64_t j) const {
+    const std::int64_t distance = i + seq.k_len - seq.q_len - j;
+    return -alibi_slopes[static_cast<std::size_t>(h)] *
+           static_cast<double>(distance < 0 ? -distance : distance);
   }
 };
 
@@ -65,6 +144,7 @@ struct BackwardProblem {
   Problem forward;
   Operand<const void> grad_out;  // [B, H, Lq, Dv]
   Operand<void> grad_q, grad_k, grad_v;
+  Operand<void> grad_sinks;  // [H] as stride[0]; data == nullptr when not requested
 };
 
 // Typed view of an untyped operand (the dtype was checked by validation).

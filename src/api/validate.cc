@@ -150,6 +150,102 @@ void SetOperand(Op& op, decltype(Op::data) data, const Layout& layout) {
   std::copy(n.stride, n.stride + 4, op.stride);
 }
 
+void CheckPerHead(const char* name, const std::vector<double>& values, std::int64_t heads) {
+  if (!values.empty() && static_cast<std::int64_t>(values.size()) != heads) {
+    Fail(name, " has ", values.size(), " values but must have one per query head (", heads, ")");
+  }
+}
+
+// cu_seqlens: length sequences + 1, starts at 0, non-decreasing, ends at `total`.
+void CheckOffsets(const char* name, const std::vector<std::int64_t>& offsets, std::int64_t total,
+                  const char* total_name) {
+  if (offsets.size() < 2) {
+    Fail(name, " has ", offsets.size(), " values but must have at least 2 (sequences + 1)");
+  }
+  if (offsets.front() != 0) Fail(name, "[0] is ", offsets.front(), " but must be 0");
+  for (std::size_t s = 1; s < offsets.size(); ++s) {
+    if (offsets[s] < offsets[s - 1]) {
+      Fail(name, "[", s, "] is ", offsets[s], ", below ", name, "[", s - 1, "] = ", offsets[s - 1],
+           "; offsets must not decrease");
+    }
+  }
+  if (offsets.back() != total) {
+    Fail(name, "[", offsets.size() - 1, "] is ", offsets.back(), " but must be ", total, " (",
+         total_name, ")");
+  }
+}
+
+void ValidateVariants(const Options& o, Problem& p) {
+  if (o.window) {
+    for (const auto& [side, name] :
+         {std::pair{o.window->left, "left"}, std::pair{o.window->right, "right"}}) {
+      if (side && *side < 0) Fail("options.window.", name, " is ", *side, " but must be >= 0");
+    }
+    p.window_left = o.window->left ? std::min(*o.window->left, kUnbounded) : kUnbounded;
+    p.window_right = o.window->right ? std::min(*o.window->right, kUnbounded) : kUnbounded;
+  }
+  CheckPerHead("options.alibi_slopes", o.alibi_slopes, p.heads);
+  for (std::size_t h = 0; h < o.alibi_slopes.size(); ++h) {
+    if (!std::isfinite(o.alibi_slopes[h])) {
+      Fail("options.alibi_slopes[", h, "] is ", o.alibi_slopes[h], " but must be finite");
+    }
+  }
+  p.alibi_slopes = o.alibi_slopes;
+  if (o.softcap) {
+    if (!(std::isfinite(*o.softcap) && *o.softcap > 0)) {
+      Fail("options.softcap is ", *o.softcap, " but must be finite and > 0");
+    }
+    p.softcap = *o.softcap;
+  }
+  CheckPerHead("options.sinks", o.sinks, p.heads);
+  for (std::size_t h = 0; h < o.sinks.size(); ++h) {
+    if (std::isnan(o.sinks[h]) || o.sinks[h] == std::numeric_limits<double>::infinity()) {
+      Fail("options.sinks[", h, "] is ", o.sinks[h], " but must be finite or -inf");
+    }
+  }
+  p.sinks = o.sinks;
+  if (o.cu_seqlens_q.empty() != o.cu_seqlens_k.empty()) {
+    Fail(o.cu_seqlens_q.empty() ? "options.cu_seqlens_k is set but options.cu_seqlens_q is not"
+                                : "options.cu_seqlens_q is set but options.cu_seqlens_k is not",
+         "; packed sequences need both");
+  }
+  if (!o.cu_seqlens_q.empty()) {
+    if (p.batch != 1) {
+      Fail("query.shape batch is ", p.batch,
+           " but must be 1 with options.cu_seqlens_q (sequences are packed along q_len)");
+    }
+    if (o.cu_seqlens_q.size() != o.cu_seqlens_k.size()) {
+      Fail("options.cu_seqlens_q has ", o.cu_seqlens_q.size(),
+           " values but options.cu_seqlens_k has ", o.cu_seqlens_k.size(),
+           "; both are sequences + 1");
+    }
+    CheckOffsets("options.cu_seqlens_q", o.cu_seqlens_q, p.q_len, "q_len");
+    CheckOffsets("options.cu_seqlens_k", o.cu_seqlens_k, p.kv_len, "kv_len");
+    p.cu_seqlens_q = o.cu_seqlens_q;
+    p.cu_seqlens_k = o.cu_seqlens_k;
+  }
+  if (!(o.dropout_p >= 0 && o.dropout_p < 1)) {
+    Fail("options.dropout_p is ", o.dropout_p, " but must be in [0, 1)");
+  }
+  if (o.dropout_p > 0) {
+    constexpr std::int64_t kLimit = std::int64_t{1} << 32;  // dropout.h's counter words
+    const std::int64_t sequences = p.varlen() ? p.num_sequences() : p.batch;
+    if (p.q_len >= kLimit || p.kv_len >= kLimit || p.heads >= kLimit || sequences >= kLimit) {
+      Fail("dropout needs batch, heads, q_len and kv_len below 2^32 (its counter words)");
+    }
+  }
+  p.dropout_p = o.dropout_p;
+  p.seed = o.seed;
+  if (o.custom != nullptr) {
+    const CustomScore& c = *o.custom;
+    if ((c.score_f32 == nullptr) != (c.score_f64 == nullptr) ||
+        (c.mask_f32 == nullptr) != (c.mask_f64 == nullptr)) {
+      Fail("options.custom is incomplete; build it with sdpa::MakeCustom");
+    }
+    p.custom = o.custom;
+  }
+}
+
 }  // namespace
 
 std::string ShapeString(const std::vector<std::int64_t>& shape) {
@@ -291,6 +387,7 @@ Problem ValidateInputs(const TensorView& query, const TensorView& key, const Ten
     p.mask.data = mask.data;
     for (int d = 0; d < 4; ++d) p.mask.stride[d] = m.shape[d] == 1 ? 0 : m.stride[d];
   }
+  ValidateVariants(options, p);
   return p;
 }
 
@@ -323,11 +420,23 @@ BackwardProblem ValidateBackward(Problem problem, int query_rank,
                                  const TensorView& out, const TensorView& lse,
                                  const TensorView& grad_out, const MutableTensorView& grad_query,
                                  const MutableTensorView& grad_key,
-                                 const MutableTensorView& grad_value) {
+                                 const MutableTensorView& grad_value,
+                                 const MutableTensorView* grad_sinks) {
   const Problem& p = problem;
   CheckBackwardInputs(p, query_rank, out, lse, grad_out);
-  const MutableTensorView* grads[3] = {&grad_query, &grad_key, &grad_value};
-  const char* grad_names[3] = {"grad_query", "grad_key", "grad_value"};
+  if (p.has_score_mod() && !p.custom->differentiable) {
+    Fail(
+        "the backward needs d score_mod / d score, but score_mod cannot be called with "
+        "sdpa::Dual; write it as a generic lambda taking `auto` (sdpa/custom.h)");
+  }
+  std::vector<const MutableTensorView*> grads = {&grad_query, &grad_key, &grad_value};
+  std::vector<const char*> grad_names = {"grad_query", "grad_key", "grad_value"};
+  if (grad_sinks != nullptr) {
+    if (p.sinks.empty()) Fail("grad_sinks is given but options.sinks is not set");
+    CheckOutput("grad_sinks", *grad_sinks, p.dtype, {p.heads});
+    grads.push_back(grad_sinks);
+    grad_names.push_back("grad_sinks");
+  }
   CheckOutput("grad_query", grad_query, p.dtype,
               Trailing({p.batch, p.heads, p.q_len, p.head_dim}, query_rank));
   CheckOutput("grad_key", grad_key, p.dtype,
@@ -342,7 +451,7 @@ BackwardProblem ValidateBackward(Problem problem, int query_rank,
     inputs.push_back(view);
     input_names.push_back(name);
   }
-  for (int g = 0; g < 3; ++g) {
+  for (std::size_t g = 0; g < grads.size(); ++g) {
     const MutableTensorView& grad = *grads[g];
     for (std::size_t i = 0; i < inputs.size(); ++i) {
       const TensorView& in = inputs[i];
@@ -351,7 +460,7 @@ BackwardProblem ValidateBackward(Problem problem, int query_rank,
              " in memory; outputs must not alias inputs");
       }
     }
-    for (int other = 0; other < g; ++other) {
+    for (std::size_t other = 0; other < g; ++other) {
       if (Overlaps(grad.data, grad.dtype, grad.layout, grads[other]->data, grads[other]->dtype,
                    grads[other]->layout)) {
         Fail(grad_names[g], " overlaps ", grad_names[other], " in memory");
@@ -368,6 +477,10 @@ BackwardProblem ValidateBackward(Problem problem, int query_rank,
   SetOperand(b.grad_q, grad_query.data, grad_query.layout);
   SetOperand(b.grad_k, grad_key.data, grad_key.layout);
   SetOperand(b.grad_v, grad_value.data, grad_value.layout);
+  if (grad_sinks != nullptr) {
+    b.grad_sinks.data = grad_sinks->data;
+    b.grad_sinks.stride[0] = grad_sinks->layout.strides[0];
+  }
   return b;
 }
 

@@ -66,13 +66,15 @@ void CheckBackwardInputs(const Problem& problem, int query_rank, const TensorVie
 
 // Checks the backward's extra arguments against a problem from ValidateInputs and attaches them:
 // out, lse and grad_out are inputs here (shapes of out, lse, out), the gradients outputs (shapes
-// of query, key, value) that must not overlap any input or each other.
+// of query, key, value; grad_sinks [heads] when non-null) that must not overlap any input or each
+// other.
 BackwardProblem ValidateBackward(Problem problem, int query_rank,
                                  const std::vector<TensorView>& forward_inputs,
                                  const TensorView& out, const TensorView& lse,
                                  const TensorView& grad_out, const MutableTensorView& grad_query,
                                  const MutableTensorView& grad_key,
-                                 const MutableTensorView& grad_value);
+                                 const MutableTensorView& grad_value,
+                                 const MutableTensorView* grad_sinks = nullptr);
 
 // True when two views share at least one byte of memory (conservative: compares byte ranges).
 bool Overlaps(const void* a_data, DType a_dtype, const Layout& a, const void* b_data, DType b_dtype,

@@ -11,8 +11,8 @@ std::int64_t CeilDiv(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 // Visible (row, key) pairs of a task, from the causal ends of its first and last rows (ends grow
 // with the row index, so the average of the two is exact for a linear diagonal).
 double TaskCost(const internal::Problem& p, const Task& t) {
-  const std::int64_t first_end = p.CausalEnd(t.row_begin / (p.heads / p.kv_heads));
-  const std::int64_t last_end = p.CausalEnd((t.row_end - 1) / (p.heads / p.kv_heads));
+  const std::int64_t first_end = p.Visible(p.Seq(0), t.row_begin / (p.heads / p.kv_heads)).end;
+  const std::int64_t last_end = p.Visible(p.Seq(0), (t.row_end - 1) / (p.heads / p.kv_heads)).end;
   const auto visible = [&](std::int64_t end) {
     return static_cast<double>(std::max<std::int64_t>(0, std::min(end, t.kv_end) - t.kv_begin));
   };

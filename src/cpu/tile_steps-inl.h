@@ -93,7 +93,7 @@ void DescribeRows(const Problem& p, std::int64_t group, std::int64_t batch, std:
                              mask_elem;
     ref.head = h;
     ref.pos = i;
-    ref.end = p.CausalEnd(i);
+    ref.end = p.Visible(p.Seq(0), i).end;
     ref.global_row = (batch * p.heads + h) * p.q_len + i;
   }
 }

@@ -17,7 +17,7 @@ constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 // Scaled, masked score of key j for row (b, h, i), or -inf when j is invisible (K not read).
 template <typename T>
 double Score(const Problem& p, std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j) {
-  if (j >= p.CausalEnd(i)) return kNegInf;
+  if (j >= p.Visible(p.Seq(b), i).end) return kNegInf;
   double bias = 0.0;
   if (p.mask_kind == MaskKind::kBool) {
     if (!internal::As<bool>(p.mask).Row(b, h, i)[j * p.mask.stride[3]]) return kNegInf;

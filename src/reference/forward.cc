@@ -50,7 +50,7 @@ void Row(const Problem& p, std::int64_t b, std::int64_t h, std::int64_t i, doubl
   const Operand<const T> q = internal::As<T>(p.q), v = internal::As<T>(p.v);
   const Operand<T> out = internal::As<T>(p.out);
   const T* q_row = q.Row(b, h, i);
-  const std::int64_t end = p.CausalEnd(i);
+  const std::int64_t end = p.Visible(p.Seq(b), i).end;
 
   bool any_visible = false;
   double m = kNegInf;
