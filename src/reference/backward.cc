@@ -2,99 +2,75 @@
 
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <vector>
+
+#include "reference/scores.h"
 
 namespace sdpa::reference {
 namespace {
 
 using internal::BackwardProblem;
-using internal::MaskKind;
 using internal::Problem;
 
-constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+// Scratch of one row, and the float64 dK, dV [B, Hkv, Lkv, width] and dsinks [H] accumulators.
+struct Accumulators {
+  std::vector<double> probs, slope, factor, dp, dq, dk, dv, dsinks;
+};
 
-// Scaled, masked score of key j for row (b, h, i), or -inf when j is invisible (K not read).
+// For one query row with scores s_j (scores.h), P = softmax(s with the sink), Z_j the dropout
+// factor and x_j = scale·q·k_j (so ds_j/dx_j = slope_j):
+//   dP_j = dO · v_j,  Δ = Σ_j P_j Z_j dP_j  (= dO · out),  dS_j = P_j (Z_j dP_j - Δ);
+//   dq += scale Σ_j dS_j slope_j k_j;  dk_j += scale dS_j slope_j q;  dv_j += P_j Z_j dO;
+//   dsink -= P_sink Δ with P_sink = exp(sink - lse).
+// A row with no visible key and no sink adds nothing (its dq stays 0).
 template <typename T>
-double Score(const Problem& p, std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j) {
-  if (j >= p.Visible(p.Seq(b), i).end) return kNegInf;
-  double bias = 0.0;
-  if (p.mask_kind == MaskKind::kBool) {
-    if (!internal::As<bool>(p.mask).Row(b, h, i)[j * p.mask.stride[3]]) return kNegInf;
-  } else if (p.mask_kind == MaskKind::kAdditive) {
-    bias = static_cast<double>(internal::As<T>(p.mask).Row(b, h, i)[j * p.mask.stride[3]]);
-    if (bias == kNegInf) return kNegInf;
-  }
-  const T* q = internal::As<T>(p.q).Row(b, h, i);
-  const T* k = internal::As<T>(p.k).Row(b, p.KvHead(h), j);
-  double dot = 0.0;
-  for (std::int64_t d = 0; d < p.head_dim; ++d) {
-    dot += static_cast<double>(q[d * p.q.stride[3]]) * static_cast<double>(k[d * p.k.stride[3]]);
-  }
-  return p.scale * dot + bias;
-}
-
-// For one query row (b, h, i), with s_j its visible scores and P_j = softmax(s)_j:
-//   pass 1: s_j, m = max s_j, P_j = exp(s_j - m) / sum;
-//   pass 2: dP_j = dO · v_j, Δ = Σ_j P_j dP_j;
-//   pass 3: dS_j = P_j (dP_j - Δ); dq += scale dS_j k_j; dk_j += scale dS_j q; dv_j += P_j dO.
-// A row with no visible key adds nothing (its dq stays 0).
-template <typename T>
-void Row(const BackwardProblem& bp, std::int64_t b, std::int64_t h, std::int64_t i,
-         std::vector<double>& probs, std::vector<double>& dq, std::vector<double>& dk,
-         std::vector<double>& dv) {
+void Row(const BackwardProblem& bp, const RowAt& row, Accumulators& a) {
   const Problem& p = bp.forward;
-  const std::int64_t kvh = p.KvHead(h), D = p.head_dim, Dv = p.v_dim;
-  double m = kNegInf;
-  bool any = false;
-  for (std::int64_t j = 0; j < p.kv_len; ++j) {
-    probs[static_cast<std::size_t>(j)] = Score<T>(p, b, h, i, j);
-    const double s = probs[static_cast<std::size_t>(j)];
-    if (s == kNegInf) continue;
-    any = true;
-    if (s > m || std::isnan(s)) m = s;
-  }
-  std::fill(dq.begin(), dq.end(), 0.0);
-  if (any) {
-    double sum = 0.0;
-    for (double& s : probs) sum += s == kNegInf ? 0.0 : (s = std::exp(s - m));
-    for (double& s : probs) s = s == kNegInf ? 0.0 : s / sum;
-
-    const T* dout = internal::As<T>(bp.grad_out).Row(b, h, i);
-    const T* q = internal::As<T>(p.q).Row(b, h, i);
-    std::vector<double> dp(probs.size(), 0.0);
-    double delta = 0.0;
-    for (std::int64_t j = 0; j < p.kv_len; ++j) {
-      if (probs[static_cast<std::size_t>(j)] == 0.0) continue;
-      const T* v = internal::As<T>(p.v).Row(b, kvh, j);
-      double acc = 0.0;
-      for (std::int64_t e = 0; e < Dv; ++e) {
-        acc += static_cast<double>(dout[e * bp.grad_out.stride[3]]) *
-               static_cast<double>(v[e * p.v.stride[3]]);
-      }
-      dp[static_cast<std::size_t>(j)] = acc;
-      delta += probs[static_cast<std::size_t>(j)] * acc;
+  const internal::Sequence& seq = row.seq;
+  const std::int64_t kvh = p.KvHead(row.head), D = p.head_dim, Dv = p.v_dim;
+  const std::int64_t gi = seq.q_begin + row.pos;
+  RowScores<T>(p, row, a.probs, &a.slope);
+  const double lse = Softmax(a.probs, Sink(p, row.head));
+  DropoutFactors(p, row, a.factor);
+  std::fill(a.dq.begin(), a.dq.end(), 0.0);
+  const T* dout = internal::As<T>(bp.grad_out).Row(seq.batch, row.head, gi);
+  const T* q = internal::As<T>(p.q).Row(seq.batch, row.head, gi);
+  a.dp.assign(a.probs.size(), 0.0);
+  double delta = 0.0;
+  for (std::size_t j = 0; j < a.probs.size(); ++j) {
+    if (a.probs[j] == 0.0) continue;
+    const T* v =
+        internal::As<T>(p.v).Row(seq.batch, kvh, seq.k_begin + static_cast<std::int64_t>(j));
+    double acc = 0.0;
+    for (std::int64_t e = 0; e < Dv; ++e) {
+      acc += static_cast<double>(dout[e * bp.grad_out.stride[3]]) *
+             static_cast<double>(v[e * p.v.stride[3]]);
     }
-    for (std::int64_t j = 0; j < p.kv_len; ++j) {
-      const double prob = probs[static_cast<std::size_t>(j)];
-      if (prob == 0.0) continue;
-      const double ds = prob * (dp[static_cast<std::size_t>(j)] - delta);
-      const T* k = internal::As<T>(p.k).Row(b, kvh, j);
-      const std::size_t key = static_cast<std::size_t>((b * p.kv_heads + kvh) * p.kv_len + j);
-      for (std::int64_t d = 0; d < D; ++d) {
-        dq[static_cast<std::size_t>(d)] += p.scale * ds * static_cast<double>(k[d * p.k.stride[3]]);
-        dk[key * static_cast<std::size_t>(D) + static_cast<std::size_t>(d)] +=
-            p.scale * ds * static_cast<double>(q[d * p.q.stride[3]]);
-      }
-      for (std::int64_t e = 0; e < Dv; ++e) {
-        dv[key * static_cast<std::size_t>(Dv) + static_cast<std::size_t>(e)] +=
-            prob * static_cast<double>(dout[e * bp.grad_out.stride[3]]);
-      }
+    a.dp[j] = acc;
+    delta += a.probs[j] * a.factor[j] * acc;
+  }
+  for (std::size_t j = 0; j < a.probs.size(); ++j) {
+    const double prob = a.probs[j];
+    if (prob == 0.0) continue;
+    const double dx = prob * (a.factor[j] * a.dp[j] - delta) * a.slope[j];
+    const std::int64_t gj = seq.k_begin + static_cast<std::int64_t>(j);
+    const T* k = internal::As<T>(p.k).Row(seq.batch, kvh, gj);
+    const auto key = static_cast<std::size_t>((seq.batch * p.kv_heads + kvh) * p.kv_len + gj);
+    for (std::int64_t d = 0; d < D; ++d) {
+      a.dq[static_cast<std::size_t>(d)] += p.scale * dx * static_cast<double>(k[d * p.k.stride[3]]);
+      a.dk[key * static_cast<std::size_t>(D) + static_cast<std::size_t>(d)] +=
+          p.scale * dx * static_cast<double>(q[d * p.q.stride[3]]);
+    }
+    for (std::int64_t e = 0; e < Dv; ++e) {
+      a.dv[key * static_cast<std::size_t>(Dv) + static_cast<std::size_t>(e)] +=
+          prob * a.factor[j] * static_cast<double>(dout[e * bp.grad_out.stride[3]]);
     }
   }
-  T* out = internal::As<T>(bp.grad_q).Row(b, h, i);
+  const double sink = Sink(p, row.head);
+  if (sink != kNegInf) a.dsinks[static_cast<std::size_t>(row.head)] -= std::exp(sink - lse) * delta;
+  T* out = internal::As<T>(bp.grad_q).Row(seq.batch, row.head, gi);
   for (std::int64_t d = 0; d < D; ++d) {
-    out[d * bp.grad_q.stride[3]] = static_cast<T>(dq[static_cast<std::size_t>(d)]);
+    out[d * bp.grad_q.stride[3]] = static_cast<T>(a.dq[static_cast<std::size_t>(d)]);
   }
 }
 
@@ -118,17 +94,26 @@ template <typename T>
 void BackwardTyped(const BackwardProblem& bp) {
   const Problem& p = bp.forward;
   const auto keys = static_cast<std::size_t>(p.batch * p.kv_heads * p.kv_len);
-  std::vector<double> dk(keys * static_cast<std::size_t>(p.head_dim), 0.0);
-  std::vector<double> dv(keys * static_cast<std::size_t>(p.v_dim), 0.0);
-  std::vector<double> probs(static_cast<std::size_t>(p.kv_len));
-  std::vector<double> dq(static_cast<std::size_t>(p.head_dim));
-  for (std::int64_t b = 0; b < p.batch; ++b) {
-    for (std::int64_t h = 0; h < p.heads; ++h) {
-      for (std::int64_t i = 0; i < p.q_len; ++i) Row<T>(bp, b, h, i, probs, dq, dk, dv);
+  Accumulators a;
+  a.dk.assign(keys * static_cast<std::size_t>(p.head_dim), 0.0);
+  a.dv.assign(keys * static_cast<std::size_t>(p.v_dim), 0.0);
+  a.dq.assign(static_cast<std::size_t>(p.head_dim), 0.0);
+  a.dsinks.assign(static_cast<std::size_t>(p.heads), 0.0);
+  for (std::int64_t s = 0; s < p.num_sequences(); ++s) {
+    RowAt row;
+    row.seq = p.Seq(s);
+    for (row.head = 0; row.head < p.heads; ++row.head) {
+      for (row.pos = 0; row.pos < row.seq.q_len; ++row.pos) Row<T>(bp, row, a);
     }
   }
-  Store<T>(dk, p, p.head_dim, bp.grad_k);
-  Store<T>(dv, p, p.v_dim, bp.grad_v);
+  Store<T>(a.dk, p, p.head_dim, bp.grad_k);
+  Store<T>(a.dv, p, p.v_dim, bp.grad_v);
+  if (bp.grad_sinks.data != nullptr) {
+    T* out = static_cast<T*>(bp.grad_sinks.data);
+    for (std::int64_t h = 0; h < p.heads; ++h) {
+      out[h * bp.grad_sinks.stride[0]] = static_cast<T>(a.dsinks[static_cast<std::size_t>(h)]);
+    }
+  }
 }
 
 }  // namespace
