@@ -52,7 +52,8 @@ enum class BlockKind { kEmpty, kPartial, kFull };
 // The type-erased form the engine calls (built by Custom below; not meant to be filled by hand).
 struct CustomScore {
   const void* context = nullptr;
-  // score ← score_mod(score); with `derivative` non-null, also derivative ← d score_mod / d score.
+  // score ← score_mod(score); with `derivative` non-null, also derivative ·= d score_mod / d score
+  // (the caller starts it at 1, or at the derivative of the steps before).
   void (*score_f32)(const void* context, const ScoreBlock& block, float* scores,
                     float* derivative) = nullptr;
   void (*score_f64)(const void* context, const ScoreBlock& block, double* scores,
@@ -184,7 +185,7 @@ class Custom {
             const Dual<T> out =
                 self.score_mod_(Dual<T>{score, T(1)}, b.batch, h, i, b.key_begin + c);
             score = out.value;
-            derivative[r * b.row_stride + c * b.key_stride] = out.grad;
+            derivative[r * b.row_stride + c * b.key_stride] *= out.grad;
             continue;
           }
         }
