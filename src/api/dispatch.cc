@@ -32,7 +32,6 @@ Backend BackendFromEnvironment() {
 }  // namespace
 
 Backend ResolveBackend(const Problem& problem) {
-  if (problem.has_variants()) return Backend::kReference;
   if (problem.backend != Backend::kAuto) return problem.backend;
   const Backend from_env = BackendFromEnvironment();
   return from_env != Backend::kAuto ? from_env : Backend::kCpu;

@@ -82,12 +82,6 @@ struct Problem {
   std::int64_t group_size() const { return heads / kv_heads; }
   std::int64_t KvHead(std::int64_t h) const { return h / group_size(); }
 
-  // True when any variant beyond mask/causal is requested (temporary: the CPU engine gains
-  // them in the next commits; until then they run on the reference).
-  bool has_variants() const {
-    return has_window() || !alibi_slopes.empty() || softcap > 0 || !sinks.empty() || varlen() ||
-           dropout_p > 0 || custom != nullptr;
-  }
   bool varlen() const { return !cu_seqlens_q.empty(); }
   bool has_window() const { return window_left < kUnbounded || window_right < kUnbounded; }
   bool has_mask_mod() const { return custom != nullptr && custom->mask_f32 != nullptr; }

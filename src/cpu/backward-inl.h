@@ -21,6 +21,12 @@
 // Zeros stay zeros: P is exactly 0 for masked keys, padded rows and rows with no visible key
 // (lse = -inf), dS is set to 0 wherever P is 0 (so NaN/Inf in a masked V row cannot reach dS),
 // and dQ skips zero dS when a masked K row is not finite.
+//
+// Variants: rows and keys follow the forward's ranges (a key tile meets only the rows whose
+// range reaches it: RowsSeeing); the score steps run again with their derivative d s / d x
+// (x = scale·q·k; softcap and score_mod change it), which multiplies dS; sinks are already in
+// lse, and ∂L/∂sink_h = -Σ_rows exp(sink_h - lse)·Δ; dropout's factor Z (regenerated, dropout.h)
+// gives dV = Σ (P∘Z)ᵀ dO and dS = P∘(Z∘dP - Δ).
 
 #if defined(SDPA_CPU_BACKWARD_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef SDPA_CPU_BACKWARD_INL_H_
@@ -35,6 +41,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "api/problem.h"
@@ -58,19 +65,38 @@ struct BackwardShared {
   hwy::AlignedFreeUniquePtr<T[]> dq;  // [chunks][B·Hkv][G·Lq][Dkp]
   std::int64_t dkp = 0;
 
+  // dQ rows of a task's sequence: its group list (schedule.h) inside the batch entry's.
   T* DqRows(const internal::Problem& p, const Schedule& s, const Task& t) const {
     const std::int64_t rows = s.group * p.q_len;
-    return dq.get() + ((t.split * p.batch + t.batch) * p.kv_heads + t.kv_head) * rows * dkp;
+    const std::int64_t first = s.group * p.Seq(t.seq).q_begin;
+    return dq.get() +
+           (((t.split * p.batch + t.batch) * p.kv_heads + t.kv_head) * rows + first) * dkp;
   }
 };
 
-// The first row of a group (i-major, see schedule.h) whose causal range reaches key j0.
-inline std::int64_t FirstRowSeeing(const internal::Problem& p, std::int64_t group,
-                                   std::int64_t j0) {
-  std::int64_t first_pos = 0;  // smallest i with CausalEnd(i) > j0
-  if (p.causal == Causal::kTopLeft) first_pos = j0;
-  if (p.causal == Causal::kBottomRight) first_pos = j0 - (p.kv_len - p.q_len);
-  return std::clamp<std::int64_t>(first_pos, 0, p.q_len) * group;
+// Rows [first, last) of a sequence's group list (i-major, see schedule.h) whose key ranges reach
+// keys [j0, j0 + keys) (packed). Both range ends grow with the row, so two binary searches.
+inline std::pair<std::int64_t, std::int64_t> RowsSeeing(const internal::Problem& p,
+                                                        const internal::Sequence& seq,
+                                                        std::int64_t group, std::int64_t j0,
+                                                        std::int64_t keys) {
+  const auto first_where = [&](auto&& reached) {
+    std::int64_t lo = 0, hi = seq.q_len;  // first position with reached(i), q_len if none
+    while (lo < hi) {
+      const std::int64_t mid = lo + (hi - lo) / 2;
+      if (reached(p.Visible(seq, mid))) {
+        hi = mid;
+      } else {
+        lo = mid + 1;
+      }
+    }
+    return lo;
+  };
+  const std::int64_t first =
+      first_where([&](const internal::KeyRange& r) { return seq.k_begin + r.end > j0; });
+  const std::int64_t last =
+      first_where([&](const internal::KeyRange& r) { return seq.k_begin + r.begin >= j0 + keys; });
+  return {first * group, std::max(first, last) * group};
 }
 
 template <typename T>
@@ -88,8 +114,10 @@ class BackwardTask {
     dvp_ = RoundUp(p_.v_dim, 2 * n_);
     const std::int64_t bc = s.kv_tile;
     using A = Arena<T>;
+    has_slope_ = p_.softcap > 0 || p_.has_score_mod();
+    dropout_ = p_.dropout_p > 0;
     arena.Reset(A::Footprint(rp_ * p_.head_dim) + A::Footprint(rp_ * p_.v_dim) +
-                A::Footprint(rp_ * dkp_) + A::Footprint(rp_ * dvp_) + 2 * A::Footprint(bc * rp_) +
+                A::Footprint(rp_ * dkp_) + A::Footprint(rp_ * dvp_) + 4 * A::Footprint(bc * rp_) +
                 2 * A::Footprint(bc * dkp_) + 2 * A::Footprint(bc * dvp_) + 2 * A::Footprint(rp_));
     qt_ = arena.Take(rp_ * p_.head_dim);
     dot_ = arena.Take(rp_ * p_.v_dim);
@@ -103,27 +131,38 @@ class BackwardTask {
     dv_ = arena.Take(bc * dvp_);
     lse_ = arena.Take(rp_);
     delta_ = arena.Take(rp_);
+    slope_ = has_slope_ ? arena.Take(bc * rp_) : nullptr;
+    z_ = dropout_ ? arena.Take(bc * rp_) : nullptr;
   }
 
   // The tile loop: for each K/V tile of the chunk, every query tile that can see it.
   void Run() {
-    const std::int64_t total_rows = s_.group * p_.q_len;
+    const internal::Sequence seq = p_.Seq(t_.seq);
     T* dq = shared_.DqRows(p_, s_, t_);
     for (std::int64_t j0 = t_.kv_begin; j0 < t_.kv_end; j0 += s_.kv_tile) {
       const std::int64_t keys = std::min(s_.kv_tile, t_.kv_end - j0);
       LoadKvTile(j0, keys);
       std::fill(dk_, dk_ + keys * dkp_, T(0));
       std::fill(dv_, dv_ + keys * dvp_, T(0));
-      for (std::int64_t r0 = FirstRowSeeing(p_, s_.group, j0); r0 < total_rows; r0 += s_.q_tile) {
-        const std::int64_t rows = std::min(s_.q_tile, total_rows - r0);
-        DescribeRows(p_, s_.group, t_.batch, t_.kv_head, r0, r0 + rows, rows_);
-        const bool partial = p_.mask_kind != internal::MaskKind::kNone || j0 + keys > rows_[0].end;
+      const auto [first_row, last_row] = RowsSeeing(p_, seq, s_.group, j0, keys);
+      for (std::int64_t r0 = first_row; r0 < last_row; r0 += s_.q_tile) {
+        const std::int64_t rows = std::min(s_.q_tile, last_row - r0);
+        DescribeRows(p_, s_.group, seq, t_.kv_head, r0, r0 + rows, rows_);
+        const BlockKind kind = ClassifyTile(p_, seq, rows_, s_.group, j0, keys);
+        if (kind == BlockKind::kEmpty) continue;
+        const bool partial =
+            p_.mask_kind != internal::MaskKind::kNone || kind == BlockKind::kPartial ||
+            j0 < rows_[static_cast<std::size_t>(rows - 1)].begin || j0 + keys > rows_[0].end;
+        steps_.Prepare(p_, seq, rows_, rp_);
         LoadQueryTile(rows);
         const auto all_keys = [keys](std::int64_t, std::int64_t) { return keys; };
         ScoreTile(d_, qt_, p_.head_dim, rp_, k_rows_, dkp_, all_keys, pt_);
+        steps_.Apply(d_, j0, keys, pt_, rp_, slope_);
         if (partial) ApplyMask(p_, rows_, j0, keys, pt_, rp_);
+        if (kind == BlockKind::kPartial) ApplyMaskMod(p_, steps_.Block(j0, keys, rp_), pt_);
         Probabilities(keys);
         ScoreTile(d_, dot_, p_.v_dim, rp_, v_rows_, dvp_, all_keys, dst_);
+        if (dropout_) DropoutTile(p_, seq, rows_, j0, keys, z_, rp_);
         ScoreGradients(keys);
         AccumulateKeyGradients(keys, rows);
         const bool k_finite = !partial || AllFinite(d_, k_rows_, dkp_, keys, dkp_);
@@ -188,15 +227,20 @@ class BackwardTask {
     }
   }
 
-  // dSᵀ[c][r] = Pᵀ[c][r]·(dPᵀ[c][r] - Δ[r]) in place of dPᵀ; 0 wherever P is 0.
+  // dSᵀ[c][r] = Pᵀ[c][r]·(Z·dPᵀ[c][r] - Δ[r])·slope in place of dPᵀ, 0 wherever P is 0; then
+  // Pᵀ ← Pᵀ·Z for dV. Z (dropout factors) and the slope d s / d x are 1 when absent.
   void ScoreGradients(std::int64_t keys) {
     for (std::int64_t x = 0; x < rp_; x += n_) {
       const V delta = hn::Load(d_, delta_ + x);
       for (std::int64_t c = 0; c < keys; ++c) {
-        const V prob = hn::Load(d_, pt_ + c * rp_ + x);
-        T* ds = dst_ + c * rp_ + x;
-        const V grad = hn::Mul(prob, hn::Sub(hn::Load(d_, ds), delta));
-        hn::Store(hn::IfThenZeroElse(hn::Eq(prob, hn::Zero(d_)), grad), d_, ds);
+        const std::int64_t at = c * rp_ + x;
+        const V prob = hn::Load(d_, pt_ + at);
+        V dp = hn::Load(d_, dst_ + at);
+        if (dropout_) dp = hn::Mul(dp, hn::Load(d_, z_ + at));
+        V grad = hn::Mul(prob, hn::Sub(dp, delta));
+        if (has_slope_) grad = hn::Mul(grad, hn::Load(d_, slope_ + at));
+        hn::Store(hn::IfThenZeroElse(hn::Eq(prob, hn::Zero(d_)), grad), d_, dst_ + at);
+        if (dropout_) hn::Store(hn::Mul(prob, hn::Load(d_, z_ + at)), d_, pt_ + at);
       }
     }
   }
@@ -266,12 +310,32 @@ class BackwardTask {
   const Task& t_;
   const BackwardShared<T>& shared_;
   std::vector<RowRef<T>>& rows_;
+  ScoreSteps<T> steps_;
   D d_;
   std::int64_t n_ = 0, rp_ = 0, dkp_ = 0, dvp_ = 0;
+  bool has_slope_ = false, dropout_ = false;
   T *qt_ = nullptr, *dot_ = nullptr, *q_rows_ = nullptr, *do_rows_ = nullptr, *pt_ = nullptr,
     *dst_ = nullptr, *k_rows_ = nullptr, *v_rows_ = nullptr, *dk_ = nullptr, *dv_ = nullptr,
-    *lse_ = nullptr, *delta_ = nullptr;
+    *lse_ = nullptr, *delta_ = nullptr, *slope_ = nullptr, *z_ = nullptr;
 };
+
+// grad_sinks[h] = -Σ_{b, i} exp(sink_h - lse_bhi)·Δ_bhi, in float64 and a fixed order.
+template <typename T>
+void StoreSinkGradients(const BackwardProblem& bp, const std::vector<T>& delta) {
+  const internal::Problem& p = bp.forward;
+  for (std::int64_t h = 0; h < p.heads; ++h) {
+    const double sink = p.sinks[static_cast<std::size_t>(h)];
+    double sum = 0;
+    for (std::int64_t b = 0; b < p.batch && sink != -std::numeric_limits<double>::infinity(); ++b) {
+      for (std::int64_t i = 0; i < p.q_len; ++i) {
+        const double lse = static_cast<double>(*internal::As<T>(p.lse).Row(b, h, i));
+        const auto row = static_cast<std::size_t>((b * p.heads + h) * p.q_len + i);
+        sum -= std::exp(sink - lse) * static_cast<double>(delta[row]);
+      }
+    }
+    static_cast<T*>(bp.grad_sinks.data)[h * bp.grad_sinks.stride[0]] = static_cast<T>(sum);
+  }
+}
 
 // Δ_i = Σ_e dO_ie·O_ie for every output row, in float64.
 template <typename T>
@@ -335,6 +399,7 @@ void RunBackwardTyped(const BackwardProblem& bp, const Schedule& s) {
     BackwardTask<T>(bp, s, s.tasks[static_cast<std::size_t>(index)], shared, arena, rows).Run();
   });
   StoreQueryGradients(bp, s, shared);
+  if (bp.grad_sinks.data != nullptr) StoreSinkGradients(bp, shared.delta);
 }
 
 // The per-target entry point (HWY_EXPORT-ed by backward.cc).

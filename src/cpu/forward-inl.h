@@ -24,8 +24,16 @@
 // -inf and their probabilities exactly 0; a row whose every score is masked keeps m = -inf and is
 // written as out = 0, lse = -inf. A tile whose keys are all invisible to all rows is never touched.
 //
-// Steps of one tile: ScoreTile → ApplyMask (partial tiles only) → OnlineSoftmaxUpdate →
-// AccumulatePV; after the last tile, FinalizeRows (or StorePartial when keys are split).
+// Variants (options.h) plug into the same loop: the causal rule, the window and varlen sequence
+// bounds give each row a key range [begin, end) whose ends grow with the row, so the loop visits
+// only keys from the first row's begin to the last row's end and only tiles crossing a range
+// edge are masked element-wise; a custom block_mask can skip more tiles. Softcap, ALiBi and
+// score_mod are lane-wise steps on every tile (ScoreSteps); sinks start each row's softmax with
+// m = sink, l = 1 (no value); dropout multiplies P after the row sums are taken.
+//
+// Steps of one tile: ScoreTile → ScoreSteps → ApplyMask (partial tiles only) →
+// OnlineSoftmaxUpdate → dropout → AccumulatePV; after the last tile, FinalizeRows (or
+// StorePartial when keys are split).
 
 #if defined(SDPA_CPU_FORWARD_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef SDPA_CPU_FORWARD_INL_H_
@@ -74,10 +82,12 @@ class ForwardTask {
     dp_ = dot_form_ ? RoundUp(p.head_dim, n_) : p.head_dim;
     k_unit_ = p.k.stride[3] == 1 && dp_ == p.head_dim;
     v_unit_ = p.v.stride[3] == 1 && p.v_dim % (2 * n_) == 0;
+    dropout_ = p.dropout_p > 0;
     arena.Reset(Arena<T>::Footprint(rp_ * dp_) + Arena<T>::Footprint(s.kv_tile * rp_) +
                 Arena<T>::Footprint(rp_ * dvp_) + 3 * Arena<T>::Footprint(rp_) +
                 (k_unit_ ? 0 : Arena<T>::Footprint(s.kv_tile * dp_)) +
-                (v_unit_ ? 0 : Arena<T>::Footprint(s.kv_tile * dvp_)));
+                (v_unit_ ? 0 : Arena<T>::Footprint(s.kv_tile * dvp_)) +
+                (dropout_ ? Arena<T>::Footprint(s.kv_tile * rp_) : 0));
     qt_ = arena.Take(rp_ * dp_);
     st_ = arena.Take(s.kv_tile * rp_);
     o_ = arena.Take(rp_ * dvp_);
@@ -86,11 +96,14 @@ class ForwardTask {
     alpha_ = arena.Take(rp_);
     k_pack_ = k_unit_ ? nullptr : arena.Take(s.kv_tile * dp_);
     v_pack_ = v_unit_ ? nullptr : arena.Take(s.kv_tile * dvp_);
+    z_ = dropout_ ? arena.Take(s.kv_tile * rp_) : nullptr;
   }
 
   // The tile loop: stream the visible K/V tiles of the task's key range through the rows.
   void Run(Partials<T>* partials) {
-    DescribeRows(p_, s_.group, t_.batch, t_.kv_head, t_.row_begin, t_.row_end, rows_);
+    const internal::Sequence seq = p_.Seq(t_.seq);
+    DescribeRows(p_, s_.group, seq, t_.kv_head, t_.row_begin, t_.row_end, rows_);
+    steps_.Prepare(p_, seq, rows_, rp_);
     if (dot_form_) {
       PackQueryRows();
       std::fill(st_, st_ + s_.kv_tile * rp_, T(0));  // padded rows stay finite
@@ -100,14 +113,21 @@ class ForwardTask {
     std::fill(o_, o_ + rp_ * dvp_, T(0));
     std::fill(m_, m_ + rp_, -std::numeric_limits<T>::infinity());
     std::fill(l_, l_ + rp_, T(0));
+    if (partials == nullptr) StartWithSinks();  // split keys: the merge adds the sink once
 
-    // Rows are ordered by position, so their causal ends grow: the first row sees the fewest
-    // keys, the last row the most. Keys past the last row's end are skipped without a look.
+    // Rows are ordered by position, so both ends of their key ranges grow: keys before the
+    // first row's begin and past the last row's end are skipped without a look, and tiles
+    // inside every row's range need no element-wise mask.
+    const std::int64_t start = std::max(t_.kv_begin, rows_[0].begin);
     const std::int64_t stop = std::min(t_.kv_end, rows_[static_cast<std::size_t>(br_ - 1)].end);
+    const std::int64_t all_visible_begin = rows_[static_cast<std::size_t>(br_ - 1)].begin;
     const std::int64_t all_visible_end = rows_[0].end;
-    for (std::int64_t j0 = t_.kv_begin; j0 < stop; j0 += s_.kv_tile) {
+    for (std::int64_t j0 = start; j0 < stop; j0 += s_.kv_tile) {
       const std::int64_t keys = std::min(s_.kv_tile, stop - j0);
-      const bool partial = p_.mask_kind != MaskKind::kNone || j0 + keys > all_visible_end;
+      const BlockKind kind = ClassifyTile(p_, seq, rows_, s_.group, j0, keys);
+      if (kind == BlockKind::kEmpty) continue;
+      const bool partial = p_.mask_kind != MaskKind::kNone || kind == BlockKind::kPartial ||
+                           j0 < all_visible_begin || j0 + keys > all_visible_end;
       const T* k = KeyTile(j0, keys);
       const T* v = ValueTile(j0, keys);
       const std::int64_t ldk = k_unit_ ? p_.k.stride[2] : dp_;
@@ -117,8 +137,16 @@ class ForwardTask {
       } else {
         ScoreTile(d_, qt_, p_.head_dim, rp_, k, ldk, KeysSeen(j0, keys), st_);
       }
+      steps_.Apply(d_, j0, keys, st_, rp_, nullptr);
       if (partial) ApplyMask(p_, rows_, j0, keys, st_, rp_);
+      if (kind == BlockKind::kPartial) ApplyMaskMod(p_, steps_.Block(j0, keys, rp_), st_);
       OnlineSoftmaxUpdate(KeysSeen(j0, keys));
+      if (dropout_) {
+        DropoutTile(p_, seq, rows_, j0, keys, z_, rp_);
+        for (std::int64_t e = 0; e < keys * rp_; e += n_) {
+          hn::Store(hn::Mul(hn::Load(d_, st_ + e), hn::Load(d_, z_ + e)), d_, st_ + e);
+        }
+      }
       // 0 · NaN = NaN: a masked key whose V row is not finite would poison rows that may not
       // see it, so such tiles take the path that skips zero probabilities.
       if (partial && !AllFinite(d_, v, ldv, keys, p_.v_dim)) {
@@ -131,6 +159,18 @@ class ForwardTask {
       StorePartial(*partials);
     } else {
       FinalizeRows();
+    }
+  }
+
+  // Sinks join each row's softmax as a score with no value: m = sink, l = exp(sink - m) = 1.
+  void StartWithSinks() {
+    if (p_.sinks.empty()) return;
+    for (std::int64_t r = 0; r < br_; ++r) {
+      const double sink =
+          p_.sinks[static_cast<std::size_t>(rows_[static_cast<std::size_t>(r)].head)];
+      if (sink == -std::numeric_limits<double>::infinity()) continue;
+      m_[r] = static_cast<T>(sink);
+      l_[r] = T(1);
     }
   }
 
@@ -328,16 +368,18 @@ class ForwardTask {
   const Schedule& s_;
   const Task& t_;
   std::vector<RowRef<T>>& rows_;
+  ScoreSteps<T> steps_;
   D d_;
   std::int64_t n_ = 0, br_ = 0, rp_ = 0, dp_ = 0, dvp_ = 0;
   bool dot_form_ = false;  // few rows: scores as dot products (ScoreTileByDots)
-  bool k_unit_ = true, v_unit_ = true;
+  bool k_unit_ = true, v_unit_ = true, dropout_ = false;
   T *qt_ = nullptr, *st_ = nullptr, *o_ = nullptr, *m_ = nullptr, *l_ = nullptr, *alpha_ = nullptr,
-    *k_pack_ = nullptr, *v_pack_ = nullptr;
+    *k_pack_ = nullptr, *v_pack_ = nullptr, *z_ = nullptr;
 };
 
 // Combines the key chunks of every row in split order: M = max_s m_s, L = Σ_s l_s·exp(m_s - M),
-// out = Σ_s O_s·exp(m_s - M) / L, lse = M + ln L.
+// out = Σ_s O_s·exp(m_s - M) / L, lse = M + ln L; the row's sink joins as one more chunk with
+// m = sink, l = 1, O = 0.
 template <typename T>
 void MergePartials(const Problem& p, const Schedule& s, const Partials<T>& partials) {
   const std::int64_t rows = p.batch * p.heads * p.q_len;
@@ -348,14 +390,17 @@ void MergePartials(const Problem& p, const Schedule& s, const Partials<T>& parti
     for (std::int64_t row = task * per_task; row < end; ++row) {
       const std::int64_t i = row % p.q_len, h = (row / p.q_len) % p.heads,
                          b = row / (p.q_len * p.heads);
-      double big_m = -std::numeric_limits<double>::infinity();
+      const double sink = p.sinks.empty() ? -std::numeric_limits<double>::infinity()
+                                          : p.sinks[static_cast<std::size_t>(h)];
+      double big_m = sink;
       for (std::int64_t split = 0; split < s.kv_splits; ++split) {
         big_m = std::max(big_m, static_cast<double>(*partials.M(split, row)));
       }
       T* out = internal::As<T>(p.out).Row(b, h, i);
       const std::int64_t os = p.out.stride[3];
       const bool empty = big_m == -std::numeric_limits<double>::infinity();
-      double big_l = 0;
+      double big_l =
+          empty || sink == -std::numeric_limits<double>::infinity() ? 0.0 : std::exp(sink - big_m);
       std::fill(acc.begin(), acc.end(), 0.0);
       for (std::int64_t split = 0; split < s.kv_splits && !empty; ++split) {
         const double m = static_cast<double>(*partials.M(split, row));

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 namespace sdpa::cpu {
@@ -14,7 +15,8 @@ class Partials {
     rows_ = rows;
     v_dim_ = v_dim;
     o_.assign(static_cast<std::size_t>(splits * rows * v_dim), T(0));
-    m_.assign(static_cast<std::size_t>(splits * rows), T(0));
+    // A chunk no task writes (a varlen sequence with fewer keys) counts as empty.
+    m_.assign(static_cast<std::size_t>(splits * rows), -std::numeric_limits<T>::infinity());
     l_.assign(static_cast<std::size_t>(splits * rows), T(0));
   }
   T* O(std::int64_t split, std::int64_t row) { return o_.data() + (split * rows_ + row) * v_dim_; }

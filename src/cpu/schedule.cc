@@ -8,46 +8,59 @@ namespace {
 
 std::int64_t CeilDiv(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
-// Visible (row, key) pairs of a task, from the causal ends of its first and last rows (ends grow
-// with the row index, so the average of the two is exact for a linear diagonal).
+// Visible (row, key) pairs of a task, from the key ranges of its first and last rows (both ends
+// grow with the row index, so the average of the two is exact for a band of constant slope).
 double TaskCost(const internal::Problem& p, const Task& t) {
-  const std::int64_t first_end = p.Visible(p.Seq(0), t.row_begin / (p.heads / p.kv_heads)).end;
-  const std::int64_t last_end = p.Visible(p.Seq(0), (t.row_end - 1) / (p.heads / p.kv_heads)).end;
-  const auto visible = [&](std::int64_t end) {
-    return static_cast<double>(std::max<std::int64_t>(0, std::min(end, t.kv_end) - t.kv_begin));
+  const internal::Sequence seq = p.Seq(t.seq);
+  const auto visible = [&](std::int64_t row) {
+    const internal::KeyRange range = p.Visible(seq, row / (p.heads / p.kv_heads));
+    const std::int64_t begin = std::max(seq.k_begin + range.begin, t.kv_begin);
+    const std::int64_t end = std::min(seq.k_begin + range.end, t.kv_end);
+    return static_cast<double>(std::max<std::int64_t>(0, end - begin));
   };
   return static_cast<double>(t.row_end - t.row_begin) * 0.5 *
-         (visible(first_end) + visible(last_end));
+         (visible(t.row_begin) + visible(t.row_end - 1));
 }
 
-// Keys per chunk: all of them, unless fewer than `min_tasks` independent tasks exist; then
-// enough whole-tile chunks of at least kMinChunk keys to make up the difference.
+// The most keys of any sequence.
+std::int64_t LongestKeys(const internal::Problem& p) {
+  std::int64_t longest = 0;
+  for (std::int64_t s = 0; s < p.num_sequences(); ++s) longest = std::max(longest, p.Seq(s).k_len);
+  return longest;
+}
+
+// Keys per chunk: all of a sequence's, unless fewer than `min_tasks` independent tasks exist;
+// then enough whole-tile chunks of at least kMinChunk keys to make up the difference.
 std::int64_t KeyChunk(const internal::Problem& p, std::int64_t tasks, std::int64_t min_tasks) {
-  if (tasks >= min_tasks || p.kv_len < 2 * kMinChunk) return std::max<std::int64_t>(p.kv_len, 1);
-  const std::int64_t wanted = std::min(CeilDiv(min_tasks, tasks), p.kv_len / kMinChunk);
-  return CeilDiv(CeilDiv(p.kv_len, wanted), kKvTile) * kKvTile;
+  const std::int64_t keys = LongestKeys(p);
+  if (tasks >= min_tasks || keys < 2 * kMinChunk) return std::max<std::int64_t>(keys, 1);
+  const std::int64_t wanted = std::min(CeilDiv(min_tasks, tasks), keys / kMinChunk);
+  return CeilDiv(CeilDiv(keys, wanted), kKvTile) * kKvTile;
 }
 
-// One task per (batch, kv head, block of rows_per_task group rows, key chunk), heaviest first;
-// returns the work in (row, key) pairs.
+// One task per (sequence, kv head, block of rows_per_task group rows, key chunk), heaviest
+// first; returns the work in (row, key) pairs. rows_per_task <= 0 means all rows of a sequence.
 double AddTasks(const internal::Problem& p, std::int64_t rows_per_task, Schedule& s) {
-  const std::int64_t rows = s.group * p.q_len;
-  // At least one block, even of no rows: a backward task over keys no query sees still writes
-  // their zero gradients.
-  const std::int64_t row_tiles =
-      std::max<std::int64_t>(1, CeilDiv(rows, std::max<std::int64_t>(rows_per_task, 1)));
   double work = 0;
-  for (std::int64_t b = 0; b < p.batch; ++b) {
+  for (std::int64_t index = 0; index < p.num_sequences(); ++index) {
+    const internal::Sequence seq = p.Seq(index);
+    const std::int64_t rows = s.group * seq.q_len;
+    const std::int64_t block = rows_per_task > 0 ? rows_per_task : std::max<std::int64_t>(rows, 1);
+    // At least one block, even of no rows: a backward task over keys no query sees still writes
+    // their zero gradients; a forward task without keys still writes its rows.
+    const std::int64_t row_tiles = std::max<std::int64_t>(1, CeilDiv(rows, block));
+    const std::int64_t chunks = std::max<std::int64_t>(1, CeilDiv(seq.k_len, s.kv_chunk));
     for (std::int64_t kvh = 0; kvh < p.kv_heads; ++kvh) {
       for (std::int64_t tile = 0; tile < row_tiles; ++tile) {
-        for (std::int64_t split = 0; split < s.kv_splits; ++split) {
+        for (std::int64_t split = 0; split < chunks; ++split) {
           Task t;
-          t.batch = b;
+          t.seq = index;
+          t.batch = seq.batch;
           t.kv_head = kvh;
-          t.row_begin = tile * rows_per_task;
-          t.row_end = std::min(rows, t.row_begin + rows_per_task);
-          t.kv_begin = split * s.kv_chunk;
-          t.kv_end = std::min(p.kv_len, t.kv_begin + s.kv_chunk);
+          t.row_begin = tile * block;
+          t.row_end = std::min(rows, t.row_begin + block);
+          t.kv_begin = seq.k_begin + split * s.kv_chunk;
+          t.kv_end = std::min(seq.k_begin + seq.k_len, t.kv_begin + s.kv_chunk);
           t.split = split;
           t.cost = t.row_end > t.row_begin ? TaskCost(p, t) : 0;
           work += t.cost;
@@ -80,9 +93,12 @@ Schedule MakeSchedule(const internal::Problem& p, int threads) {
   s.threads = std::max(1, threads);
   if (p.batch == 0 || p.heads == 0 || p.q_len == 0) return s;
   s.group = p.heads / p.kv_heads;
-  const std::int64_t row_tasks = p.batch * p.kv_heads * CeilDiv(s.group * p.q_len, s.q_tile);
+  std::int64_t row_tasks = 0;
+  for (std::int64_t index = 0; index < p.num_sequences(); ++index) {
+    row_tasks += p.kv_heads * CeilDiv(s.group * p.Seq(index).q_len, s.q_tile);
+  }
   s.kv_chunk = KeyChunk(p, row_tasks, kMinTasks);
-  s.kv_splits = CeilDiv(std::max<std::int64_t>(p.kv_len, 1), s.kv_chunk);
+  s.kv_splits = CeilDiv(std::max<std::int64_t>(LongestKeys(p), 1), s.kv_chunk);
 
   std::ostringstream why;
   why << row_tasks << " row task(s) of <= " << s.q_tile << " rows (" << s.group
@@ -94,6 +110,8 @@ Schedule MakeSchedule(const internal::Problem& p, int threads) {
     why << "; keys streamed in tiles of " << s.kv_tile;
   }
   if (p.causal != Causal::kNone) why << "; tiles above the causal diagonal are skipped";
+  if (p.has_window()) why << "; tiles outside the window's band are skipped";
+  if (p.varlen()) why << "; " << p.num_sequences() << " packed sequences, no padding";
   const double pairs = AddTasks(p, s.q_tile, s);
   FitThreads(pairs * static_cast<double>(p.head_dim + p.v_dim), s, why);
   why << "; " << s.tasks.size() << " task(s) heaviest first on " << s.threads << " thread(s)";
@@ -110,12 +128,12 @@ Schedule MakeBackwardSchedule(const internal::Problem& p, int threads) {
   // Set even without keys: StoreQueryGradients maps the group's rows to heads with it.
   s.group = p.heads / p.kv_heads;
   if (p.kv_len == 0) return s;
-  s.kv_chunk = KeyChunk(p, p.batch * p.kv_heads, kMinBackwardTasks);
-  s.kv_splits = CeilDiv(p.kv_len, s.kv_chunk);
+  s.kv_chunk = KeyChunk(p, p.num_sequences() * p.kv_heads, kMinBackwardTasks);
+  s.kv_splits = CeilDiv(LongestKeys(p), s.kv_chunk);
   std::ostringstream why;
   why << "backward: tasks of (batch, kv head, " << s.kv_chunk << " keys)";
   // A task owns all rows of its group (backward-inl.h); FLOPs are ~2.5x the forward's.
-  const double pairs = AddTasks(p, s.group * p.q_len, s);
+  const double pairs = AddTasks(p, 0, s);
   FitThreads(2.5 * pairs * static_cast<double>(p.head_dim + p.v_dim), s, why);
   why << "; " << s.tasks.size() << " task(s) on " << s.threads << " thread(s)";
   s.reason = why.str();

@@ -1,9 +1,11 @@
 // Schedule: how one forward call is cut into tasks, and why. No SIMD code here.
 //
-// Rows. The query rows that share a kv head (a GQA group of G = heads / kv_heads heads) form one
-// list of G·Lq rows, ordered i-major: row r is query position i = r / G of head
-// h = kv_head·G + r % G. A task owns a contiguous range of at most q_tile rows, so K/V tiles are
-// loaded once for the whole group, and under causal masking the rows of a tile span few positions.
+// Rows. The query rows of one sequence (a batch entry, or a packed varlen sequence) that share a
+// kv head (a GQA group of G = heads / kv_heads heads) form one list of G·Lq rows, ordered
+// i-major: row r is query position i = r / G (within the sequence) of head h = kv_head·G + r % G.
+// A task owns a contiguous range of at most q_tile rows, so K/V tiles are loaded once for the
+// whole group, and under causal or window masking the rows of a tile span few positions. Only
+// the keys of the task's sequence are visited, so packed sequences cost no padding.
 //
 // Keys. A task streams its K/V range in kv_tile steps. When there are too few row tasks to keep
 // the cores busy (decode: Lq of 1-16, few heads), the keys are cut into kv_splits chunks, each
@@ -23,9 +25,10 @@
 namespace sdpa::cpu {
 
 struct Task {
-  std::int64_t batch = 0, kv_head = 0;
-  std::int64_t row_begin = 0, row_end = 0;  // rows of the group list (see above)
-  std::int64_t kv_begin = 0, kv_end = 0;    // keys [kv_begin, kv_end)
+  std::int64_t seq = 0;                     // Problem::Seq(seq)
+  std::int64_t batch = 0, kv_head = 0;      // batch entry of the sequence
+  std::int64_t row_begin = 0, row_end = 0;  // rows of the sequence's group list (see above)
+  std::int64_t kv_begin = 0, kv_end = 0;    // keys [kv_begin, kv_end), packed positions
   std::int64_t split = 0;                   // index of the key chunk (0 when not split)
   double cost = 0;                          // visible (row, key) pairs, for ordering
 };

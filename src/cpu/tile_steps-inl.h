@@ -19,8 +19,10 @@
 #include <limits>
 #include <vector>
 
+#include "api/dropout.h"
 #include "api/problem.h"
 #include "cpu/micro_kernels-inl.h"
+#include "hwy/contrib/math/math-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace sdpa::cpu {
@@ -63,39 +65,69 @@ class Arena {
   std::int64_t capacity_ = 0, used_ = 0;
 };
 
-// One query row of a task: where it reads, and its causal end.
+// One query row of a task: where it reads, and which keys it may see.
 template <typename T>
 struct RowRef {
   const T* q;
   const void* mask;         // mask(b, h, i, 0), nullptr without a mask
   std::int64_t head;        // query head h
-  std::int64_t pos;         // query position i
-  std::int64_t end;         // keys [0, end) pass the causal rule
-  std::int64_t global_row;  // (b·H + h)·Lq + i, the row's index in [B, H, Lq] arrays
+  std::int64_t pos;         // packed query position (= local without varlen)
+  std::int64_t local;       // query position within its sequence
+  std::int64_t begin, end;  // keys [begin, end) (packed) pass the causal, window, sequence rules
+  std::int64_t global_row;  // (b·H + h)·Lq + pos, the row's index in [B, H, Lq] arrays
 };
 
-// Rows [row_begin, row_end) of the query rows sharing kv head `kv_head` (schedule.h): row r is
-// position i = r / G of head h = kv_head·G + r % G.
+// Rows [row_begin, row_end) of the query rows of `seq` sharing kv head `kv_head` (schedule.h):
+// row r is position i = r / G (within the sequence) of head h = kv_head·G + r % G. Both key-range
+// ends are non-decreasing along the rows.
 template <typename T>
-void DescribeRows(const Problem& p, std::int64_t group, std::int64_t batch, std::int64_t kv_head,
-                  std::int64_t row_begin, std::int64_t row_end, std::vector<RowRef<T>>& rows) {
+void DescribeRows(const Problem& p, std::int64_t group, const internal::Sequence& seq,
+                  std::int64_t kv_head, std::int64_t row_begin, std::int64_t row_end,
+                  std::vector<RowRef<T>>& rows) {
   rows.resize(static_cast<std::size_t>(row_end - row_begin));
   const auto mask_elem =
       static_cast<std::int64_t>(p.mask_kind == MaskKind::kBool ? sizeof(bool) : sizeof(T));
+  const std::int64_t b = seq.batch;
   for (std::int64_t row = row_begin; row < row_end; ++row) {
-    const std::int64_t i = row / group, h = kv_head * group + row % group;
+    const std::int64_t local = row / group, i = seq.q_begin + local;
+    const std::int64_t h = kv_head * group + row % group;
     RowRef<T>& ref = rows[static_cast<std::size_t>(row - row_begin)];
-    ref.q = internal::As<T>(p.q).Row(batch, h, i);
-    ref.mask = p.mask_kind == MaskKind::kNone
-                   ? nullptr
-                   : static_cast<const char*>(p.mask.data) +
-                         (batch * p.mask.stride[0] + h * p.mask.stride[1] + i * p.mask.stride[2]) *
-                             mask_elem;
+    ref.q = internal::As<T>(p.q).Row(b, h, i);
+    ref.mask =
+        p.mask_kind == MaskKind::kNone
+            ? nullptr
+            : static_cast<const char*>(p.mask.data) +
+                  (b * p.mask.stride[0] + h * p.mask.stride[1] + i * p.mask.stride[2]) * mask_elem;
     ref.head = h;
     ref.pos = i;
-    ref.end = p.Visible(p.Seq(0), i).end;
-    ref.global_row = (batch * p.heads + h) * p.q_len + i;
+    ref.local = local;
+    const internal::KeyRange range = p.Visible(seq, local);
+    ref.begin = seq.k_begin + range.begin;
+    ref.end = seq.k_begin + range.end;
+    ref.global_row = (b * p.heads + h) * p.q_len + i;
   }
+}
+
+// What a custom block_mask says about keys [j0, j0 + keys) (packed) for the task's rows: kEmpty
+// only if empty for every head among the rows, kFull only if full for all; kPartial without a
+// block_mask or mask_mod.
+template <typename T>
+BlockKind ClassifyTile(const Problem& p, const internal::Sequence& seq,
+                       const std::vector<RowRef<T>>& rows, std::int64_t group, std::int64_t j0,
+                       std::int64_t keys) {
+  if (!p.has_mask_mod()) return BlockKind::kFull;
+  if (p.custom->block == nullptr || rows.empty()) return BlockKind::kPartial;
+  const std::int64_t heads = std::min<std::int64_t>(group, static_cast<std::int64_t>(rows.size()));
+  const std::int64_t q_begin = rows.front().local, q_end = rows.back().local + 1;
+  const std::int64_t k_begin = j0 - seq.k_begin;
+  bool all_empty = true, all_full = true;
+  for (std::int64_t r = 0; r < heads; ++r) {
+    const BlockKind kind = p.custom->block(p.custom->context, seq.index, rows[r].head, q_begin,
+                                           q_end, k_begin, k_begin + keys);
+    all_empty = all_empty && kind == BlockKind::kEmpty;
+    all_full = all_full && kind == BlockKind::kFull;
+  }
+  return all_empty ? BlockKind::kEmpty : all_full ? BlockKind::kFull : BlockKind::kPartial;
 }
 
 // Transposed panels of `count` rows: dst[panel][k][x] = row(panel·width + x)[k·stride] · factor
@@ -143,10 +175,123 @@ void ScoreTile(D d, const T* panels, std::int64_t depth, std::int64_t rp, const 
   }
 }
 
-// Sets the scores of invisible keys to -inf (causal rule, bool mask) and adds an additive mask,
-// for keys [j0, j0 + keys) and the task's rows. Only tiles that contain an invisible key or a
-// mask come here. The score is overwritten, never combined, so NaN/Inf from masked K rows
-// cannot survive.
+// The per-score steps before masking (options.h order): softcap, ALiBi, score_mod, applied to
+// Sᵀ tiles of one task's rows. Holds the rows' heads, positions and ALiBi terms as arrays, so
+// that each step is lane-wise over rows.
+template <typename T>
+class ScoreSteps {
+ public:
+  // For the rows of a task (DescribeRows); rp is the padded row count of the Sᵀ tiles.
+  void Prepare(const Problem& p, const internal::Sequence& seq, const std::vector<RowRef<T>>& rows,
+               std::int64_t rp) {
+    p_ = &p;
+    seq_ = seq;
+    rows_ = static_cast<std::int64_t>(rows.size());
+    active_ = p.softcap > 0 || !p.alibi_slopes.empty() || p.has_score_mod();
+    if (!active_ && !p.has_mask_mod()) return;
+    head_.assign(static_cast<std::size_t>(rp), 0);
+    pos_.assign(static_cast<std::size_t>(rp), 0);
+    neg_slope_.assign(static_cast<std::size_t>(rp), T(0));
+    diagonal_.assign(static_cast<std::size_t>(rp), 0);
+    for (std::int64_t r = 0; r < rows_; ++r) {
+      const RowRef<T>& row = rows[static_cast<std::size_t>(r)];
+      const auto at = static_cast<std::size_t>(r);
+      head_[at] = row.head;
+      pos_[at] = row.local;
+      if (!p.alibi_slopes.empty()) {
+        neg_slope_[at] = static_cast<T>(-p.alibi_slopes[static_cast<std::size_t>(row.head)]);
+        diagonal_[at] = row.local + seq.k_len - seq.q_len;
+      }
+    }
+    offset_.resize(static_cast<std::size_t>(rp));
+  }
+
+  bool active() const { return active_; }
+
+  // Sᵀ[c][r] ← steps(Sᵀ[c][r]) for keys [j0, j0 + keys) (packed) and all rp rows; with `slope`
+  // non-null also slope[c][r] = d steps / d score (the backward's chain rule).
+  template <class D>
+  void Apply(D d, std::int64_t j0, std::int64_t keys, T* st, std::int64_t rp, T* slope) {
+    if (!active_) return;
+    const std::int64_t n = static_cast<std::int64_t>(hn::Lanes(d));
+    const Problem& p = *p_;
+    if (slope != nullptr) std::fill(slope, slope + keys * rp, T(1));
+    if (p.softcap > 0) {
+      const auto cap = hn::Set(d, static_cast<T>(p.softcap));
+      const auto inv_cap = hn::Set(d, static_cast<T>(1.0 / p.softcap));
+      const auto one = hn::Set(d, T(1));
+      for (std::int64_t c = 0; c < keys; ++c) {
+        for (std::int64_t x = 0; x < rp; x += n) {
+          const auto t = hn::Tanh(d, hn::Mul(hn::Load(d, st + c * rp + x), inv_cap));
+          hn::Store(hn::Mul(cap, t), d, st + c * rp + x);
+          if (slope != nullptr) hn::Store(hn::NegMulAdd(t, t, one), d, slope + c * rp + x);
+        }
+      }
+    }
+    if (!p.alibi_slopes.empty()) {
+      // -slope·|diagonal - j|, with diagonal - j0 exact in int64 before the conversion.
+      const std::int64_t local_j0 = j0 - seq_.k_begin;
+      for (std::int64_t r = 0; r < rp; ++r) {
+        offset_[static_cast<std::size_t>(r)] =
+            static_cast<T>(diagonal_[static_cast<std::size_t>(r)] - local_j0);
+      }
+      for (std::int64_t c = 0; c < keys; ++c) {
+        const auto key = hn::Set(d, static_cast<T>(c));
+        for (std::int64_t x = 0; x < rp; x += n) {
+          const auto distance = hn::Abs(hn::Sub(hn::LoadU(d, offset_.data() + x), key));
+          T* s = st + c * rp + x;
+          hn::Store(hn::MulAdd(hn::LoadU(d, neg_slope_.data() + x), distance, hn::Load(d, s)), d,
+                    s);
+        }
+      }
+    }
+    if (p.has_score_mod()) {
+      const ScoreBlock block = Block(j0, keys, rp);
+      if constexpr (sizeof(T) == sizeof(float)) {
+        p.custom->score_f32(p.custom->context, block, st, slope);
+      } else {
+        p.custom->score_f64(p.custom->context, block, st, slope);
+      }
+    }
+  }
+
+  // The block of the task's rows and keys [j0, j0 + keys) (packed) of an Sᵀ tile.
+  ScoreBlock Block(std::int64_t j0, std::int64_t keys, std::int64_t rp) const {
+    ScoreBlock block;
+    block.batch = seq_.index;
+    block.head = head_.data();
+    block.pos = pos_.data();
+    block.rows = rows_;
+    block.key_begin = j0 - seq_.k_begin;
+    block.keys = keys;
+    block.row_stride = 1;
+    block.key_stride = rp;
+    return block;
+  }
+
+ private:
+  const Problem* p_ = nullptr;
+  internal::Sequence seq_;
+  std::int64_t rows_ = 0;
+  bool active_ = false;
+  std::vector<std::int64_t> head_, pos_, diagonal_;
+  std::vector<T> neg_slope_, offset_;
+};
+
+// The custom mask_mod over a tile (block from ScoreSteps::Block).
+template <typename T>
+void ApplyMaskMod(const Problem& p, const ScoreBlock& block, T* st) {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    p.custom->mask_f32(p.custom->context, block, st);
+  } else {
+    p.custom->mask_f64(p.custom->context, block, st);
+  }
+}
+
+// Sets the scores of invisible keys to -inf (causal rule, window, sequence bounds, bool mask)
+// and adds an additive mask, for keys [j0, j0 + keys) and the task's rows. Only tiles that
+// contain an invisible key or a mask come here (mask_mod is applied by the caller). The score
+// is overwritten, never combined, so NaN/Inf from masked K rows cannot survive.
 template <typename T>
 void ApplyMask(const Problem& p, const std::vector<RowRef<T>>& rows, std::int64_t j0,
                std::int64_t keys, T* st, std::int64_t rp) {
@@ -155,19 +300,41 @@ void ApplyMask(const Problem& p, const std::vector<RowRef<T>>& rows, std::int64_
   for (std::size_t r = 0; r < rows.size(); ++r) {
     const RowRef<T>& row = rows[r];
     T* s = st + r;
-    const std::int64_t visible = std::clamp<std::int64_t>(row.end - j0, 0, keys);
-    for (std::int64_t c = visible; c < keys; ++c) s[c * rp] = kNegInf;
+    const std::int64_t first = std::clamp<std::int64_t>(row.begin - j0, 0, keys);
+    const std::int64_t last = std::clamp<std::int64_t>(row.end - j0, first, keys);
+    for (std::int64_t c = 0; c < first; ++c) s[c * rp] = kNegInf;
+    for (std::int64_t c = last; c < keys; ++c) s[c * rp] = kNegInf;
     if (p.mask_kind == MaskKind::kBool) {
       const bool* mask = static_cast<const bool*>(row.mask) + j0 * ms;
-      for (std::int64_t c = 0; c < visible; ++c) {
+      for (std::int64_t c = first; c < last; ++c) {
         if (!mask[c * ms]) s[c * rp] = kNegInf;
       }
     } else if (p.mask_kind == MaskKind::kAdditive) {
       const T* mask = static_cast<const T*>(row.mask) + j0 * ms;
-      for (std::int64_t c = 0; c < visible; ++c) {
+      for (std::int64_t c = first; c < last; ++c) {
         const T bias = mask[c * ms];
         s[c * rp] = bias == kNegInf ? kNegInf : s[c * rp] + bias;
       }
+    }
+  }
+}
+
+// z[c][r] = 1 / (1 - p) where dropout keeps element (row r, key j0 + c) and 0 where it drops it
+// (api/dropout.h); padded rows get 0. Scalar: one Philox call decides 4 keys.
+template <typename T>
+void DropoutTile(const Problem& p, const internal::Sequence& seq,
+                 const std::vector<RowRef<T>>& rows, std::int64_t j0, std::int64_t keys, T* z,
+                 std::int64_t rp) {
+  const internal::Dropout dropout(p.dropout_p, p.seed);
+  const T kept = static_cast<T>(dropout.scale());
+  std::fill(z, z + keys * rp, T(0));
+  for (std::size_t r = 0; r < rows.size(); ++r) {
+    const RowRef<T>& row = rows[r];
+    internal::PhiloxWords words{};
+    for (std::int64_t c = 0; c < keys; ++c) {
+      const std::int64_t j = j0 - seq.k_begin + c;
+      if (c == 0 || (j & 3) == 0) words = dropout.Words(seq.index, row.head, row.local, j);
+      if (dropout.Kept(words[static_cast<std::size_t>(j & 3)])) z[c * rp + r] = kept;
     }
   }
 }
