@@ -13,16 +13,27 @@ PyTorch's function, with its semantics, on numpy arrays (and DLPack tensors)::
 The engine in (batch, heads, seq, dim) layout, with both causal alignments and the log-sum-exp::
 
     attention(query, key, value, *, mask=None, causal=None, scale=None, return_lse=False,
-              backend=None)
-    explain(query, key, value, *, mask=None, causal=None, scale=None, backend=None)
+              backend=None, **variants)
+    explain(query, key, value, *, mask=None, causal=None, scale=None, backend=None, **variants)
     set_num_threads(n), get_num_threads()
+
+The variants: keywords of attention, explain, attention_backward and sdpa.torch.attention;
+scaled_dot_product_attention takes all but the cu_seqlens::
+
+    window=(left, right)               sliding window (None = unbounded side)
+    alibi_slopes=[...], sinks=[...]    one value per query head
+    softcap=c                          s -> c * tanh(s / c)
+    cu_seqlens_q=[...], cu_seqlens_k=[...]    packed variable-length sequences
+    dropout_p=p, seed=n                dropout on the weights (Philox4x32-10 from the seed)
 
 Gradients: attention's backward, and (with PyTorch installed) attention as a
 torch.autograd.Function whose forward and backward are computed here::
 
     attention_backward(grad_out, query, key, value, out, lse, *, mask=None, causal=None,
-                       scale=None, backend=None)    -> (grad_query, grad_key, grad_value)
-    sdpa.torch.attention(query, key, value, *, mask=None, causal=None, scale=None, backend=None)
+                       scale=None, backend=None, **variants)
+        -> (grad_query, grad_key, grad_value), and grad_sinks with sinks
+    sdpa.torch.attention(query, key, value, *, mask=None, causal=None, scale=None, backend=None,
+                         **variants)
 
 Errors: ValueError for shapes and options (the message names the argument, the expected and the
 actual value), TypeError for dtypes.

@@ -6,6 +6,7 @@ import operator
 from . import _sdpa
 from ._arrays import as_mask, as_operand
 from ._broadcast import to_engine
+from ._variants import heads_of, make_variants
 
 
 _INT_MAX = 2**31 - 1  # the C++ int of sdpa::SetNumThreads
@@ -56,7 +57,8 @@ def _operands(query, key, value, mask):
 
 @_public
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
-                                 is_causal=False, scale=None, enable_gqa=False):
+                                 is_causal=False, scale=None, enable_gqa=False, *, seed=None,
+                                 window=None, alibi_slopes=None, softcap=None, sinks=None):
     """PyTorch's ``torch.nn.functional.scaled_dot_product_attention`` on numpy arrays.
 
     ``out = softmax(scale * query @ key.T + bias) @ value`` for every batch index, with
@@ -72,7 +74,15 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     - ``enable_gqa``: grouped-query attention on dim -3: key/value may have fewer heads than query
       (a divisor); query head ``h`` uses kv head ``h // (Hq // Hkv)``. Without it, head counts
       must be equal or 1, like any batch dim.
-    - ``dropout_p`` must be 0.0: dropout is not implemented yet (ValueError otherwise).
+    - ``dropout_p``: each attention weight is zeroed with this probability and the others are
+      scaled by ``1 / (1 - dropout_p)``, as in PyTorch (always: there is no training flag here
+      either). Which ones is decided by Philox4x32-10 from keyword-only ``seed`` (an int in
+      ``[0, 2**64)``; ``None`` draws a fresh one from ``secrets.randbits(64)``). The random
+      numbers are not PyTorch's: the same seed gives the same result here, not there.
+
+    Keyword-only extras (``attention`` describes them): ``window=(left, right)`` (aligned
+    top-left with ``is_causal=True``, else bottom-right), ``alibi_slopes``, ``softcap`` and
+    ``sinks``, per head of dim -3 of the result.
 
     float32 in gives float32 out, float64 gives float64, ints and bools compute in float64.
     A row that sees no key gives zeros (PyTorch 2.5+ does the same). Inputs are read in place
@@ -104,9 +114,6 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     >>> bool(np.allclose(masked, out))
     True
     """
-    if dropout_p != 0.0:
-        raise ValueError(
-            f"sdpa: dropout_p is {dropout_p} but must be 0.0; dropout is not implemented yet")
     if attn_mask is not None and is_causal:
         raise ValueError(
             "sdpa: attn_mask is given and is_causal is True; PyTorch refuses this combination "
@@ -114,14 +121,19 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
             "sdpa.attention(..., mask=..., causal='top_left')")
     q, k, v, m = _operands(query, key, value, None)
     m = None if attn_mask is None else as_mask("attn_mask", attn_mask, q.dtype)
-    q, k, v, m, out_shape = to_engine(q, k, v, m, bool(enable_gqa))
-    out = _sdpa.forward(q, k, v, m, "top_left" if is_causal else "none", _scale(scale), False)
+    per_head = alibi_slopes is not None or sinks is not None
+    q, k, v, m, out_shape = to_engine(q, k, v, m, bool(enable_gqa), heads_last=per_head)
+    variants = make_variants(heads_of(q), window=window, alibi_slopes=alibi_slopes,
+                             softcap=softcap, sinks=sinks, dropout_p=dropout_p, seed=seed)
+    out = _sdpa.forward(q, k, v, m, "top_left" if is_causal else "none", _scale(scale), False,
+                        "auto", variants)
     return out.reshape(out_shape)
 
 
 @_public
 def attention(query, key, value, *, mask=None, causal=None, scale=None, return_lse=False,
-              backend=None):
+              backend=None, window=None, alibi_slopes=None, softcap=None, sinks=None,
+              cu_seqlens_q=None, cu_seqlens_k=None, dropout_p=0.0, seed=None):
     """The engine's attention in ``(batch, heads, seq, dim)`` layout; returns ``out`` or
     ``(out, lse)``.
 
@@ -141,8 +153,32 @@ def attention(query, key, value, *, mask=None, causal=None, scale=None, return_l
       the CPU engine), ``"cpu"``, or ``"reference"`` (the plain float64-accumulating oracle: slow,
       for checks and benchmarks).
 
-    A row with no visible key gives ``out = 0`` and ``lse = -inf``. Dtype and layout rules are those
-    of ``scaled_dot_product_attention``.
+    Variants (docs/python.md, "Variants"), applied to each score in this order:
+    ``s = scale * q.k``, then ``softcap`` (``s -> softcap * tanh(s / softcap)``), then ALiBi
+    (``alibi_slopes``, one per query head: ``- slope[h] * |i + Lkv - Lq - j|``), then the additive
+    mask; keys outside ``causal``, ``window``, the sequence or the bool mask are removed; the
+    softmax's denominator includes ``exp(sinks[h])``; then dropout.
+
+    - ``window``: ``(left, right)``, ``None`` for an unbounded side: query ``i`` sees keys
+      ``diag - left <= j <= diag + right``, ``diag = i`` with ``causal="top_left"``, else
+      ``i + Lkv - Lq``. Combines with ``causal`` and ``mask``.
+    - ``alibi_slopes``, ``sinks``: array-likes of one real number per query head (``sinks`` may be
+      ``-inf``: no sink); ``lse`` includes the sink, and a row with no visible key then has
+      ``lse = sinks[h]``.
+    - ``cu_seqlens_q``, ``cu_seqlens_k``: integer offsets of packed sequences (FlashAttention's
+      varlen): with ``query`` ``(H, total_q, D)`` or ``(1, H, total_q, D)``, sequence ``s`` is
+      query rows ``cu_seqlens_q[s]:cu_seqlens_q[s+1]`` and keys
+      ``cu_seqlens_k[s]:cu_seqlens_k[s+1]``, and attends within itself; causal, window and ALiBi
+      use positions within the sequence, ``mask`` packed positions. A FlashAttention-packed
+      ``(total, H, D)`` array is ``x.transpose(1, 0, 2)``, a view.
+    - ``dropout_p``: zeroes each attention weight with this probability and scales the others by
+      ``1 / (1 - dropout_p)``; ``lse`` is that of the weights before dropout. ``seed``: an int in
+      ``[0, 2**64)`` choosing the Philox4x32-10 stream (the same seed gives the same result on
+      any backend and thread count); ``None`` draws a fresh one from ``secrets.randbits(64)``,
+      so pass a seed to reproduce a call or to compute its backward.
+
+    A row with no visible key gives ``out = 0`` and ``lse = -inf`` (its sink with ``sinks``).
+    Dtype and layout rules are those of ``scaled_dot_product_attention``.
 
     >>> import numpy as np, sdpa
     >>> q, k = np.zeros((2, 4)), np.zeros((3, 4))
@@ -162,22 +198,47 @@ def attention(query, key, value, *, mask=None, causal=None, scale=None, return_l
     >>> out
     array([[2., 3.],
            [3., 4.]])
+
+    A window of width 0 on both sides: each query sees only the key on its diagonal.
+
+    >>> sdpa.attention(np.zeros((3, 4)), k, v, window=(0, 0))
+    array([[1., 2.],
+           [3., 4.],
+           [5., 6.]])
+
+    A sink of logit 0 (one head) weighs as much as one more key of score 0, with no value: row 0
+    gives a third of its weight to it; row 1 sees no key, so out = 0 and lse = the sink.
+
+    >>> out, lse = sdpa.attention(q, k, v, mask=[[True, True, False], [False, False, False]],
+    ...                           sinks=[0.0], return_lse=True)
+    >>> out
+    array([[1.33333333, 2.        ],
+           [0.        , 0.        ]])
+    >>> print(lse.round(6))
+    [1.098612 0.      ]
     """
     q, k, v, m = _operands(query, key, value, mask)
+    variants = make_variants(heads_of(q), window=window, alibi_slopes=alibi_slopes,
+                             softcap=softcap, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
+                             cu_seqlens_k=cu_seqlens_k, dropout_p=dropout_p, seed=seed)
     return _sdpa.forward(q, k, v, m, _causal_name(causal), _scale(scale), bool(return_lse),
-                         _backend_name(backend))
+                         _backend_name(backend), variants)
 
 
 @_public
 def attention_backward(grad_out, query, key, value, out, lse, *, mask=None, causal=None,
-                       scale=None, backend=None):
+                       scale=None, backend=None, window=None, alibi_slopes=None, softcap=None,
+                       sinks=None, cu_seqlens_q=None, cu_seqlens_k=None, dropout_p=0.0,
+                       seed=None):
     """Gradients of ``attention``: returns ``(grad_query, grad_key, grad_value)``, the
     derivatives of a loss ``L`` with respect to ``query``, ``key`` and ``value`` given
-    ``grad_out = dL/d(out)``.
+    ``grad_out = dL/d(out)``, and ``grad_sinks`` (shaped ``(H,)``, summed over batch and rows)
+    after them when ``sinks`` is given.
 
-    - ``query``, ``key``, ``value``, ``mask``, ``causal``, ``scale``, ``backend``: those of the
-      forward call ``out, lse = attention(query, key, value, ..., return_lse=True)``, with the
-      same shapes and rules.
+    - ``query``, ``key``, ``value`` and every keyword: those of the forward call
+      ``out, lse = attention(query, key, value, ..., return_lse=True)``, with the same shapes
+      and rules. With ``dropout_p > 0``, ``seed`` must be the forward's (``None`` is a
+      ValueError): the backward regenerates the same dropout mask from it.
     - ``out`` ``(B, H, Lq, Dv)`` and ``lse`` ``(B, H, Lq)``: that call's results (the backward
       recomputes the attention weights from ``lse`` instead of storing them).
     - ``grad_out``: shaped like ``out``.
@@ -211,15 +272,22 @@ def attention_backward(grad_out, query, key, value, out, lse, *, mask=None, caus
     o = as_operand("out", out)
     l = as_operand("lse", lse)
     m = None if mask is None else as_mask("mask", mask, q.dtype)
+    variants = make_variants(heads_of(q), window=window, alibi_slopes=alibi_slopes,
+                             softcap=softcap, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
+                             cu_seqlens_k=cu_seqlens_k, dropout_p=dropout_p, seed=seed,
+                             backward=True)
     return _sdpa.backward(dout, q, k, v, o, l, m, _causal_name(causal), _scale(scale),
-                          _backend_name(backend))
+                          _backend_name(backend), variants)
 
 
 @_public
-def explain(query, key, value, *, mask=None, causal=None, scale=None, backend=None):
+def explain(query, key, value, *, mask=None, causal=None, scale=None, backend=None, window=None,
+            alibi_slopes=None, softcap=None, sinks=None, cu_seqlens_q=None, cu_seqlens_k=None,
+            dropout_p=0.0, seed=None):
     """What ``attention(query, key, value, ...)`` would do, as text: the backend, the kernel path,
-    its tiles, the SIMD target and the threads, with the reason for each choice. Validates like
-    ``attention`` (same errors). Setting ``SDPA_VERBOSE=1`` prints this for every call.
+    its tiles, the SIMD target and the threads, with the reason for each choice. Takes the
+    keywords of ``attention`` except ``return_lse`` and validates like it (same errors; the seed
+    does not change the plan). Setting ``SDPA_VERBOSE=1`` prints this for every call.
 
     >>> import numpy as np, sdpa
     >>> x = np.zeros((4, 8))
@@ -227,7 +295,12 @@ def explain(query, key, value, *, mask=None, causal=None, scale=None, backend=No
     sdpa plan: backend=... path=...
     """
     q, k, v, m = _operands(query, key, value, mask)
-    return _sdpa.explain(q, k, v, m, _causal_name(causal), _scale(scale), _backend_name(backend))
+    variants = make_variants(heads_of(q), window=window, alibi_slopes=alibi_slopes,
+                             softcap=softcap, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
+                             cu_seqlens_k=cu_seqlens_k, dropout_p=dropout_p,
+                             seed=0 if seed is None else seed)
+    return _sdpa.explain(q, k, v, m, _causal_name(causal), _scale(scale), _backend_name(backend),
+                         variants)
 
 
 @_public

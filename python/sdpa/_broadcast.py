@@ -16,8 +16,8 @@ mask with numpy broadcasting. So here:
   2. up to two batch dims, that already is the library's rank-2/3/4 form: nothing is reshaped and
      the library's messages index the caller's dims; the mask goes as it is;
   3. more batch dims are merged into two, (batch, heads), at a split where every operand's strides
-     allow a view (with GQA the split is before the heads dim); np.reshape copies only an operand
-     for which no split does.
+     allow a view (with GQA, ALiBi slopes or sinks the split is before the heads dim);
+     np.reshape copies only an operand for which no split does.
 """
 
 import math
@@ -110,11 +110,13 @@ def _merge(array, batch_ndim, p):
                          + shape[batch_ndim:])
 
 
-def to_engine(query, key, value, mask, enable_gqa):
+def to_engine(query, key, value, mask, enable_gqa, heads_last=False):
     """Operands for the library's forward() and the shape of the result.
 
-    query, key, value: arrays of rank >= 2; mask: None or an array. Returns
-    (query, key, value, mask, out_shape): operands of rank 2..4 and the caller's output shape.
+    query, key, value: arrays of rank >= 2; mask: None or an array. heads_last: the engine's heads
+    must be dim -3 of the result (per-head ALiBi slopes and sinks), so more than two batch dims
+    are merged before it. Returns (query, key, value, mask, out_shape): operands of rank 2..4 and
+    the caller's output shape.
     """
     for name, a in (("query", query), ("key", key), ("value", value)):
         if a.ndim < 2:
@@ -160,7 +162,9 @@ def to_engine(query, key, value, mask, enable_gqa):
     if mask is not None:
         mask = np.broadcast_to(padded_mask, batch + padded_mask.shape[-2:])
     operands = [a for a in (query, key, value, mask) if a is not None]
-    candidates = [n - 1] if enable_gqa else [n - 1] + list(range(n - 2, -1, -1)) + [n]
+    candidates = [n - 1]
+    if not (enable_gqa or heads_last):
+        candidates += list(range(n - 2, -1, -1)) + [n]
     p = _split(operands, n, candidates)
     query, key, value = (_merge(a, n, p) for a in (query, key, value))
     if mask is not None:

@@ -1,11 +1,14 @@
 """sdpa.torch: sdpa's attention as a ``torch.autograd.Function``, so PyTorch models train with it.
 
-    attention(query, key, value, *, mask=None, causal=None, scale=None, backend=None)
+    attention(query, key, value, *, mask=None, causal=None, scale=None, backend=None,
+              window=None, alibi_slopes=None, softcap=None, sinks=None, cu_seqlens_q=None,
+              cu_seqlens_k=None, dropout_p=0.0, seed=None)
 
 The forward is ``sdpa.attention(..., return_lse=True)``; it saves ``out`` and ``lse`` (not the
-``(Lq, Lkv)`` attention weights). The backward is ``sdpa.attention_backward``, which recomputes the
-weights tile by tile from ``lse`` (FlashAttention-2). Tensors cross into the library through
-DLPack and the results come back through ``torch.from_numpy``, so neither direction copies
+``(Lq, Lkv)`` attention weights) and the dropout seed. The backward is
+``sdpa.attention_backward``, which recomputes the weights tile by tile from ``lse``
+(FlashAttention-2) and regenerates the dropout mask from the seed. Tensors cross into the library
+through DLPack and the results come back through ``torch.from_numpy``, so neither direction copies
 (except an argument whose last dim is not contiguous, which the numpy layer copies once).
 
 This module imports PyTorch; the rest of the package never does. Importing it without PyTorch
@@ -24,6 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from ._attention import attention as _attention
 from ._attention import attention_backward as _attention_backward
+from ._variants import seed_for as _seed_for
 
 __all__ = ["attention"]
 
@@ -49,44 +53,61 @@ def _operand(name, tensor):
     return _on_cpu(name, tensor)
 
 
+def _argument(name, value):
+    """mask, alibi_slopes, sinks or cu_seqlens: a tensor detached (read through DLPack), anything
+    else as it is, for the numpy layer to read."""
+    return _on_cpu(name, value) if isinstance(value, torch.Tensor) else value
+
+
 class _Attention(torch.autograd.Function):
-    """out = softmax(scale · Q Kᵀ + mask) V with gradients for query, key and value."""
+    """out = softmax(scale · Q Kᵀ + mask) V (and the variants) with gradients for query, key,
+    value and sinks."""
 
     @staticmethod
-    def forward(ctx, query, key, value, mask, causal, scale, backend):
+    def forward(ctx, query, key, value, mask, sinks, options):
         q, k, v = _operand("query", query), _operand("key", key), _operand("value", value)
-        # A mask tensor (bool or float, of any dtype the numpy layer takes) gets no gradient; a
-        # mask that is not a tensor (numpy array, nested list) is the numpy layer's to read.
-        ctx.mask_is_tensor = isinstance(mask, torch.Tensor)
-        m = _on_cpu("mask", mask) if ctx.mask_is_tensor else mask
-        out, lse = _attention(q, k, v, mask=m, causal=causal, scale=scale, return_lse=True,
-                              backend=backend)
+        # mask (bool or float, any dtype the numpy layer takes) and alibi_slopes get no gradient;
+        # those that are not tensors (numpy arrays, lists) are the numpy layer's to read.
+        m, s = _argument("mask", mask), _argument("sinks", sinks)
+        options = dict(options)
+        for name in ("alibi_slopes", "cu_seqlens_q", "cu_seqlens_k"):
+            options[name] = _argument(name, options[name])
+        # One seed for the forward and the backward: the caller's, or one drawn here.
+        options["seed"] = _seed_for(options["seed"], options["dropout_p"])
+        out, lse = _attention(q, k, v, mask=m, sinks=s, return_lse=True, **options)
         out, lse = torch.from_numpy(out), torch.from_numpy(lse)  # no copy: they share memory
-        # Tensors go through save_for_backward, which catches in-place changes before backward.
-        if ctx.mask_is_tensor:
-            ctx.save_for_backward(q, k, v, out, lse, m)
-        else:
-            ctx.save_for_backward(q, k, v, out, lse)
-            ctx.mask = m
-        ctx.options = dict(causal=causal, scale=scale, backend=backend)
+        # Tensors go through save_for_backward, which catches in-place changes before backward;
+        # the rest is kept on ctx.
+        args = {"mask": m, "sinks": s}
+        tensors = {name: x for name, x in args.items() if isinstance(x, torch.Tensor)}
+        ctx.save_for_backward(q, k, v, out, lse, *tensors.values())
+        ctx.tensor_names = tuple(tensors)
+        ctx.other_args = {name: x for name, x in args.items() if name not in tensors}
+        ctx.sinks_dtype = sinks.dtype if isinstance(sinks, torch.Tensor) else None
+        ctx.options = options
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        q, k, v, out, lse, *rest = ctx.saved_tensors
-        mask = rest[0] if ctx.mask_is_tensor else ctx.mask
+        q, k, v, out, lse, *saved = ctx.saved_tensors
+        args = dict(ctx.other_args, **dict(zip(ctx.tensor_names, saved)))
         needs = ctx.needs_input_grad[:3]
-        if not any(needs):
-            return (None,) * 7
-        grads = _attention_backward(grad_out.detach(), q, k, v, out.detach(), lse, mask=mask,
+        needs_sinks = ctx.needs_input_grad[4]
+        if not (any(needs) or needs_sinks):
+            return (None,) * 6
+        grads = _attention_backward(grad_out.detach(), q, k, v, out.detach(), lse, **args,
                                     **ctx.options)
-        grads = [torch.from_numpy(g) if need else None for g, need in zip(grads, needs)]
-        return (*grads, None, None, None, None)
+        grad_sinks = torch.from_numpy(grads[3]).to(ctx.sinks_dtype) if needs_sinks else None
+        grads = [torch.from_numpy(g) if need else None for g, need in zip(grads[:3], needs)]
+        return (*grads, None, grad_sinks, None)
 
 
-def attention(query, key, value, *, mask=None, causal=None, scale=None, backend=None):
-    """``sdpa.attention`` on CPU torch tensors, differentiable in ``query``, ``key`` and ``value``.
+def attention(query, key, value, *, mask=None, causal=None, scale=None, backend=None,
+              window=None, alibi_slopes=None, softcap=None, sinks=None, cu_seqlens_q=None,
+              cu_seqlens_k=None, dropout_p=0.0, seed=None):
+    """``sdpa.attention`` on CPU torch tensors, differentiable in ``query``, ``key``, ``value``
+    and ``sinks``.
 
     - ``query`` ``(B, H, Lq, D)``, ``key`` ``(B, Hkv, Lkv, D)``, ``value`` ``(B, Hkv, Lkv, Dv)``
       (or 3-D ``(H, L, D)``, or 2-D ``(L, D)``), CPU tensors of one dtype, float32 or float64.
@@ -98,6 +119,13 @@ def attention(query, key, value, *, mask=None, causal=None, scale=None, backend=
       query ``i`` iff ``j <= i``) or ``"bottom_right"`` (iff ``j <= i + Lkv - Lq``). Combines
       with ``mask``.
     - ``scale``: default ``1 / sqrt(D)``. ``backend``: as for ``sdpa.attention``.
+    - ``window``, ``alibi_slopes``, ``softcap``, ``sinks``, ``cu_seqlens_q``, ``cu_seqlens_k``,
+      ``dropout_p``, ``seed``: the variants of ``sdpa.attention``, with the same rules; the
+      array-likes may be tensors. ``sinks`` (shape ``(H,)``) is differentiable: a tensor with
+      ``requires_grad=True`` gets ``sinks.grad``. ``alibi_slopes`` gets no gradient.
+    - ``dropout_p``: applied whenever it is > 0 (pass ``p if self.training else 0.0`` from a
+      module). ``seed=None`` draws a fresh seed from ``secrets.randbits(64)`` for each call; the
+      backward reuses the call's seed, so the gradient is that of the dropped-out forward.
 
     Returns ``out`` ``(B, H, Lq, Dv)``, a tensor of the query's dtype. A row with no visible key
     gives 0 and contributes no gradient. Double backward is not supported (RuntimeError).
@@ -120,8 +148,18 @@ def attention(query, key, value, *, mask=None, causal=None, scale=None, backend=
     ...     q, k, v, is_causal=True, enable_gqa=True).sum(), (q, k, v))
     >>> all(torch.allclose(g, x.grad) for g, x in zip(grads, (q, k, v)))
     True
+
+    Learned attention sinks (one logit per query head) get their gradient:
+
+    >>> sinks = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    >>> sdpa.torch.attention(q, k, v, causal="top_left", sinks=sinks).sum().backward()
+    >>> sinks.grad.shape
+    torch.Size([4])
     """
-    return _Attention.apply(query, key, value, mask, causal, scale, backend)
+    options = dict(causal=causal, scale=scale, backend=backend, window=window,
+                   alibi_slopes=alibi_slopes, softcap=softcap, cu_seqlens_q=cu_seqlens_q,
+                   cu_seqlens_k=cu_seqlens_k, dropout_p=dropout_p, seed=seed)
+    return _Attention.apply(query, key, value, mask, sinks, options)
 
 
 attention.__module__ = "sdpa.torch"

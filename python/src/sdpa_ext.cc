@@ -14,6 +14,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -21,6 +22,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "sdpa/sdpa.h"
 
@@ -111,23 +113,48 @@ sdpa::Backend ParseBackend(const std::string& backend) {
                     "' but must be None, 'auto', 'cpu' or 'reference'");
 }
 
+// The options of issue 7's attention variants, as the Python layer (python/sdpa/_variants.py)
+// has checked and converted them: Python types only, values left for the library to validate.
+struct Variants {
+  // window=(left, right); None for a side = unbounded.
+  std::optional<std::tuple<std::optional<std::int64_t>, std::optional<std::int64_t>>> window;
+  std::vector<double> alibi_slopes;  // empty = none
+  std::optional<double> softcap;
+  std::vector<double> sinks;  // empty = none
+  std::vector<std::int64_t> cu_seqlens_q, cu_seqlens_k;
+  double dropout_p = 0.0;
+  std::uint64_t seed = 0;
+};
+
 sdpa::Options MakeOptions(const std::optional<InArray>& mask, const std::string& causal,
-                          std::optional<double> scale, const std::string& backend) {
+                          std::optional<double> scale, const std::string& backend,
+                          const Variants& variants) {
   sdpa::Options options;
   options.scale = scale;
   options.causal = ParseCausal(causal);
   options.backend = ParseBackend(backend);
   if (mask) options.mask = ToView("mask", *mask);
+  if (variants.window) {
+    options.window = sdpa::Window{std::get<0>(*variants.window), std::get<1>(*variants.window)};
+  }
+  options.alibi_slopes = variants.alibi_slopes;
+  options.softcap = variants.softcap;
+  options.sinks = variants.sinks;
+  options.cu_seqlens_q = variants.cu_seqlens_q;
+  options.cu_seqlens_k = variants.cu_seqlens_k;
+  options.dropout_p = variants.dropout_p;
+  options.seed = variants.seed;
   return options;
 }
 
 // out, or (out, lse) when return_lse.
 nb::object Forward(const InArray& query, const InArray& key, const InArray& value,
                    const std::optional<InArray>& mask, const std::string& causal,
-                   std::optional<double> scale, bool return_lse, const std::string& backend) {
+                   std::optional<double> scale, bool return_lse, const std::string& backend,
+                   const Variants& variants) {
   const sdpa::TensorView q = ToView("query", query), k = ToView("key", key),
                          v = ToView("value", value);
-  const sdpa::Options options = MakeOptions(mask, causal, scale, backend);
+  const sdpa::Options options = MakeOptions(mask, causal, scale, backend, variants);
   if (!return_lse) {
     sdpa::Tensor out;
     {
@@ -144,29 +171,36 @@ nb::object Forward(const InArray& query, const InArray& key, const InArray& valu
   return nb::make_tuple(ToNumpy(std::move(result.out)), ToNumpy(std::move(result.lse)));
 }
 
-// (grad_query, grad_key, grad_value), each the shape and dtype of its input.
-std::tuple<OutArray, OutArray, OutArray> Backward(
-    const InArray& grad_out, const InArray& query, const InArray& key, const InArray& value,
-    const InArray& out, const InArray& lse, const std::optional<InArray>& mask,
-    const std::string& causal, std::optional<double> scale, const std::string& backend) {
+// (grad_query, grad_key, grad_value), each the shape and dtype of its input, and grad_sinks
+// ([heads]) after them when variants.sinks is set.
+nb::tuple Backward(const InArray& grad_out, const InArray& query, const InArray& key,
+                   const InArray& value, const InArray& out, const InArray& lse,
+                   const std::optional<InArray>& mask, const std::string& causal,
+                   std::optional<double> scale, const std::string& backend,
+                   const Variants& variants) {
   const sdpa::TensorView dout = ToView("grad_out", grad_out), q = ToView("query", query),
                          k = ToView("key", key), v = ToView("value", value), o = ToView("out", out),
                          l = ToView("lse", lse);
-  const sdpa::Options options = MakeOptions(mask, causal, scale, backend);
+  const sdpa::Options options = MakeOptions(mask, causal, scale, backend, variants);
   sdpa::Gradients grads;
   {
     nb::gil_scoped_release release;
     grads = sdpa::AttentionBackward(q, k, v, o, l, dout, options);
   }
-  return {ToNumpy(std::move(grads.grad_query)), ToNumpy(std::move(grads.grad_key)),
-          ToNumpy(std::move(grads.grad_value))};
+  if (options.sinks.empty()) {
+    return nb::make_tuple(ToNumpy(std::move(grads.grad_query)), ToNumpy(std::move(grads.grad_key)),
+                          ToNumpy(std::move(grads.grad_value)));
+  }
+  return nb::make_tuple(ToNumpy(std::move(grads.grad_query)), ToNumpy(std::move(grads.grad_key)),
+                        ToNumpy(std::move(grads.grad_value)), ToNumpy(std::move(grads.grad_sinks)));
 }
 
 std::string Explain(const InArray& query, const InArray& key, const InArray& value,
                     const std::optional<InArray>& mask, const std::string& causal,
-                    std::optional<double> scale, const std::string& backend) {
+                    std::optional<double> scale, const std::string& backend,
+                    const Variants& variants) {
   return sdpa::Explain(ToView("query", query), ToView("key", key), ToView("value", value),
-                       MakeOptions(mask, causal, scale, backend))
+                       MakeOptions(mask, causal, scale, backend, variants))
       .ToString();
 }
 
@@ -209,18 +243,31 @@ NB_MODULE(_sdpa, m) {
     }
   });
 
+  nb::class_<Variants>(m, "Variants",
+                       "sdpa::Options' variant fields (window, ALiBi, softcap, sinks, varlen, "
+                       "dropout); built by sdpa._variants.")
+      .def(nb::init<>())
+      .def_rw("window", &Variants::window)
+      .def_rw("alibi_slopes", &Variants::alibi_slopes)
+      .def_rw("softcap", &Variants::softcap)
+      .def_rw("sinks", &Variants::sinks)
+      .def_rw("cu_seqlens_q", &Variants::cu_seqlens_q)
+      .def_rw("cu_seqlens_k", &Variants::cu_seqlens_k)
+      .def_rw("dropout_p", &Variants::dropout_p)
+      .def_rw("seed", &Variants::seed);
+
   m.def("forward", &Forward, nb::arg("query"), nb::arg("key"), nb::arg("value"),
         nb::arg("mask").none(), nb::arg("causal"), nb::arg("scale").none(), nb::arg("return_lse"),
-        nb::arg("backend") = "auto",
+        nb::arg("backend") = "auto", nb::arg("variants") = Variants(),
         "sdpa::Attention / AttentionWithLse on rank 2-4 arrays; returns out or (out, lse).");
   m.def("backward", &Backward, nb::arg("grad_out"), nb::arg("query"), nb::arg("key"),
         nb::arg("value"), nb::arg("out"), nb::arg("lse"), nb::arg("mask").none(), nb::arg("causal"),
-        nb::arg("scale").none(), nb::arg("backend") = "auto",
+        nb::arg("scale").none(), nb::arg("backend") = "auto", nb::arg("variants") = Variants(),
         "sdpa::AttentionBackward on rank 2-4 arrays; returns (grad_query, grad_key, "
-        "grad_value).");
+        "grad_value), and grad_sinks after them when variants.sinks is set.");
   m.def("explain", &Explain, nb::arg("query"), nb::arg("key"), nb::arg("value"),
         nb::arg("mask").none(), nb::arg("causal"), nb::arg("scale").none(),
-        nb::arg("backend") = "auto",
+        nb::arg("backend") = "auto", nb::arg("variants") = Variants(),
         "sdpa::Explain(...).ToString(): the backend, path and threads a call would use.");
   m.def("self_attention", &SelfAttention, nb::arg("Q"), nb::arg("K"), nb::arg("V"),
         "sdpa::self_attention on rank-2 arrays.");

@@ -1,0 +1,150 @@
+"""The keywords of the attention variants (issue 7), checked for type and converted into the
+extension's Variants struct (sdpa::Options' variant fields).
+
+Only what Python must decide is checked here, with messages naming the Python keyword:
+  * types: window a pair of ints or None, alibi_slopes and sinks real numbers, cu_seqlens
+    integers (a float array is a TypeError, never truncated), softcap and dropout_p numbers,
+    seed an int;
+  * shapes numpy would otherwise flatten or guess: per-head values and offsets must be 1-D, and an
+    empty alibi_slopes/sinks is refused instead of meaning "none" (as it does in C++);
+  * ranges that a C++ integer cannot hold: seed in [0, 2**64); a window side above 2**63 - 1 is
+    unbounded anyway and is clamped;
+  * the seed rule: seed=None with dropout_p > 0 draws a fresh seed from secrets.randbits(64) in
+    a forward call, and is an error in a backward call (which must regenerate the forward's mask).
+Values (window sides >= 0, slopes finite, sinks not +inf/NaN, offsets consistent with the
+lengths, dropout_p in [0, 1)) are the library's to check; its messages name the fields
+`options.window.left`, `options.alibi_slopes[h]`, ... of sdpa::Options.
+"""
+
+import operator
+import secrets
+
+import numpy as np
+
+from . import _sdpa
+from ._arrays import to_ndarray
+
+_INT64_MAX = 2**63 - 1
+_SEED_LIMIT = 2**64
+
+
+def _window(window):
+    if window is None:
+        return None
+    message = (f"sdpa: window is {window!r} but must be None or a pair (left, right) of ints or "
+               "None (None = unbounded on that side)")
+    if isinstance(window, (str, bytes)):
+        raise TypeError(message)
+    try:
+        sides = tuple(window)
+    except TypeError:
+        raise TypeError(message) from None
+    if len(sides) != 2:
+        raise ValueError(f"sdpa: window has {len(sides)} values but must be a pair "
+                         "(left, right)")
+    result = []
+    for side, name in zip(sides, ("left", "right")):
+        if side is None:
+            result.append(None)
+            continue
+        try:
+            if isinstance(side, (bool, np.bool_)):
+                raise TypeError
+            value = operator.index(side)
+        except TypeError:
+            raise TypeError(f"sdpa: window {name} side is {side!r} but must be an int >= 0 or "
+                            "None (unbounded)") from None
+        if value < -_INT64_MAX:
+            raise ValueError(f"sdpa: window {name} side is {value} but must be >= 0")
+        result.append(min(value, _INT64_MAX))  # beyond every sequence: unbounded
+    return tuple(result)
+
+
+def _real_vector(name, values, heads):
+    """alibi_slopes or sinks: one real number per query head, as a list of Python floats."""
+    if values is None:
+        return []
+    a = to_ndarray(name, values)
+    if a.dtype.kind not in "iuf":
+        raise TypeError(f"sdpa: {name}.dtype is {a.dtype} but must be a real number dtype "
+                        "(converted to float64)")
+    if a.ndim != 1:
+        raise ValueError(f"sdpa: {name} has shape {a.shape} but must be 1-D, one value per "
+                         f"query head ({heads})")
+    if a.size == 0 and heads != 0:
+        raise ValueError(f"sdpa: {name} has 0 values but must have one per query head ({heads})")
+    return a.astype(np.float64).tolist()
+
+
+def _offsets(name, values):
+    """cu_seqlens_q or cu_seqlens_k: integers (sequences + 1), as a list of Python ints."""
+    if values is None:
+        return []
+    a = to_ndarray(name, values)
+    if a.ndim != 1:
+        raise ValueError(f"sdpa: {name} has shape {a.shape} but must be 1-D (sequences + 1)")
+    if a.size == 0:
+        raise ValueError(f"sdpa: {name} has 0 values but must have at least 2 (sequences + 1)")
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"sdpa: {name}.dtype is {a.dtype} but must be an integer dtype "
+                        "(cumulative sequence offsets)")
+    if a.dtype.kind == "u" and int(a.max()) > _INT64_MAX:
+        raise ValueError(f"sdpa: {name} has the value {int(a.max())}, above 2**63 - 1")
+    return a.astype(np.int64).tolist()
+
+
+def _number(name, value, allow_none):
+    if value is None and allow_none:
+        return None
+    what = "a number or None" if allow_none else "a number"
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise TypeError(f"sdpa: {name} is {value!r} but must be {what}")
+    try:  # ints, floats, numpy scalars, 0-d arrays and tensors
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"sdpa: {name} is {value!r} but must be {what}") from None
+
+
+def seed_for(seed, dropout_p, backward=False):
+    """The uint64 seed of a call: the caller's, or with dropout and seed=None a fresh one from
+    secrets.randbits(64) (forward) or an error (backward)."""
+    dropout_p = _number("dropout_p", dropout_p, allow_none=False)
+    if seed is None:
+        if dropout_p > 0:
+            if backward:
+                raise ValueError(
+                    f"sdpa: seed is None but dropout_p is {dropout_p}; the backward must be "
+                    "given the forward's seed to regenerate its dropout mask")
+            return secrets.randbits(64)
+        return 0
+    if isinstance(seed, (bool, np.bool_)):
+        raise TypeError(f"sdpa: seed is {seed!r} but must be an int in [0, 2**64) or None")
+    try:
+        seed = operator.index(seed)
+    except TypeError:
+        raise TypeError(f"sdpa: seed is {seed!r} but must be an int in [0, 2**64) or None") \
+            from None
+    if not 0 <= seed < _SEED_LIMIT:
+        raise ValueError(f"sdpa: seed is {seed} but must be in [0, 2**64)")
+    return seed
+
+
+def heads_of(query):
+    """The query heads of an engine operand: dim -3, or 1 for a rank-2 (seq, dim) array."""
+    return query.shape[-3] if query.ndim >= 3 else 1
+
+
+def make_variants(heads, *, window=None, alibi_slopes=None, softcap=None, sinks=None,
+                  cu_seqlens_q=None, cu_seqlens_k=None, dropout_p=0.0, seed=None,
+                  backward=False):
+    """An _sdpa.Variants for a call whose query has `heads` heads."""
+    variants = _sdpa.Variants()
+    variants.window = _window(window)
+    variants.alibi_slopes = _real_vector("alibi_slopes", alibi_slopes, heads)
+    variants.softcap = _number("softcap", softcap, allow_none=True)
+    variants.sinks = _real_vector("sinks", sinks, heads)
+    variants.cu_seqlens_q = _offsets("cu_seqlens_q", cu_seqlens_q)
+    variants.cu_seqlens_k = _offsets("cu_seqlens_k", cu_seqlens_k)
+    variants.dropout_p = _number("dropout_p", dropout_p, allow_none=False)
+    variants.seed = seed_for(seed, variants.dropout_p, backward)
+    return variants
