@@ -171,6 +171,22 @@ class Custom {
       std::is_invocable_v<const ScoreMod&, Dual<float>, Index, Index, Index, Index> &&
       std::is_invocable_v<const ScoreMod&, Dual<double>, Index, Index, Index, Index>;
 
+  // Calls f(args...) where a parameter may be narrower than its argument (a score_mod taking
+  // float runs on float64 problems too, a mask_mod may take int positions): the caller chose
+  // that type, so no warning.
+  template <class F, class... Args>
+  static auto CallNarrowing(const F& f, const Args&... args) {
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#pragma GCC diagnostic ignored "-Wfloat-conversion"
+#endif
+    return f(args...);
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+  }
+
   // The per-element loop the caller's compiler inlines score_mod into.
   template <typename T>
   static void ApplyScore(const void* context, const ScoreBlock& b, T* scores, T* derivative) {
@@ -189,7 +205,8 @@ class Custom {
             continue;
           }
         }
-        score = static_cast<T>(self.score_mod_(score, b.batch, h, i, b.key_begin + c));
+        score =
+            static_cast<T>(CallNarrowing(self.score_mod_, score, b.batch, h, i, b.key_begin + c));
       }
     }
   }
@@ -200,7 +217,7 @@ class Custom {
       const Index h = b.head[r], i = b.pos[r];
       T* s = scores + r * b.row_stride;
       for (Index c = 0; c < b.keys; ++c) {
-        if (!self.mask_mod_(b.batch, h, i, b.key_begin + c)) {
+        if (!CallNarrowing(self.mask_mod_, b.batch, h, i, b.key_begin + c)) {
           s[c * b.key_stride] = -std::numeric_limits<T>::infinity();
         }
       }
@@ -208,7 +225,8 @@ class Custom {
   }
   static BlockKind Classify(const void* context, Index b, Index h, Index q_begin, Index q_end,
                             Index k_begin, Index k_end) {
-    return static_cast<const Custom*>(context)->block_mask_(b, h, q_begin, q_end, k_begin, k_end);
+    return CallNarrowing(static_cast<const Custom*>(context)->block_mask_, b, h, q_begin, q_end,
+                         k_begin, k_end);
   }
 
   ScoreMod score_mod_;
