@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <sstream>
+#include <vector>
 
 namespace sdpa::cpu {
 namespace {
@@ -74,6 +75,22 @@ double AddTasks(const internal::Problem& p, std::int64_t rows_per_task, Schedule
   return work;
 }
 
+// Names the per-score steps the tile loop adds (tile_steps-inl.h), if any.
+void DescribeScoreSteps(const internal::Problem& p, std::ostringstream& why) {
+  std::vector<const char*> steps;
+  if (p.softcap > 0) steps.push_back("softcap");
+  if (!p.alibi_slopes.empty()) steps.push_back("ALiBi");
+  if (p.has_score_mod()) steps.push_back("score_mod");
+  if (p.has_mask_mod()) {
+    steps.push_back(p.custom->block != nullptr ? "mask_mod (block_mask skips tiles)" : "mask_mod");
+  }
+  if (!p.sinks.empty()) steps.push_back("sinks");
+  if (p.dropout_p > 0) steps.push_back("Philox dropout");
+  if (steps.empty()) return;
+  why << "; fused per tile:";
+  for (std::size_t i = 0; i < steps.size(); ++i) why << (i ? ", " : " ") << steps[i];
+}
+
 // Lowers s.threads to what `flops` of work pays for; says so in `why`.
 void FitThreads(double flops, Schedule& s, std::ostringstream& why) {
   const auto useful =
@@ -112,6 +129,7 @@ Schedule MakeSchedule(const internal::Problem& p, int threads) {
   if (p.causal != Causal::kNone) why << "; tiles above the causal diagonal are skipped";
   if (p.has_window()) why << "; tiles outside the window's band are skipped";
   if (p.varlen()) why << "; " << p.num_sequences() << " packed sequences, no padding";
+  DescribeScoreSteps(p, why);
   const double pairs = AddTasks(p, s.q_tile, s);
   FitThreads(pairs * static_cast<double>(p.head_dim + p.v_dim), s, why);
   why << "; " << s.tasks.size() << " task(s) heaviest first on " << s.threads << " thread(s)";
