@@ -102,18 +102,7 @@ class ForwardTask {
   // The tile loop: stream the visible K/V tiles of the task's key range through the rows.
   void Run(Partials<T>* partials) {
     const internal::Sequence seq = p_.Seq(t_.seq);
-    DescribeRows(p_, s_.group, seq, t_.kv_head, t_.row_begin, t_.row_end, rows_);
-    steps_.Prepare(p_, seq, rows_, rp_);
-    if (dot_form_) {
-      PackQueryRows();
-      std::fill(st_, st_ + s_.kv_tile * rp_, T(0));  // padded rows stay finite
-    } else {
-      PackQueries();
-    }
-    std::fill(o_, o_ + rp_ * dvp_, T(0));
-    std::fill(m_, m_ + rp_, -std::numeric_limits<T>::infinity());
-    std::fill(l_, l_ + rp_, T(0));
-    if (partials == nullptr) StartWithSinks();  // split keys: the merge adds the sink once
+    StartRows(seq, /*with_sinks=*/partials == nullptr);  // split keys: the merge adds the sink
 
     // Rows are ordered by position, so both ends of their key ranges grow: keys before the
     // first row's begin and past the last row's end are skipped without a look, and tiles
@@ -128,37 +117,64 @@ class ForwardTask {
       if (kind == BlockKind::kEmpty) continue;
       const bool partial = p_.mask_kind != MaskKind::kNone || kind == BlockKind::kPartial ||
                            j0 < all_visible_begin || j0 + keys > all_visible_end;
-      const T* k = KeyTile(j0, keys);
-      const T* v = ValueTile(j0, keys);
-      const std::int64_t ldk = k_unit_ ? p_.k.stride[2] : dp_;
-      const std::int64_t ldv = v_unit_ ? p_.v.stride[2] : dvp_;
-      if (dot_form_) {
-        ScoreTileByDots(k, ldk, keys);
-      } else {
-        ScoreTile(d_, qt_, p_.head_dim, rp_, k, ldk, KeysSeen(j0, keys), st_);
-      }
-      steps_.Apply(d_, j0, keys, st_, rp_, nullptr);
-      if (partial) ApplyMask(p_, rows_, j0, keys, st_, rp_);
-      if (kind == BlockKind::kPartial) ApplyMaskMod(p_, steps_.Block(j0, keys, rp_), st_);
-      OnlineSoftmaxUpdate(KeysSeen(j0, keys));
-      if (dropout_) {
-        DropoutTile(p_, seq, rows_, j0, keys, z_, rp_);
-        for (std::int64_t e = 0; e < keys * rp_; e += n_) {
-          hn::Store(hn::Mul(hn::Load(d_, st_ + e), hn::Load(d_, z_ + e)), d_, st_ + e);
-        }
-      }
-      // 0 · NaN = NaN: a masked key whose V row is not finite would poison rows that may not
-      // see it, so such tiles take the path that skips zero probabilities.
-      if (partial && !AllFinite(d_, v, ldv, keys, p_.v_dim)) {
-        AccumulatePvSkippingZeros(v, ldv, KeysSeen(j0, keys));
-      } else {
-        AccumulatePv(v, ldv, KeysSeen(j0, keys));
-      }
+      Tile(seq, j0, keys, partial, kind == BlockKind::kPartial);
     }
     if (partials != nullptr) {
       StorePartial(*partials);
     } else {
       FinalizeRows();
+    }
+  }
+
+  // What happens to one tile of keys [j0, j0 + keys). `partial`: some key is invisible to some
+  // row (or a mask applies); `mask_mod`: the custom mask_mod must be evaluated.
+  void Tile(const internal::Sequence& seq, std::int64_t j0, std::int64_t keys, bool partial,
+            bool mask_mod) {
+    const T* k = KeyTile(j0, keys);
+    const T* v = ValueTile(j0, keys);
+    const std::int64_t ldk = k_unit_ ? p_.k.stride[2] : dp_;
+    const std::int64_t ldv = v_unit_ ? p_.v.stride[2] : dvp_;
+    if (dot_form_) {
+      ScoreTileByDots(k, ldk, keys);
+    } else {
+      ScoreTile(d_, qt_, p_.head_dim, rp_, k, ldk, KeysSeen(j0, keys), st_);
+    }
+    steps_.Apply(d_, j0, keys, st_, rp_, nullptr);
+    if (partial) ApplyMask(p_, rows_, j0, keys, st_, rp_);
+    if (mask_mod) ApplyMaskMod(p_, steps_.Block(j0, keys, rp_), st_);
+    OnlineSoftmaxUpdate(KeysSeen(j0, keys));
+    if (dropout_) DropProbabilities(seq, j0, keys);
+    // 0 · NaN = NaN: a masked or dropped key whose V row is not finite would poison rows that
+    // do not use it, so such tiles take the path that skips zero probabilities.
+    if ((partial || dropout_) && !AllFinite(d_, v, ldv, keys, p_.v_dim)) {
+      AccumulatePvSkippingZeros(v, ldv, KeysSeen(j0, keys));
+    } else {
+      AccumulatePv(v, ldv, KeysSeen(j0, keys));
+    }
+  }
+
+  // The task's rows, their queries and a fresh softmax state (m = -inf, l = 0, O = 0), or the
+  // sinks' state when `with_sinks`.
+  void StartRows(const internal::Sequence& seq, bool with_sinks) {
+    DescribeRows(p_, s_.group, seq, t_.kv_head, t_.row_begin, t_.row_end, rows_);
+    steps_.Prepare(p_, seq, rows_, rp_);
+    if (dot_form_) {
+      PackQueryRows();
+      std::fill(st_, st_ + s_.kv_tile * rp_, T(0));  // padded rows stay finite
+    } else {
+      PackQueries();
+    }
+    std::fill(o_, o_ + rp_ * dvp_, T(0));
+    std::fill(m_, m_ + rp_, -std::numeric_limits<T>::infinity());
+    std::fill(l_, l_ + rp_, T(0));
+    if (with_sinks) StartWithSinks();
+  }
+
+  // P ← P·Z after the row sums were taken (the softmax normalises the undropped P).
+  void DropProbabilities(const internal::Sequence& seq, std::int64_t j0, std::int64_t keys) {
+    DropoutTile(p_, seq, rows_, j0, keys, z_, rp_);
+    for (std::int64_t e = 0; e < keys * rp_; e += n_) {
+      hn::Store(hn::Mul(hn::Load(d_, st_ + e), hn::Load(d_, z_ + e)), d_, st_ + e);
     }
   }
 
