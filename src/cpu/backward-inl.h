@@ -153,23 +153,30 @@ class BackwardTask {
         const bool partial =
             p_.mask_kind != internal::MaskKind::kNone || kind == BlockKind::kPartial ||
             j0 < rows_[static_cast<std::size_t>(rows - 1)].begin || j0 + keys > rows_[0].end;
-        steps_.Prepare(p_, seq, rows_, rp_);
-        LoadQueryTile(rows);
-        const auto all_keys = [keys](std::int64_t, std::int64_t) { return keys; };
-        ScoreTile(d_, qt_, p_.head_dim, rp_, k_rows_, dkp_, all_keys, pt_);
-        steps_.Apply(d_, j0, keys, pt_, rp_, slope_);
-        if (partial) ApplyMask(p_, rows_, j0, keys, pt_, rp_);
-        if (kind == BlockKind::kPartial) ApplyMaskMod(p_, steps_.Block(j0, keys, rp_), pt_);
-        Probabilities(keys);
-        ScoreTile(d_, dot_, p_.v_dim, rp_, v_rows_, dvp_, all_keys, dst_);
-        if (dropout_) DropoutTile(p_, seq, rows_, j0, keys, z_, rp_);
-        ScoreGradients(keys);
-        AccumulateKeyGradients(keys, rows);
-        const bool k_finite = !partial || AllFinite(d_, k_rows_, dkp_, keys, dkp_);
-        AccumulateQueryGradients(keys, rows, k_finite, dq + r0 * dkp_);
+        Tile(seq, j0, keys, rows, partial, kind == BlockKind::kPartial, dq + r0 * dkp_);
       }
       StoreKeyGradients(j0, keys);
     }
+  }
+
+  // One tile: the query rows described in rows_ against the loaded K/V tile [j0, j0 + keys).
+  // `partial` and `mask_mod` as in the forward's Tile; dq holds the rows' dQ.
+  void Tile(const internal::Sequence& seq, std::int64_t j0, std::int64_t keys, std::int64_t rows,
+            bool partial, bool mask_mod, T* dq) {
+    steps_.Prepare(p_, seq, rows_, rp_);
+    LoadQueryTile(rows);
+    const auto all_keys = [keys](std::int64_t, std::int64_t) { return keys; };
+    ScoreTile(d_, qt_, p_.head_dim, rp_, k_rows_, dkp_, all_keys, pt_);
+    steps_.Apply(d_, j0, keys, pt_, rp_, slope_);
+    if (partial) ApplyMask(p_, rows_, j0, keys, pt_, rp_);
+    if (mask_mod) ApplyMaskMod(p_, steps_.Block(j0, keys, rp_), pt_);
+    Probabilities(keys);
+    ScoreTile(d_, dot_, p_.v_dim, rp_, v_rows_, dvp_, all_keys, dst_);
+    if (dropout_) DropoutTile(p_, seq, rows_, j0, keys, z_, rp_);
+    ScoreGradients(keys);
+    AccumulateKeyGradients(keys, rows);
+    const bool k_finite = !partial || AllFinite(d_, k_rows_, dkp_, keys, dkp_);
+    AccumulateQueryGradients(keys, rows, k_finite, dq);
   }
 
  private:
