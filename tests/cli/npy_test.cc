@@ -1,15 +1,18 @@
 // The .npy reader and writer of the sdpa tool: round trips, every header version, Fortran order,
-// and every way a file can be malformed (each must throw NpyError with a telling message, never
+// integer index arrays (int32/int64, read with Array::Integers), and every way a file can be
+// malformed (each must throw NpyError with a telling message, never
 // crash or allocate what the file does not hold).
 #include "npy.h"
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -37,6 +40,13 @@ std::string MakeFile(const std::string& dict, const std::string& data, int major
 
 std::string FloatData(const std::vector<float>& values) {
   return std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+}
+
+// The raw little-endian bytes of integers (the tests run on little-endian machines, as the
+// reader's native-order check requires for '<' files).
+template <typename Int>
+std::string IntData(const std::vector<Int>& values) {
+  return std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(Int));
 }
 
 Array Parse(const std::string& file) {
@@ -85,7 +95,7 @@ TEST_P(NpyRoundTrip, ReadsBackWhatItWrote) {
   }
   const std::vector<std::byte> file = EncodeNpy(tensor.view());
   const Array array = ParseNpy(file.data(), file.size());
-  EXPECT_EQ(array.dtype(), c.dtype);
+  EXPECT_EQ(array.type(), ElementTypeOf(c.dtype));
   EXPECT_EQ(array.shape(), c.shape);
   EXPECT_FALSE(array.fortran_order());
   ASSERT_EQ(array.num_elements(), n);
@@ -135,7 +145,7 @@ TEST(NpyRead, LenientHeaderSpellings) {
                      "\"descr\": \"=f4\"}",
                      FloatData({1, 2})));
   EXPECT_EQ(array.shape(), (std::vector<std::int64_t>{1, 2}));
-  EXPECT_EQ(array.dtype(), DType::kFloat32);
+  EXPECT_EQ(array.type(), ElementType::kFloat32);
 }
 
 TEST(NpyRead, FortranOrderBecomesColumnMajorStrides) {
@@ -166,6 +176,114 @@ TEST(NpyRead, BoolBytesOtherThanZeroOrOneAreTrue) {
   EXPECT_EQ(values[0], 0);
   EXPECT_EQ(values[1], 1);
   EXPECT_EQ(values[2], 1);
+}
+
+TEST(NpyElementType, NamesAndSizes) {
+  EXPECT_STREQ(ElementTypeName(ElementType::kInt32), "int32");
+  EXPECT_STREQ(ElementTypeName(ElementType::kInt64), "int64");
+  EXPECT_STREQ(ElementTypeName(ElementType::kBool), "bool");
+  EXPECT_EQ(ElementBytes(ElementType::kInt32), 4u);
+  EXPECT_EQ(ElementBytes(ElementType::kInt64), 8u);
+  EXPECT_EQ(ElementBytes(ElementType::kFloat64), 8u);
+  EXPECT_TRUE(IsInteger(ElementType::kInt64));
+  EXPECT_FALSE(IsInteger(ElementType::kBool));
+  EXPECT_EQ(ElementTypeOf(DType::kFloat64), ElementType::kFloat64);
+}
+
+// Integer arrays (cu_seqlens offsets): both widths, the extremes of each, read back as int64.
+constexpr std::int64_t kInt64Max = std::numeric_limits<std::int64_t>::max();
+constexpr std::int64_t kInt64Min = std::numeric_limits<std::int64_t>::min();
+
+struct IntegerCase {
+  const char* name;
+  std::string file;
+  ElementType type;
+  std::vector<std::int64_t> shape;
+  std::vector<std::int64_t> values;  // in C order
+};
+
+class NpyIntegers : public ::testing::TestWithParam<IntegerCase> {};
+
+TEST_P(NpyIntegers, ReadsValuesInCOrder) {
+  const IntegerCase& c = GetParam();
+  const Array array = Parse(c.file);
+  EXPECT_EQ(array.type(), c.type);
+  EXPECT_EQ(array.shape(), c.shape);
+  EXPECT_EQ(array.Integers(), c.values);
+  // Integers are no attention operand: they have no TensorView.
+  try {
+    array.view();
+    ADD_FAILURE() << "an integer array has a view";
+  } catch (const NpyError& e) {
+    EXPECT_NE(std::string(e.what()).find(std::string("dtype is ") + ElementTypeName(c.type)),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Files, NpyIntegers,
+    ::testing::Values(
+        IntegerCase{"int32_1d",
+                    MakeFile("{'descr': '<i4', 'fortran_order': False, 'shape': (4,), }",
+                             IntData<std::int32_t>({0, 3, -1, 2147483647})),
+                    ElementType::kInt32,
+                    {4},
+                    {0, 3, -1, 2147483647}},
+        IntegerCase{"int32_min",
+                    MakeFile("{'descr': '<i4', 'fortran_order': False, 'shape': (1,), }",
+                             IntData<std::int32_t>({-2147483647 - 1})),
+                    ElementType::kInt32,
+                    {1},
+                    {-2147483648LL}},
+        IntegerCase{"int64_1d",
+                    MakeFile("{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }",
+                             IntData<std::int64_t>({0, 1099511627776, -5})),
+                    ElementType::kInt64,
+                    {3},
+                    {0, 1099511627776, -5}},
+        IntegerCase{"int64_extremes",
+                    MakeFile("{'descr': '=i8', 'fortran_order': False, 'shape': (2,), }",
+                             IntData<std::int64_t>({kInt64Max, kInt64Min})),
+                    ElementType::kInt64,
+                    {2},
+                    {kInt64Max, kInt64Min}},
+        // numpy.asfortranarray([[0, 1, 2], [3, 4, 5]]) stores 0 3 1 4 2 5.
+        IntegerCase{"int32_fortran_2d",
+                    MakeFile("{'descr': '<i4', 'fortran_order': True, 'shape': (2, 3), }",
+                             IntData<std::int32_t>({0, 3, 1, 4, 2, 5})),
+                    ElementType::kInt32,
+                    {2, 3},
+                    {0, 1, 2, 3, 4, 5}},
+        IntegerCase{"int64_c_2d",
+                    MakeFile("{'descr': '<i8', 'fortran_order': False, 'shape': (2, 2), }",
+                             IntData<std::int64_t>({7, 8, 9, 10})),
+                    ElementType::kInt64,
+                    {2, 2},
+                    {7, 8, 9, 10}},
+        IntegerCase{"int64_scalar",
+                    MakeFile("{'descr': '<i8', 'fortran_order': False, 'shape': (), }",
+                             IntData<std::int64_t>({42})),
+                    ElementType::kInt64,
+                    {},
+                    {42}},
+        IntegerCase{"int32_empty_huge_dims",
+                    MakeFile("{'descr': '<i4', 'fortran_order': True, "
+                             "'shape': (4611686018427387904, 0), }",
+                             ""),
+                    ElementType::kInt32,
+                    {4611686018427387904LL, 0},
+                    {}}),
+    [](const ::testing::TestParamInfo<IntegerCase>& p) { return p.param.name; });
+
+TEST(NpyRead, IntegersOfAFloatArrayThrow) {
+  try {
+    Parse(MakeFile("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", FloatData({1, 2})))
+        .Integers();
+    ADD_FAILURE();
+  } catch (const NpyError& e) {
+    EXPECT_STREQ(e.what(), "dtype is float32 but must be int32 or int64");
+  }
 }
 
 TEST(NpyRead, TrailingBytesAreIgnoredLikeNumpy) {
@@ -251,8 +369,29 @@ INSTANTIATE_TEST_SUITE_P(
                                        ")"),
                                ""),
                       "65 dimensions"},
-        MalformedCase{"int32", MakeFile(Dict("'<i4'", "False", "(2,)"), "12345678"),
-                      "unsupported dtype '<i4'"},
+        MalformedCase{"int16", MakeFile(Dict("'<i2'", "False", "(2,)"), "1234"),
+                      "unsupported dtype '<i2'"},
+        MalformedCase{"int8", MakeFile(Dict("'|i1'", "False", "(2,)"), "12"),
+                      "unsupported dtype '|i1'"},
+        MalformedCase{"uint32", MakeFile(Dict("'<u4'", "False", "(2,)"), "12345678"),
+                      "unsupported dtype '<u4'"},
+        MalformedCase{"uint64", MakeFile(Dict("'<u8'", "False", "(1,)"), "12345678"),
+                      "unsupported dtype '<u8'"},
+        MalformedCase{"int32_no_byte_order", MakeFile(Dict("'|i4'", "False", "(2,)"), "12345678"),
+                      "unsupported dtype '|i4'"},
+        MalformedCase{"int32_big_endian", MakeFile(Dict("'>i4'", "False", "(2,)"), "12345678"),
+                      "'>i4': byte order"},
+        MalformedCase{"int64_big_endian", MakeFile(Dict("'>i8'", "False", "(1,)"), "12345678"),
+                      "'>i8': byte order"},
+        MalformedCase{"int32_data_cut", MakeFile(Dict("'<i4'", "False", "(3,)"), "12345678"),
+                      "shape (3,) of int32, 12 bytes, but only 8 bytes follow"},
+        MalformedCase{"int64_data_cut", MakeFile(Dict("'<i8'", "False", "(2, 2)"), "12345678"),
+                      "shape (2, 2) of int64, 32 bytes, but only 8 bytes follow"},
+        MalformedCase{"int64_overflowing_shape",
+                      MakeFile(Dict("'<i8'", "False", "(2305843009213693952, 2)"), ""),
+                      "too many elements"},
+        MalformedCase{"int64_negative_shape", MakeFile(Dict("'<i8'", "False", "(-1,)"), ""),
+                      "negative size -1"},
         MalformedCase{"big_endian", MakeFile(Dict("'>f4'", "False", "(2,)"), "12345678"),
                       "byte order"},
         MalformedCase{"complex", MakeFile(Dict("'<c8'", "False", "(2,)"), "1234567812345678"),
@@ -304,6 +443,27 @@ TEST_F(NpyReadFile, ReadsAFile) {
   EXPECT_EQ(reinterpret_cast<const float*>(array.data())[1], 2.0f);
 }
 
+TEST_F(NpyReadFile, ReadsAnIntegerFile) {
+  Write(MakeFile("{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }",
+                 IntData<std::int64_t>({0, 5, 12})));
+  const Array array = ReadNpy(path_);
+  EXPECT_EQ(array.type(), ElementType::kInt64);
+  EXPECT_EQ(array.Integers(), (std::vector<std::int64_t>{0, 5, 12}));
+}
+
+TEST_F(NpyReadFile, TruncatedIntegerData) {
+  Write(MakeFile("{'descr': '<i4', 'fortran_order': False, 'shape': (3,), }",
+                 IntData<std::int32_t>({0, 5})));
+  try {
+    ReadNpy(path_);
+    ADD_FAILURE();
+  } catch (const NpyError& e) {
+    EXPECT_NE(std::string(e.what()).find("of int32, 12 bytes, but only 8 bytes follow"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST_F(NpyReadFile, MissingFile) {
   try {
     ReadNpy(path_ + ".missing");
@@ -350,7 +510,9 @@ TEST(NpyCorpus, SeedFilesBehave) {
     }
     try {
       const Array array = Parse(content);
-      if (array.shape().size() <= 4) {
+      if (IsInteger(array.type())) {
+        EXPECT_EQ(static_cast<std::int64_t>(array.Integers().size()), array.num_elements()) << name;
+      } else if (array.shape().size() <= 4) {
         const std::vector<std::byte> again = EncodeNpy(array.view());
         EXPECT_EQ(ParseNpy(again.data(), again.size()).shape(), array.shape()) << name;
       }

@@ -6,6 +6,7 @@ tests are skipped. Results are compared with a float64 numpy reference as
 starting "sdpa: " with the expected message, and that no output file (not even a temporary one)
 is left behind. No timing assertions.
 """
+import importlib.util
 import json
 import os
 import re
@@ -221,7 +222,11 @@ BAD_QUERY_FILES = [
     ("wrong_magic", b"\x93NUMPX" + npy_bytes(GOOD)[6:], r"not a \.npy file"),
     ("truncated_header", npy_bytes(GOOD)[:30], r"truncated"),
     ("truncated_data", npy_bytes(GOOD)[:-4], r"data is truncated: .*48 bytes, but only 44"),
-    ("int32", np.arange(12, dtype=np.int32).reshape(3, 4), r"unsupported dtype '<i4'"),
+    ("int32", np.arange(12, dtype=np.int32).reshape(3, 4),
+     r"--query \S+: dtype is int32 but must be float32 or float64$"),
+    ("int64", np.arange(12, dtype=np.int64).reshape(3, 4), r"dtype is int64 but must be float32"),
+    ("int16", np.arange(12, dtype=np.int16).reshape(3, 4), r"unsupported dtype '<i2'"),
+    ("uint32", np.arange(12, dtype=np.uint32).reshape(3, 4), r"unsupported dtype '<u4'"),
     ("big_endian", GOOD.astype(">f4"), r"unsupported dtype '>f4': byte order"),
     ("complex", GOOD.astype(np.complex64), r"unsupported dtype '<c8'"),
     ("float16", GOOD.astype(np.float16), r"unsupported dtype '<f2'"),
@@ -308,6 +313,12 @@ def test_dtype_mismatch(tmp_path, rng, inputs):
                  r"query\.dtype is float32")
 
 
+def test_integer_mask(tmp_path, inputs):
+    mask = save(tmp_path, "in_m.npy", np.ones((5, 6), np.int64))
+    assert_fails(tmp_path, ["run", *qkv(inputs), "--mask", mask],
+                 r"^sdpa: --mask \S+: dtype is int64 but must be bool, float32 or float64$")
+
+
 def test_mask_not_broadcastable(tmp_path, inputs):
     mask = save(tmp_path, "in_m.npy", np.ones((5, 5), bool))
     assert_fails(tmp_path, ["run", *qkv(inputs), "--mask", mask], r"^sdpa: .*mask")
@@ -378,6 +389,342 @@ def test_usage_errors(tmp_path, name, args, message):
 def test_out_and_lse_must_differ(tmp_path, inputs):
     assert_fails(tmp_path, ["run", *qkv(inputs), "--out", tmp_path / "x.npy", "--lse",
                             tmp_path / "x.npy"], r"--out and --lse are the same file", code=2)
+
+
+# ---------------------------------------------------------------------------- variants (issue 7)
+# --window, --alibi-slopes, --softcap, --sinks, --cu-seqlens-q/-k, --dropout, --seed. Results are
+# compared with variant_attention of tests/python/sdpa_reference.py: the project's float64 numpy
+# oracle of every variant, written from options.h with its own Philox4x32-10 (Random123 known
+# answers), so dropout is checked value by value too. Loaded by path: tests/python is not a
+# package, and this file must not depend on which folders pytest was given.
+
+def _load_variant_reference():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "python",
+                        "sdpa_reference.py")
+    spec = importlib.util.spec_from_file_location("sdpa_reference_for_cli", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.variant_attention
+
+
+variant_attention = _load_variant_reference()
+
+
+def save_list(directory, name, values, dtype):
+    """Saves a 1-D array and returns the @FILE argument for it."""
+    return "@" + save(directory, name, np.asarray(values, dtype=dtype))
+
+
+def _write(path, content):
+    path.write_bytes(content)
+    return str(path)
+
+
+def run_variant(tmp_path, q, k, v, args, out="out.npy", lse="lse.npy"):
+    """Runs `sdpa run` with extra args; returns (out, lse) as written."""
+    result = run("run", "--query", save(tmp_path, "in_q.npy", q),
+                 "--key", save(tmp_path, "in_k.npy", k), "--value", save(tmp_path, "in_v.npy", v),
+                 "--out", tmp_path / out, "--lse", tmp_path / lse, *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return np.load(tmp_path / out), np.load(tmp_path / lse)
+
+
+# One case per variant and a few combinations. `args` builds the command line (it may write @FILE
+# lists into the directory it is given); `ref` holds variant_attention's keywords.
+VARIANT_CASES = [
+    # name, q shape, k shape, v shape, dtype, args(dir), ref
+    ("window_bottom_right", (1, 2, 9, 8), (1, 2, 13, 8), (1, 2, 13, 8), np.float32,
+     lambda d: ["--window", "3,1"], dict(window=(3, 1))),
+    ("window_left_only_top_left", (3, 11, 8), (3, 11, 8), (3, 11, 4), np.float64,
+     lambda d: ["--window", "2,", "--causal", "top-left"], dict(window=(2, None), causal="top_left")),
+    ("window_right_zero_inf_left", (2, 7, 8), (2, 10, 8), (2, 10, 8), np.float32,
+     lambda d: ["--window", "inf,0"], dict(window=(None, 0))),
+    ("window_zero_zero_lq_gt_lkv", (1, 12, 4), (1, 5, 4), (1, 5, 4), np.float64,
+     lambda d: ["--window", "0,0"], dict(window=(0, 0))),  # rows before the diagonal see nothing
+    ("window_unbounded_both", (2, 6, 8), (2, 6, 8), (2, 6, 8), np.float32,
+     lambda d: ["--window", ","], dict(window=(None, None))),
+    ("alibi_list_gqa_causal", (1, 4, 8, 16), (1, 2, 10, 16), (1, 2, 10, 16), np.float32,
+     lambda d: ["--alibi-slopes", "0.5,0.25,0.125,0.0625", "--causal", "bottom-right"],
+     dict(alibi_slopes=[0.5, 0.25, 0.125, 0.0625], causal="bottom_right")),
+    ("alibi_file_f32", (2, 5, 8), (2, 9, 8), (2, 9, 3), np.float64,
+     lambda d: ["--alibi-slopes", save_list(d, "in_slopes.npy", [0.75, -0.5], np.float32)],
+     dict(alibi_slopes=np.float32([0.75, -0.5]))),
+    ("softcap", (2, 2, 6, 8), (2, 2, 7, 8), (2, 2, 7, 8), np.float64,
+     lambda d: ["--softcap", "1.5", "--scale", "1"], dict(softcap=1.5, scale=1.0)),
+    ("softcap_causal_f32", (2, 9, 16), (2, 9, 16), (2, 9, 16), np.float32,
+     lambda d: ["--softcap", "2", "--causal", "top-left"], dict(softcap=2.0, causal="top_left")),
+    ("sinks_list_with_minus_inf", (1, 3, 6, 8), (1, 3, 8, 8), (1, 3, 8, 8), np.float32,
+     lambda d: ["--sinks", "0.5,-inf,2.25"], dict(sinks=[0.5, -np.inf, 2.25])),
+    ("sinks_file_f64_causal", (2, 7, 8), (2, 7, 8), (2, 7, 8), np.float64,
+     lambda d: ["--sinks", save_list(d, "in_sinks.npy", [-1.0, 3.0], np.float64),
+                "--causal", "top-left"], dict(sinks=[-1.0, 3.0], causal="top_left")),
+    ("varlen_lists_causal", (2, 9, 8), (2, 11, 8), (2, 11, 8), np.float32,
+     lambda d: ["--cu-seqlens-q", "0,4,4,9", "--cu-seqlens-k", "0,3,5,11", "--causal",
+                "bottom-right"],  # sequence 1 has no queries, sequence 0 fewer keys than queries
+     dict(cu_seqlens_q=[0, 4, 4, 9], cu_seqlens_k=[0, 3, 5, 11], causal="bottom_right")),
+    ("varlen_files_int32_int64", (1, 2, 10, 8), (1, 2, 10, 8), (1, 2, 10, 4), np.float64,
+     lambda d: ["--cu-seqlens-q", save_list(d, "in_cuq.npy", [0, 3, 10], np.int32),
+                "--cu-seqlens-k", save_list(d, "in_cuk.npy", [0, 6, 10], np.int64)],
+     dict(cu_seqlens_q=[0, 3, 10], cu_seqlens_k=[0, 6, 10])),
+    ("varlen_single_row", (1, 1, 4), (1, 3, 4), (1, 3, 4), np.float32,
+     lambda d: ["--cu-seqlens-q", "0,1", "--cu-seqlens-k", "0,3"],
+     dict(cu_seqlens_q=[0, 1], cu_seqlens_k=[0, 3])),
+    ("all_together_gqa", (1, 4, 12, 8), (1, 2, 14, 8), (1, 2, 14, 8), np.float64,
+     lambda d: ["--window", "4,1", "--alibi-slopes", "0.5,0.25,0.125,0.0625", "--softcap", "3",
+                "--sinks", "0,-0.5,1,-inf", "--cu-seqlens-q", "0,5,12",
+                "--cu-seqlens-k", "0,6,14", "--causal", "bottom-right"],
+     dict(window=(4, 1), alibi_slopes=[0.5, 0.25, 0.125, 0.0625], softcap=3.0,
+          sinks=[0, -0.5, 1, -np.inf], cu_seqlens_q=[0, 5, 12], cu_seqlens_k=[0, 6, 14],
+          causal="bottom_right")),
+    ("dropout_f64", (2, 2, 9, 8), (2, 2, 11, 8), (2, 2, 11, 8), np.float64,
+     lambda d: ["--dropout", "0.25", "--seed", str(2**40 + 7)],
+     dict(dropout_p=0.25, seed=2**40 + 7)),
+    ("dropout_varlen_window", (1, 2, 10, 8), (1, 2, 10, 8), (1, 2, 10, 8), np.float32,
+     lambda d: ["--dropout", "0.5", "--seed", "18446744073709551615", "--window", "2,2",
+                "--cu-seqlens-q", "0,4,10", "--cu-seqlens-k", "0,4,10"],
+     dict(dropout_p=0.5, seed=2**64 - 1, window=(2, 2), cu_seqlens_q=[0, 4, 10],
+          cu_seqlens_k=[0, 4, 10])),
+]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("name,qs,ks,vs,dtype,args,ref", VARIANT_CASES,
+                         ids=[c[0] for c in VARIANT_CASES])
+def test_variant_matches_numpy(tmp_path, rng, backend, name, qs, ks, vs, dtype, args, ref):
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in (qs, ks, vs))
+    if "softcap" in ref:
+        q = q * 3  # scores beyond the cap, where tanh bends
+    out, lse = run_variant(tmp_path, q, k, v, [*args(tmp_path), "--backend", backend])
+    expected_out, expected_lse = variant_attention(q, k, v, **ref)
+    assert out.dtype == dtype and lse.dtype == dtype
+    assert out.shape == expected_out.shape and lse.shape == expected_lse.shape
+    assert_close(out, expected_out, dtype)
+    assert_close(lse, expected_lse, dtype)
+
+
+def test_window_changes_the_result(tmp_path, rng):
+    """The flag reaches the library: a window of 1 is not full attention."""
+    q, k, v = (rng.standard_normal((2, 8, 8)).astype(np.float64) for _ in range(3))
+    windowed, _ = run_variant(tmp_path, q, k, v, ["--window", "1,1"])
+    assert not np.allclose(windowed, reference(q, k, v)[0])
+
+
+def test_sinks_give_rows_without_keys_their_sink_as_lse(tmp_path, rng):
+    q, k, v = (rng.standard_normal((1, 2, 4, 8)).astype(np.float32) for _ in range(3))
+    mask = np.ones((4, 4), bool)
+    mask[1] = False
+    out, lse = run_variant(tmp_path, q, k, v, ["--sinks", "0.5,-inf",
+                                                "--mask", save(tmp_path, "in_m.npy", mask)])
+    assert np.all(out[0, :, 1] == 0)
+    assert lse[0, 0, 1] == np.float32(0.5) and lse[0, 1, 1] == -np.inf
+    expected_out, expected_lse = variant_attention(q, k, v, mask=mask, sinks=[0.5, -np.inf])
+    assert_close(out, expected_out, np.float32)
+    assert_close(lse, expected_lse, np.float32)
+
+
+@pytest.fixture
+def dropout_inputs(tmp_path, rng):
+    q, k, v = (rng.standard_normal((2, 3, 33, 16)).astype(np.float32) for _ in range(3))
+    return [save(tmp_path, f"in_{n}.npy", x) for n, x in zip("qkv", (q, k, v))]
+
+
+def run_dropout(tmp_path, paths, out, *args):
+    result = run("run", "--query", paths[0], "--key", paths[1], "--value", paths[2],
+                 "--out", tmp_path / out, "--dropout", "0.3", *args)
+    assert result.returncode == 0, result.stderr
+    return (tmp_path / out).read_bytes()
+
+
+def test_dropout_same_seed_same_file(tmp_path, dropout_inputs):
+    first = run_dropout(tmp_path, dropout_inputs, "a.npy", "--seed", "42")
+    assert run_dropout(tmp_path, dropout_inputs, "b.npy", "--seed", "42") == first
+    # Any thread count draws the same decisions (Philox keyed by position, not by thread).
+    assert run_dropout(tmp_path, dropout_inputs, "c.npy", "--seed", "42", "--threads", "1") == first
+    assert run_dropout(tmp_path, dropout_inputs, "d.npy", "--seed", "42", "--threads", "2") == first
+
+
+def test_dropout_different_seeds_differ(tmp_path, dropout_inputs):
+    files = [run_dropout(tmp_path, dropout_inputs, "a.npy", "--seed", "1"),
+             run_dropout(tmp_path, dropout_inputs, "b.npy", "--seed", "2"),
+             run_dropout(tmp_path, dropout_inputs, "c.npy")]  # no --seed is seed 0
+    assert len(set(files)) == 3
+    # Not just different bits: a different subset of the probabilities is dropped.
+    a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    assert np.abs(a - b).max() > 1e-2
+
+
+def test_dropout_zero_is_no_dropout(tmp_path, dropout_inputs):
+    result = run("run", "--query", dropout_inputs[0], "--key", dropout_inputs[1],
+                 "--value", dropout_inputs[2], "--out", tmp_path / "plain.npy")
+    assert result.returncode == 0, result.stderr
+    result = run("run", "--query", dropout_inputs[0], "--key", dropout_inputs[1],
+                 "--value", dropout_inputs[2], "--out", tmp_path / "zero.npy", "--dropout", "0",
+                 "--seed", "9")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "plain.npy").read_bytes() == (tmp_path / "zero.npy").read_bytes()
+
+
+def test_help_documents_the_variant_flags():
+    result = run("run", "--help")
+    assert result.returncode == 0
+    for flag in ("--window L,R", "--alibi-slopes LIST", "--softcap C", "--sinks LIST",
+                 "--cu-seqlens-q LIST", "--cu-seqlens-k LIST", "--dropout P", "--seed S",
+                 "@FILE.npy"):
+        assert flag in result.stdout, flag
+
+
+# A bad command line: exit 2 before any file is read. name, extra args, message regex.
+VARIANT_USAGE_ERRORS = [
+    ("window_no_comma", ["--window", "5"], r"--window is '5' but must be LEFT,RIGHT with each side "
+     r"an integer, or empty or 'inf' for unbounded \(e\.g\. 256,0 or 128,\) \(see 'sdpa run "
+     r"--help'\)$"),
+    ("window_three_sides", ["--window", "1,2,3"], r"--window is '1,2,3' but must be LEFT,RIGHT"),
+    ("window_word", ["--window", "a,0"], r"--window is 'a,0'"),
+    ("window_float", ["--window", "1.5,0"], r"--window is '1\.5,0'"),
+    ("window_minus_inf", ["--window", "-inf,0"], r"--window is '-inf,0'"),
+    ("window_space", ["--window", " 1,0"], r"--window is ' 1,0'"),
+    ("window_overflow", ["--window", "99999999999999999999,0"], r"--window is '9+,0'"),
+    ("window_empty", ["--window", ""], r"--window is ''"),
+    ("alibi_empty", ["--alibi-slopes", ""], r"option --alibi-slopes is empty"),
+    ("alibi_empty_item", ["--alibi-slopes", "0.5,,0.25"], r"--alibi-slopes is '0\.5,,0\.25' but "
+     r"must be numbers separated by commas, or @FILE\.npy \(see 'sdpa run --help'\)$"),
+    ("alibi_trailing_comma", ["--alibi-slopes", "0.5,"], r"--alibi-slopes is '0\.5,'"),
+    ("alibi_word", ["--alibi-slopes", "slopes.npy"], r"--alibi-slopes is 'slopes\.npy' but must "
+     r"be numbers separated by commas, or @FILE\.npy"),
+    ("alibi_at_only", ["--alibi-slopes", "@"], r"--alibi-slopes is '@' but must name a file"),
+    ("alibi_twice", ["--alibi-slopes", "1,2", "--alibi-slopes", "3,4"],
+     r"option --alibi-slopes is given more than once"),
+    ("sinks_semicolons", ["--sinks", "1;2"], r"--sinks is '1;2' but must be numbers"),
+    ("sinks_space", ["--sinks", "1, 2"], r"--sinks is '1, 2'"),
+    ("softcap_word", ["--softcap", "big"], r"--softcap is 'big' but must be a finite number"),
+    ("softcap_inf", ["--softcap", "inf"], r"--softcap is 'inf' but must be a finite number"),
+    ("cu_q_only", ["--cu-seqlens-q", "0,5"], r"--cu-seqlens-q needs --cu-seqlens-k too \(see "
+     r"'sdpa run --help'\)$"),
+    ("cu_k_only", ["--cu-seqlens-k", "0,6"], r"--cu-seqlens-k needs --cu-seqlens-q too"),
+    ("cu_float_item", ["--cu-seqlens-q", "0,2.5,5", "--cu-seqlens-k", "0,3,6"],
+     r"--cu-seqlens-q is '0,2\.5,5' but must be integers separated by commas, or @FILE\.npy"),
+    ("cu_overflow", ["--cu-seqlens-q", "0,5", "--cu-seqlens-k", "0,99999999999999999999"],
+     r"--cu-seqlens-k is '0,9+' but must be integers"),
+    ("dropout_word", ["--dropout", "half"], r"--dropout is 'half' but must be a finite number"),
+    ("dropout_nan", ["--dropout", "nan"], r"--dropout is 'nan'"),
+    ("seed_negative", ["--dropout", "0.1", "--seed", "-1"], r"--seed is '-1' but must be an "
+     r"integer in \[0, 18446744073709551615\] \(see 'sdpa run --help'\)$"),
+    ("seed_overflow", ["--seed", "18446744073709551616"], r"--seed is '18446744073709551616'"),
+    ("seed_float", ["--seed", "1.0"], r"--seed is '1\.0'"),
+    ("seed_plus", ["--seed", "+1"], r"--seed is '\+1'"),
+    ("seed_empty", ["--seed", ""], r"--seed is ''"),
+]
+
+
+@pytest.mark.parametrize("name,args,message", VARIANT_USAGE_ERRORS,
+                         ids=[c[0] for c in VARIANT_USAGE_ERRORS])
+def test_variant_usage_errors(tmp_path, inputs, name, args, message):
+    line = assert_fails(tmp_path, ["run", *qkv(inputs), *args], r"^sdpa: run: " + message, code=2)
+    assert "--query" not in line  # reported before any file is read
+
+
+# Valid command lines that the library (exit 1, its message) or a @FILE (exit 1) refuses. The
+# inputs fixture is query (2, 5, 8), key (2, 6, 8), value (2, 6, 4): 2 heads, q_len 5, kv_len 6.
+# name, extra args (callable on the directory, for files), message regex.
+VARIANT_FAILURES = [
+    ("window_left_negative", lambda d: ["--window", "-1,0"],
+     r"^sdpa: options\.window\.left is -1 but must be >= 0$"),
+    ("window_right_negative", lambda d: ["--window", ",-2"],
+     r"^sdpa: options\.window\.right is -2 but must be >= 0$"),
+    ("alibi_one_per_head", lambda d: ["--alibi-slopes", "0.5"],
+     r"^sdpa: options\.alibi_slopes has 1 values but must have one per query head \(2\)$"),
+    ("alibi_infinite", lambda d: ["--alibi-slopes", "0.5,inf"],
+     r"^sdpa: options\.alibi_slopes\[1\] is inf but must be finite$"),
+    ("alibi_nan", lambda d: ["--alibi-slopes", "nan,1"], r"options\.alibi_slopes\[0\] is nan"),
+    ("softcap_zero", lambda d: ["--softcap", "0"],
+     r"^sdpa: options\.softcap is 0 but must be finite and > 0$"),
+    ("softcap_negative", lambda d: ["--softcap", "-2"], r"options\.softcap is -2"),
+    ("sinks_three_for_two_heads", lambda d: ["--sinks", "1,2,3"],
+     r"^sdpa: options\.sinks has 3 values but must have one per query head \(2\)$"),
+    ("sinks_plus_inf", lambda d: ["--sinks", "0,inf"],
+     r"^sdpa: options\.sinks\[1\] is inf but must be finite or -inf$"),
+    ("cu_lengths_differ", lambda d: ["--cu-seqlens-q", "0,5", "--cu-seqlens-k", "0,2,6"],
+     r"^sdpa: options\.cu_seqlens_q has 2 values but options\.cu_seqlens_k has 3"),
+    ("cu_not_from_zero", lambda d: ["--cu-seqlens-q", "1,5", "--cu-seqlens-k", "0,6"],
+     r"^sdpa: options\.cu_seqlens_q\[0\] is 1 but must be 0$"),
+    ("cu_decreasing", lambda d: ["--cu-seqlens-q", "0,3,2,5", "--cu-seqlens-k", "0,2,4,6"],
+     r"options\.cu_seqlens_q\[2\] is 2, below options\.cu_seqlens_q\[1\] = 3"),
+    ("cu_not_to_q_len", lambda d: ["--cu-seqlens-q", "0,4", "--cu-seqlens-k", "0,6"],
+     r"^sdpa: options\.cu_seqlens_q\[1\] is 4 but must be 5 \(q_len\)$"),
+    ("cu_not_to_kv_len", lambda d: ["--cu-seqlens-q", "0,5", "--cu-seqlens-k", "0,7"],
+     r"options\.cu_seqlens_k\[1\] is 7 but must be 6 \(kv_len\)$"),
+    ("cu_one_value", lambda d: ["--cu-seqlens-q", "0", "--cu-seqlens-k", "0"],
+     r"options\.cu_seqlens_q has 1 values but must have at least 2"),
+    ("dropout_one", lambda d: ["--dropout", "1"],
+     r"^sdpa: options\.dropout_p is 1 but must be in \[0, 1\)$"),
+    ("dropout_negative", lambda d: ["--dropout", "-0.1"], r"options\.dropout_p is -0\.1"),
+    # @FILE lists: the file's problems name the flag and the file.
+    ("alibi_file_missing", lambda d: ["--alibi-slopes", "@" + str(d / "in_nothere.npy")],
+     r"^sdpa: --alibi-slopes \S+in_nothere\.npy: cannot open: No such file or directory$"),
+    ("alibi_file_directory", lambda d: ["--alibi-slopes", "@" + str(d)],
+     r"^sdpa: --alibi-slopes \S+: is a directory$"),
+    ("alibi_file_int", lambda d: ["--alibi-slopes", save_list(d, "in_a.npy", [1, 2], np.int64)],
+     r"^sdpa: --alibi-slopes \S+in_a\.npy: dtype is int64 but must be float32 or float64$"),
+    ("alibi_file_bool", lambda d: ["--alibi-slopes", save_list(d, "in_a.npy", [1, 0], bool)],
+     r"dtype is bool but must be float32 or float64$"),
+    ("alibi_file_2d", lambda d: ["--alibi-slopes",
+                                 "@" + save(d, "in_a.npy", np.ones((1, 2)))],
+     r"--alibi-slopes \S+: shape is \(1, 2\) but must be 1-D with at least one value$"),
+    ("alibi_file_scalar", lambda d: ["--alibi-slopes", "@" + save(d, "in_a.npy", np.float64(1))],
+     r"shape is \(\) but must be 1-D"),
+    ("sinks_file_empty", lambda d: ["--sinks", save_list(d, "in_s.npy", [], np.float32)],
+     r"^sdpa: --sinks \S+in_s\.npy: shape is \(0,\) but must be 1-D with at least one value$"),
+    ("sinks_file_wrong_length", lambda d: ["--sinks", save_list(d, "in_s.npy", [1], np.float32)],
+     r"^sdpa: options\.sinks has 1 values but must have one per query head \(2\)$"),
+    ("sinks_file_not_npy", lambda d: ["--sinks", "@" + str(d / "in_q.npy") + ".txt"],
+     r"^sdpa: --sinks \S+: cannot open"),
+    ("sinks_file_text", lambda d: ["--sinks", "@" + _write(d / "in_s.txt", b"1,2\n")],
+     r"^sdpa: --sinks \S+in_s\.txt: not a \.npy file"),
+    ("cu_file_float", lambda d: ["--cu-seqlens-q", save_list(d, "in_c.npy", [0, 5], np.float64),
+                                 "--cu-seqlens-k", "0,6"],
+     r"^sdpa: --cu-seqlens-q \S+in_c\.npy: dtype is float64 but must be int32 or int64$"),
+    ("cu_file_int16", lambda d: ["--cu-seqlens-q", save_list(d, "in_c.npy", [0, 5], np.int16),
+                                 "--cu-seqlens-k", "0,6"],
+     r"--cu-seqlens-q \S+: unsupported dtype '<i2'"),
+    ("cu_file_uint64", lambda d: ["--cu-seqlens-q", "0,5",
+                                  "--cu-seqlens-k", save_list(d, "in_c.npy", [0, 6], np.uint64)],
+     r"--cu-seqlens-k \S+: unsupported dtype '<u8'"),
+    ("cu_file_big_endian", lambda d: ["--cu-seqlens-q", save_list(d, "in_c.npy", [0, 5], ">i8"),
+                                      "--cu-seqlens-k", "0,6"],
+     r"--cu-seqlens-q \S+: unsupported dtype '>i8': byte order"),
+    ("cu_file_truncated", lambda d: ["--cu-seqlens-q", "@" + _write(
+        d / "in_c.npy", npy_bytes(np.array([0, 5], np.int32))[:-2]), "--cu-seqlens-k", "0,6"],
+     r"--cu-seqlens-q \S+: data is truncated: the header says shape \(2,\) of int32, 8 bytes, "
+     r"but only 6"),
+    ("cu_file_2d", lambda d: ["--cu-seqlens-q", "0,5", "--cu-seqlens-k",
+                              "@" + save(d, "in_c.npy", np.array([[0, 6]], np.int32))],
+     r"--cu-seqlens-k \S+: shape is \(1, 2\) but must be 1-D"),
+    ("cu_file_bad_values", lambda d: ["--cu-seqlens-q", save_list(d, "in_c.npy", [0, 6], np.int32),
+                                      "--cu-seqlens-k", "0,6"],
+     r"^sdpa: options\.cu_seqlens_q\[1\] is 6 but must be 5 \(q_len\)$"),
+]
+
+
+@pytest.mark.parametrize("name,args,message", VARIANT_FAILURES, ids=[c[0] for c in VARIANT_FAILURES])
+def test_variant_failures(tmp_path, inputs, name, args, message):
+    assert_fails(tmp_path, ["run", *qkv(inputs), *args(tmp_path)], message)
+
+
+def test_varlen_needs_batch_one(tmp_path, rng):
+    q = save(tmp_path, "in_q.npy", rng.standard_normal((2, 1, 5, 8)).astype("f4"))
+    assert_fails(tmp_path, ["run", "--query", q, "--key", q, "--value", q,
+                            "--cu-seqlens-q", "0,5", "--cu-seqlens-k", "0,5"],
+                 r"^sdpa: query\.shape batch is 2 but must be 1 with options\.cu_seqlens_q")
+
+
+def test_variant_failure_keeps_an_existing_output(tmp_path, inputs):
+    old = tmp_path / "in_old_out.npy"
+    np.save(old, np.zeros(3))
+    before = old.read_bytes()
+    assert_fails(tmp_path, ["run", *qkv(inputs), "--softcap", "-1", "--out", old],
+                 r"options\.softcap")
+    assert old.read_bytes() == before
 
 
 # ---------------------------------------------------------------------------- help, demo, info, bench

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the seed corpus of the .npy fuzzer (tests/fuzz/corpus/npy/): a few tiny valid files
-written by numpy itself (every supported dtype, C and Fortran order, header versions 1.0, 2.0 and
-3.0) and a few invalid ones (truncated, wrong magic, unsupported dtype, absurd or negative shape).
+written by numpy itself (every supported dtype, int32/int64 index arrays included, C and Fortran
+order, header versions 1.0, 2.0 and 3.0) and a few invalid ones (truncated, wrong magic,
+unsupported dtype, absurd or negative shape).
 Deterministic: rerunning it reproduces the committed files. Files named regression_* are inputs
 the fuzzer once failed on, kept by hand."""
 import io
@@ -43,10 +44,16 @@ def main():
         "valid_v2": encode(values.astype(np.float32), version=(2, 0)),
         "valid_v3": encode(values.astype(np.float32), version=(3, 0)),
         "valid_rank5": encode(np.ones((1, 1, 1, 2, 1), dtype=np.float32)),
+        "valid_i4_offsets": encode(np.array([0, 3, 3, 7], dtype=np.int32)),
+        "valid_i8_offsets": encode(np.array([0, 5, 12], dtype=np.int64)),
+        "valid_i8_2d_fortran": encode(np.asfortranarray(np.arange(6, dtype=np.int64).reshape(2, 3))),
         "invalid_truncated_data": encode(values.astype(np.float32))[:-5],
         "invalid_truncated_header": encode(values.astype(np.float32))[:40],
         "invalid_magic": b"\x93NUMPX" + encode(values)[6:],
-        "invalid_i4": encode(np.arange(4, dtype=np.int32)),
+        "invalid_i2": encode(np.arange(4, dtype=np.int16)),
+        "invalid_u8": encode(np.arange(4, dtype=np.uint64)),
+        "invalid_big_endian_i8": encode(np.arange(4, dtype=">i8")),
+        "invalid_truncated_i4": encode(np.arange(4, dtype=np.int32))[:-2],
         "invalid_big_endian": encode(np.arange(4, dtype=">f4")),
         "invalid_complex": encode(np.arange(2, dtype=np.complex64)),
         "invalid_structured": encode(np.zeros(2, dtype=[("a", "<f4"), ("b", "<f8")])),

@@ -65,9 +65,11 @@ class Args {
   std::string GetChoice(const std::string& name, const std::string& fallback,
                         const std::vector<std::string>& choices) const;
 
- private:
+  // Throws the UsageError for a problem with this command line: "<command>: <message> (see
+  // 'sdpa <command> --help')". For flags whose values a subcommand parses itself.
   [[noreturn]] void Fail(const std::string& message) const;
 
+ private:
   std::string command_;
   bool help_ = false;
   std::vector<std::pair<std::string, std::string>> values_;  // switches have an empty value

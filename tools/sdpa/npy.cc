@@ -17,15 +17,7 @@ constexpr char kMagic[] = "\x93NUMPY";
 constexpr std::size_t kMagicBytes = 6;
 constexpr std::int64_t kMaxInt64 = std::numeric_limits<std::int64_t>::max();
 
-// Local versions of sdpa::DTypeName/DTypeSize: this unit uses only the library's headers, so the
-// fuzzer builds it without building the library.
 static_assert(sizeof(bool) == 1, ".npy bools are one byte");
-const char* TypeName(DType dtype) {
-  return dtype == DType::kFloat32 ? "float32" : dtype == DType::kFloat64 ? "float64" : "bool";
-}
-std::size_t ItemBytes(DType dtype) {
-  return dtype == DType::kFloat32 ? 4 : dtype == DType::kFloat64 ? 8 : sizeof(bool);
-}
 
 bool HostIsLittleEndian() {
   const std::uint16_t probe = 1;
@@ -222,11 +214,11 @@ std::uint32_t ReadLittleEndian(const std::byte* bytes, int count) {
 }
 
 // '<f4' -> float32 and so on; anything else throws, naming what it found.
-DType ParseDescr(const Value& descr) {
+ElementType ParseDescr(const Value& descr) {
   if (descr.kind != Value::Kind::kString) {
     throw NpyError(
-        "unsupported dtype: structured or non-string 'descr' (only float32, float64 and bool "
-        "arrays are supported)");
+        "unsupported dtype: structured or non-string 'descr' (only float32, float64, bool, int32 "
+        "and int64 arrays are supported)");
   }
   const std::string& s = descr.text;
   const char native = HostIsLittleEndian() ? '<' : '>';
@@ -234,19 +226,23 @@ DType ParseDescr(const Value& descr) {
   const std::string body =
       (!s.empty() && (s[0] == '<' || s[0] == '>' || s[0] == '|' || s[0] == '=')) ? s.substr(1) : s;
   const char order = body.size() < s.size() ? s[0] : '|';
-  if (body == "b1") return DType::kBool;  // one byte: any byte order mark means the same
-  if (body == "f4" || body == "f8") {
+  if (body == "b1") return ElementType::kBool;  // one byte: any byte order mark means the same
+  if (body == "f4" || body == "f8" || body == "i4" || body == "i8") {
     if (order == foreign) {
       throw NpyError("unsupported dtype '" + Excerpt(s) +
                      "': byte order is not the machine's; convert with "
                      "arr.astype(arr.dtype.newbyteorder('=')) first");
     }
     if (order == native || order == '=') {
-      return body == "f4" ? DType::kFloat32 : DType::kFloat64;
+      return body == "f4"   ? ElementType::kFloat32
+             : body == "f8" ? ElementType::kFloat64
+             : body == "i4" ? ElementType::kInt32
+                            : ElementType::kInt64;
     }
   }
   throw NpyError("unsupported dtype '" + Excerpt(s) +
-                 "' (supported: float32 '<f4', float64 '<f8', bool '|b1')");
+                 "' (supported: float32 '<f4', float64 '<f8', bool '|b1', int32 '<i4', "
+                 "int64 '<i8')");
 }
 
 const Value& Lookup(const Value& dict, const char* key) {
@@ -264,11 +260,53 @@ void NormalizeBools(std::byte* data, std::uint64_t count) {
 
 std::string TruncatedDataMessage(const Header& header, std::uint64_t available) {
   return "data is truncated: the header says shape " + ShapeString(header.shape) + " of " +
-         TypeName(header.dtype) + ", " + std::to_string(header.data_bytes) + " bytes, but only " +
-         std::to_string(available) + " bytes follow the header";
+         ElementTypeName(header.type) + ", " + std::to_string(header.data_bytes) +
+         " bytes, but only " + std::to_string(available) + " bytes follow the header";
 }
 
 }  // namespace
+
+// Local versions of sdpa::DTypeName/DTypeSize: this unit uses only the library's headers, so the
+// fuzzer builds it without building the library.
+const char* ElementTypeName(ElementType type) {
+  switch (type) {
+    case ElementType::kFloat32:
+      return "float32";
+    case ElementType::kFloat64:
+      return "float64";
+    case ElementType::kBool:
+      return "bool";
+    case ElementType::kInt32:
+      return "int32";
+    case ElementType::kInt64:
+      return "int64";
+  }
+  return "?";
+}
+
+std::size_t ElementBytes(ElementType type) {
+  switch (type) {
+    case ElementType::kFloat32:
+    case ElementType::kInt32:
+      return 4;
+    case ElementType::kFloat64:
+    case ElementType::kInt64:
+      return 8;
+    case ElementType::kBool:
+      return sizeof(bool);
+  }
+  return 1;
+}
+
+ElementType ElementTypeOf(DType dtype) {
+  return dtype == DType::kFloat32   ? ElementType::kFloat32
+         : dtype == DType::kFloat64 ? ElementType::kFloat64
+                                    : ElementType::kBool;
+}
+
+bool IsInteger(ElementType type) {
+  return type == ElementType::kInt32 || type == ElementType::kInt64;
+}
 
 Header ParseHeader(const std::byte* bytes, std::size_t size) {
   // Preamble: magic (6), major (1), minor (1), header length (2 in 1.0, 4 in 2.0/3.0).
@@ -311,7 +349,7 @@ Header ParseHeader(const std::byte* bytes, std::size_t size) {
   }
 
   Header header;
-  header.dtype = ParseDescr(Lookup(dict, "descr"));
+  header.type = ParseDescr(Lookup(dict, "descr"));
   const Value& fortran = Lookup(dict, "fortran_order");
   if (fortran.kind != Value::Kind::kBool) {
     throw NpyError("malformed header: 'fortran_order' is not True or False");
@@ -342,7 +380,7 @@ Header ParseHeader(const std::byte* bytes, std::size_t size) {
   bool empty = false;
   for (std::int64_t dim : header.shape) empty = empty || dim == 0;
   header.num_elements = empty ? 0 : 1;
-  const auto item_bytes = static_cast<std::int64_t>(ItemBytes(header.dtype));
+  const auto item_bytes = static_cast<std::int64_t>(ElementBytes(header.type));
   for (std::int64_t dim : header.shape) {
     if (empty) break;
     if (header.num_elements > kMaxInt64 / item_bytes / dim) {
@@ -360,6 +398,10 @@ Array::Array(const Header& header, std::unique_ptr<std::byte[]> data)
     : header_(header), data_(std::move(data)) {}
 
 TensorView Array::view() const {
+  if (IsInteger(header_.type)) {
+    throw NpyError(std::string("dtype is ") + ElementTypeName(header_.type) +
+                   ", which has no tensor view (float32, float64 or bool)");
+  }
   const auto rank = static_cast<int>(header_.shape.size());
   if (rank > kMaxRank) {
     throw NpyError("shape " + ShapeString(header_.shape) + " has rank " + std::to_string(rank) +
@@ -377,7 +419,51 @@ TensorView Array::view() const {
     layout.strides[d] = stride;
     if (header_.num_elements > 0) stride *= layout.shape[d];
   }
-  return TensorView(data_.get(), header_.dtype, layout);
+  const DType dtype = header_.type == ElementType::kFloat32   ? DType::kFloat32
+                      : header_.type == ElementType::kFloat64 ? DType::kFloat64
+                                                              : DType::kBool;
+  return TensorView(data_.get(), dtype, layout);
+}
+
+std::vector<std::int64_t> Array::Integers() const {
+  if (!IsInteger(header_.type)) {
+    throw NpyError(std::string("dtype is ") + ElementTypeName(header_.type) +
+                   " but must be int32 or int64");
+  }
+  // An empty array has no elements, whatever its other sizes (which may multiply past int64).
+  if (header_.num_elements == 0) return {};
+  // Element n in C order is at file position Σ index[d]·stride[d], with strides row-major in C
+  // order and column-major in Fortran order (as in view()), walked by an odometer. The strides
+  // are products of sizes, at most num_elements.
+  const std::size_t rank = header_.shape.size();
+  std::vector<std::int64_t> strides(rank, 1);
+  for (std::size_t i = 1; i < rank; ++i) {
+    if (header_.fortran_order) {
+      strides[i] = strides[i - 1] * header_.shape[i - 1];
+    } else {
+      strides[rank - 1 - i] = strides[rank - i] * header_.shape[rank - i];
+    }
+  }
+  std::vector<std::int64_t> values(static_cast<std::size_t>(header_.num_elements));
+  std::vector<std::int64_t> index(rank, 0);
+  const std::size_t item = ElementBytes(header_.type);
+  for (std::int64_t& value : values) {
+    std::int64_t position = 0;
+    for (std::size_t d = 0; d < rank; ++d) position += index[d] * strides[d];
+    const std::byte* element = data_.get() + static_cast<std::size_t>(position) * item;
+    if (header_.type == ElementType::kInt32) {
+      std::int32_t narrow = 0;
+      std::memcpy(&narrow, element, sizeof(narrow));
+      value = narrow;
+    } else {
+      std::memcpy(&value, element, sizeof(value));
+    }
+    for (std::size_t d = rank; d-- > 0;) {
+      if (++index[d] < header_.shape[d]) break;
+      index[d] = 0;
+    }
+  }
+  return values;
 }
 
 Array ParseNpy(const std::byte* bytes, std::size_t size) {
@@ -387,7 +473,7 @@ Array ParseNpy(const std::byte* bytes, std::size_t size) {
   // At least one byte, so that even an empty array has a non-null data pointer.
   std::unique_ptr<std::byte[]> data(new std::byte[header.data_bytes + 1]);
   std::memcpy(data.get(), bytes + header.data_offset, header.data_bytes);
-  if (header.dtype == DType::kBool) NormalizeBools(data.get(), header.data_bytes);
+  if (header.type == ElementType::kBool) NormalizeBools(data.get(), header.data_bytes);
   return Array(header, std::move(data));
 }
 
@@ -426,7 +512,7 @@ Array ReadNpy(const std::string& path) {
     // The file shrank while we read it.
     throw NpyError(TruncatedDataMessage(header, got));
   }
-  if (header.dtype == DType::kBool) NormalizeBools(data.get(), header.data_bytes);
+  if (header.type == ElementType::kBool) NormalizeBools(data.get(), header.data_bytes);
   return Array(header, std::move(data));
 }
 
@@ -462,7 +548,7 @@ void WriteNpy(const TensorView& view, const std::function<void(const void*, std:
 
   // Row by row along the last dimension (one memcpy when a row is contiguous), odometer over
   // the others; rank 0 is a single element.
-  const std::size_t item = ItemBytes(view.dtype);
+  const std::size_t item = ElementBytes(ElementTypeOf(view.dtype));
   const std::int64_t row_len = rank > 0 ? shape[static_cast<std::size_t>(rank - 1)] : 1;
   const std::int64_t row_stride = rank > 0 ? view.stride(rank - 1) : 1;
   const auto* base = static_cast<const char*>(view.data);

@@ -7,9 +7,10 @@
 // padded with spaces to a multiple of 64 bytes and ended by '\n' (latin-1 in 1.0/2.0, UTF-8 in
 // 3.0), then the raw elements in C (row-major) or Fortran (column-major) order.
 //
-// What is supported: little-endian float32 ('<f4'), float64 ('<f8') and bool ('|b1'), any
-// rank up to 64, C or Fortran order. Everything else (big-endian, integers, complex, structured
-// dtypes, object arrays) is rejected with an NpyError naming what was found.
+// What is supported: little-endian float32 ('<f4'), float64 ('<f8'), bool ('|b1'), and int32
+// ('<i4') and int64 ('<i8') for index arrays such as cu_seqlens; any rank up to 64, C or Fortran
+// order. Everything else (big-endian, other integer widths, unsigned, complex, structured dtypes,
+// object arrays) is rejected with an NpyError naming what was found.
 //
 // Untrusted input: the reader never allocates more than the file holds. The header is at most
 // kMaxHeaderBytes, the element count must fit in int64 and the data bytes the header claims must
@@ -41,9 +42,21 @@ inline constexpr std::size_t kMaxHeaderBytes = 10000;
 // numpy's NPY_MAXDIMS.
 inline constexpr int kMaxNpyRank = 64;
 
+// What a file's elements are: the library's tensor dtypes, plus the integers of index arrays
+// (which have no TensorView; Array::Integers reads them).
+enum class ElementType : std::uint8_t { kFloat32, kFloat64, kBool, kInt32, kInt64 };
+
+// "float32", "float64", "bool", "int32", "int64".
+const char* ElementTypeName(ElementType type);
+// Size of one element in bytes.
+std::size_t ElementBytes(ElementType type);
+// The element type that stores `dtype`.
+ElementType ElementTypeOf(DType dtype);
+bool IsInteger(ElementType type);
+
 // What the header says.
 struct Header {
-  DType dtype = DType::kFloat32;
+  ElementType type = ElementType::kFloat32;
   std::vector<std::int64_t> shape;  // every entry >= 0
   bool fortran_order = false;
   std::int64_t num_elements = 1;  // product of shape, checked to fit
@@ -62,7 +75,7 @@ class Array {
   Array() = default;
   Array(const Header& header, std::unique_ptr<std::byte[]> data);
 
-  DType dtype() const { return header_.dtype; }
+  ElementType type() const { return header_.type; }
   const std::vector<std::int64_t>& shape() const { return header_.shape; }
   bool fortran_order() const { return header_.fortran_order; }
   std::int64_t num_elements() const { return header_.num_elements; }
@@ -70,8 +83,12 @@ class Array {
 
   // The elements as a view in the array's logical index order, without copying: C-ordered
   // arrays get row-major strides, Fortran-ordered arrays column-major ones. Throws NpyError if
-  // the rank is above sdpa::kMaxRank.
+  // the rank is above sdpa::kMaxRank or the elements are integers.
   TensorView view() const;
+
+  // The elements of an int32 or int64 array as int64, in C (row-major) index order whatever the
+  // file's order. Throws NpyError for any other element type.
+  std::vector<std::int64_t> Integers() const;
 
  private:
   Header header_;

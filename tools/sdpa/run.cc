@@ -1,14 +1,20 @@
 // `sdpa run`: attention on .npy files.
 //
-// Data flow: read the inputs (whole, checked against the file size before allocating) → view
-// them without copying (Fortran order becomes column-major strides) → validate with
-// sdpa::Explain before creating any output → compute → write temporary files → rename them into
-// place. Any failure on the way leaves no output file behind.
+// Data flow: parse the whole command line (the variant flags into sdpa::Options) → read the
+// inputs (whole, checked against the file size before allocating), then the @FILE.npy lists of
+// the variant flags → view them without copying (Fortran order becomes column-major strides) →
+// validate with sdpa::Explain before creating any output → compute → write temporary files →
+// rename them into place. Any failure on the way leaves no output file behind.
+#include <cctype>
+#include <cerrno>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cli.h"
@@ -48,17 +54,43 @@ constexpr const char* kHelp =
     "  --verbose         print the plan (backend, path, tiles, SIMD target) to stderr\n"
     "  -h, --help        show this help\n"
     "\n"
-    "Rows that see no key get out = 0 and lse = -inf.\n"
+    "variants (docs/semantics.md, section 13, has the formulas):\n"
+    "  --window L,R      sliding window: query i sees keys j with d - L <= j <= d + R, where\n"
+    "                    d = i under --causal top-left and i + kv_len - q_len otherwise; a side\n"
+    "                    that is empty or 'inf' is unbounded (e.g. 256,0 or 128,)\n"
+    "  --alibi-slopes LIST\n"
+    "                    ALiBi: adds -slope[h] * |i + kv_len - q_len - j| to the scores of\n"
+    "                    query head h; one finite slope per query head\n"
+    "  --softcap C       logit softcap: s -> C * tanh(s / C) after scaling; C > 0\n"
+    "  --sinks LIST      attention sinks: one logit per query head that joins the softmax\n"
+    "                    denominator but has no value (-inf = no sink); lse includes it\n"
+    "  --cu-seqlens-q LIST, --cu-seqlens-k LIST\n"
+    "                    packed sequences (batch 1): sequence s is query rows [q[s], q[s+1]) and\n"
+    "                    keys [k[s], k[s+1]) and attends only within itself; give both, each\n"
+    "                    from 0 to q_len (kv_len), non-decreasing, sequences + 1 values\n"
+    "  --dropout P       zero each attention probability with probability P in [0, 1) and\n"
+    "                    scale the rest by 1 / (1 - P); default 0\n"
+    "  --seed S          dropout's seed, an integer in [0, 2^64 - 1]; default 0. A seed drops\n"
+    "                    the same probabilities for any thread count and backend\n"
+    "\n"
+    "A LIST is numbers separated by commas (0.5,0.25,-inf) or @FILE.npy holding a 1-D array:\n"
+    "float32/float64 for --alibi-slopes and --sinks, int32/int64 for --cu-seqlens-q/-k.\n"
+    "\n"
+    "Rows that see no key get out = 0 and lse = -inf (their sink, with --sinks).\n"
     "\n"
     "example:\n"
     "  python3 -c \"import numpy as np; [np.save(n, np.random.randn(8, 128, 64).astype('f4'))\n"
     "              for n in 'qkv']\"\n"
-    "  sdpa run --query q.npy --key k.npy --value v.npy --out o.npy --causal top-left\n";
+    "  sdpa run --query q.npy --key k.npy --value v.npy --out o.npy --causal top-left\n"
+    "  sdpa run --query q.npy --key k.npy --value v.npy --out o.npy --causal bottom-right \\\n"
+    "           --window 32,0 --softcap 30 --sinks @sinks.npy\n";
 
 const std::vector<Flag> kFlags = {
-    {"query", true},   {"key", true},     {"value", true},    {"out", true},
-    {"mask", true},    {"causal", true},  {"scale", true},    {"lse", true},
-    {"threads", true}, {"backend", true}, {"verbose", false},
+    {"query", true},        {"key", true},     {"value", true},    {"out", true},
+    {"mask", true},         {"causal", true},  {"scale", true},    {"lse", true},
+    {"threads", true},      {"backend", true}, {"verbose", false}, {"window", true},
+    {"alibi-slopes", true}, {"softcap", true}, {"sinks", true},    {"cu-seqlens-q", true},
+    {"cu-seqlens-k", true}, {"dropout", true}, {"seed", true},
 };
 
 // An input file, read whole, with the flag it came from for messages.
@@ -69,10 +101,23 @@ struct Input {
   TensorView view;
 };
 
-Input ReadInput(const std::string& flag, const std::string& path) {
-  Input input{"--" + flag, path, {}, {}};
+npy::Array ReadArray(const std::string& flag, const std::string& path) {
   try {
-    input.array = npy::ReadNpy(path);
+    return npy::ReadNpy(path);
+  } catch (const npy::NpyError& e) {
+    throw CliError(flag + " " + path + ": " + e.what());
+  }
+}
+
+// A tensor input (query, key, value, mask): float32, float64 or bool.
+Input ReadInput(const std::string& flag, const std::string& path) {
+  Input input{"--" + flag, path, ReadArray("--" + flag, path), {}};
+  if (npy::IsInteger(input.array.type())) {
+    throw CliError(input.flag + " " + path + ": dtype is " +
+                   npy::ElementTypeName(input.array.type()) + " but must be " +
+                   (flag == "mask" ? "bool, float32 or float64" : "float32 or float64"));
+  }
+  try {
     input.view = input.array.view();
   } catch (const npy::NpyError& e) {
     throw CliError(input.flag + " " + path + ": " + e.what());
@@ -125,12 +170,140 @@ void WriteTo(OutputFile& file, const TensorView& view) {
   file.Finish();
 }
 
-std::string ShapeText(const TensorView& view) {
+std::string ShapeText(const std::vector<std::int64_t>& shape) {
   std::string text = "(";
-  for (int d = 0; d < view.rank(); ++d) {
-    text += (d ? ", " : "") + std::to_string(view.dim(d));
+  for (std::size_t d = 0; d < shape.size(); ++d) {
+    text += (d ? ", " : "") + std::to_string(shape[d]);
   }
-  return text + (view.rank() == 1 ? ",)" : ")");
+  return text + (shape.size() == 1 ? ",)" : ")");
+}
+
+std::string ShapeText(const TensorView& view) {
+  return ShapeText(std::vector<std::int64_t>(view.layout.shape, view.layout.shape + view.rank()));
+}
+
+// ---- The variant flags. Each value is parsed into its option's type here, and a value that does
+// not parse is a bad command line (exit 2); whether a parsed value is allowed (window sides >= 0,
+// softcap > 0, one slope per head, offsets that fit the inputs ...) is the library's rule, checked
+// by sdpa::Explain with its own message (exit 1).
+
+// A whole string as a number (strtod: also inf, -inf, nan; the library rejects those where they
+// are not allowed) or as a decimal int64.
+bool ParseNumber(const std::string& text, double* value) {
+  if (text.empty() || std::isspace(static_cast<unsigned char>(text[0]))) return false;
+  char* end = nullptr;
+  *value = std::strtod(text.c_str(), &end);
+  return *end == '\0';
+}
+
+bool ParseNumber(const std::string& text, std::int64_t* value) {
+  if (text.empty() || std::isspace(static_cast<unsigned char>(text[0]))) return false;
+  errno = 0;
+  char* end = nullptr;
+  const long long parsed = std::strtoll(text.c_str(), &end, 10);
+  *value = parsed;
+  return *end == '\0' && errno != ERANGE;
+}
+
+// --window LEFT,RIGHT: each side an integer, or empty or "inf" for unbounded.
+std::optional<Window> GetWindow(const Args& args) {
+  const std::optional<std::string> value = args.Get("window");
+  if (!value) return std::nullopt;
+  const std::size_t comma = value->find(',');
+  Window window;
+  bool ok = comma != std::string::npos && value->find(',', comma + 1) == std::string::npos;
+  for (int side = 0; side < 2 && ok; ++side) {
+    const std::string text = side == 0 ? value->substr(0, comma) : value->substr(comma + 1);
+    if (text.empty() || text == "inf") continue;
+    std::int64_t size = 0;
+    ok = ParseNumber(text, &size);
+    (side == 0 ? window.left : window.right) = size;
+  }
+  if (!ok) {
+    args.Fail("--window is '" + *value +
+              "' but must be LEFT,RIGHT with each side an integer, or empty or 'inf' for "
+              "unbounded (e.g. 256,0 or 128,)");
+  }
+  return window;
+}
+
+// --seed: an unsigned 64-bit integer.
+std::uint64_t GetSeed(const Args& args) {
+  const std::optional<std::string> value = args.Get("seed");
+  if (!value) return 0;
+  errno = 0;
+  char* end = nullptr;
+  const unsigned long long parsed = std::strtoull(value->c_str(), &end, 10);
+  if (value->empty() || !std::isdigit(static_cast<unsigned char>((*value)[0])) || *end != '\0' ||
+      errno == ERANGE) {
+    args.Fail("--seed is '" + *value + "' but must be an integer in [0, 18446744073709551615]");
+  }
+  return parsed;
+}
+
+// A list flag (--alibi-slopes, --sinks, --cu-seqlens-q/-k) as given on the command line: the
+// numbers of "a,b,c", or the path of "@FILE.npy", which is read after the inputs.
+template <typename T>
+struct ListArg {
+  std::string flag;                 // "--sinks"
+  std::optional<std::string> path;  // from @FILE
+  std::vector<T> values;            // from a,b,c
+};
+
+// `what` names the items in messages ("numbers", "integers").
+template <typename T>
+std::optional<ListArg<T>> GetList(const Args& args, const std::string& name, const char* what) {
+  const std::optional<std::string> value = args.Get(name);
+  if (!value) return std::nullopt;
+  if (value->empty()) args.Fail("option --" + name + " is empty");
+  ListArg<T> list{"--" + name, std::nullopt, {}};
+  if ((*value)[0] == '@') {
+    if (value->size() == 1) args.Fail("--" + name + " is '@' but must name a file after the @");
+    list.path = value->substr(1);
+    return list;
+  }
+  for (std::size_t start = 0;;) {
+    const std::size_t comma = value->find(',', start);
+    T number{};
+    if (!ParseNumber(value->substr(start, comma == std::string::npos ? comma : comma - start),
+                     &number)) {
+      args.Fail("--" + name + " is '" + *value + "' but must be " + what +
+                " separated by commas, or @FILE.npy");
+    }
+    list.values.push_back(number);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return list;
+}
+
+// The values of a list flag, reading its file if it named one: a non-empty 1-D array of
+// float32/float64 (T = double) or int32/int64 (T = int64_t).
+template <typename T>
+std::vector<T> ListValues(const ListArg<T>& list) {
+  if (!list.path) return list.values;
+  const std::string where = list.flag + " " + *list.path + ": ";
+  const npy::Array array = ReadArray(list.flag, *list.path);
+  constexpr bool kIntegers = std::is_integral_v<T>;
+  if (npy::IsInteger(array.type()) != kIntegers || array.type() == npy::ElementType::kBool) {
+    throw CliError(where + "dtype is " + npy::ElementTypeName(array.type()) + " but must be " +
+                   (kIntegers ? "int32 or int64" : "float32 or float64"));
+  }
+  if (array.shape().size() != 1 || array.num_elements() == 0) {
+    throw CliError(where + "shape is " + ShapeText(array.shape()) +
+                   " but must be 1-D with at least one value");
+  }
+  if constexpr (kIntegers) {
+    return array.Integers();
+  } else {
+    std::vector<double> values(static_cast<std::size_t>(array.num_elements()));
+    const TensorView view = array.view();
+    for (std::size_t n = 0; n < values.size(); ++n) {
+      values[n] = view.dtype == DType::kFloat32 ? static_cast<const float*>(view.data)[n]
+                                                : static_cast<const double*>(view.data)[n];
+    }
+    return values;
+  }
 }
 
 }  // namespace
@@ -164,6 +337,18 @@ int RunCommand(const std::vector<std::string>& argv) {
   if (lse_path && *lse_path == out_path) {
     throw UsageError("run: --out and --lse are the same file '" + out_path + "'");
   }
+  options.window = GetWindow(args);
+  const auto alibi_slopes = GetList<double>(args, "alibi-slopes", "numbers");
+  options.softcap = args.GetDouble("softcap");
+  const auto sinks = GetList<double>(args, "sinks", "numbers");
+  const auto cu_seqlens_q = GetList<std::int64_t>(args, "cu-seqlens-q", "integers");
+  const auto cu_seqlens_k = GetList<std::int64_t>(args, "cu-seqlens-k", "integers");
+  if (cu_seqlens_q.has_value() != cu_seqlens_k.has_value()) {
+    args.Fail(cu_seqlens_q ? "--cu-seqlens-q needs --cu-seqlens-k too"
+                           : "--cu-seqlens-k needs --cu-seqlens-q too");
+  }
+  options.dropout_p = args.GetDouble("dropout").value_or(0.0);
+  options.seed = GetSeed(args);
 
   const Input query = ReadInput("query", query_path);
   const Input key = ReadInput("key", key_path);
@@ -179,6 +364,12 @@ int RunCommand(const std::vector<std::string>& argv) {
       converted_mask = ConvertMask(mask->view, query.view.dtype);
       options.mask = converted_mask.view();
     }
+  }
+  if (alibi_slopes) options.alibi_slopes = ListValues(*alibi_slopes);
+  if (sinks) options.sinks = ListValues(*sinks);
+  if (cu_seqlens_q) {
+    options.cu_seqlens_q = ListValues(*cu_seqlens_q);
+    options.cu_seqlens_k = ListValues(*cu_seqlens_k);
   }
 
   // Validates every shape and option (sdpa::Error names the argument) before any output exists.
