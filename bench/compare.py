@@ -18,8 +18,14 @@ The numbers in docs/ are made on a quiet machine (load average well below 1) wit
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/compare.py --threads 2
 
 (those two variables, set on some machines for old OpenBLAS builds, slow down a current numpy;
-unset them for this command only; the full run takes about 6 minutes). `--quick` runs a tiny
-grid in a few seconds (smoke test). Text between the notes markers of an existing
+unset them for this command only; the full run takes about 9 minutes). `--quick` runs a tiny
+grid in a few seconds (smoke test; with forward_bench, its variant rows add about a minute).
+
+The Variants section (issue 7: sliding-window cost against the window, packed varlen against
+padding, each variant's overhead) comes from forward_bench's rows Window/, Varlen/ and Variant/,
+run in one process with interleaved repetitions. `--only variants` runs just those rows (a few
+minutes) and rewrites just that section of <out>/benchmarks.md; a run that cannot measure them
+keeps the section already there. Text between the notes markers of an existing
 <out>/benchmarks.md is kept across runs; `--json FILE` saves the raw results and
 `--from-json FILE` remakes the report and plot from them without measuring.
 """
@@ -37,12 +43,15 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTES_BEGIN = "<!-- notes:begin -->"
 NOTES_END = "<!-- notes:end -->"
+VARIANTS_BEGIN = "<!-- variants:begin -->"  # the Variants section, which --only variants rewrites
+VARIANTS_END = "<!-- variants:end -->"
 NUMPY_MAX_SCORE_BYTES = 4 << 30  # the unfused path materialises B·H·Lq·Lkv float32 scores
 REFERENCE_MAX_FLOPS = 3e8  # the reference runs at ~1 GFLOP/s: keep a call under ~0.3 s
 
@@ -74,6 +83,10 @@ def parse_args(argv=None):
     parser.add_argument("--from-json", default=None,
                         help="measure nothing: rewrite the report and plot from a file that "
                              "--json wrote (to change the notes or the layout)")
+    parser.add_argument("--only", choices=("variants",), default=None,
+                        help="variants: run only forward_bench's variant rows (issue 7: window, "
+                             "varlen, variant overheads, a few minutes) and rewrite only the "
+                             "Variants section of <out>/benchmarks.md, keeping the rest")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
@@ -464,6 +477,73 @@ def measure_backward(peers, quick, log):
     return rows
 
 
+# -------------------------------------------------------------------------------------------
+# Variants (issue 7): forward_bench's rows Window/, Varlen/ and Variant/ (bench/forward_bench.cc
+# says what each row runs), sampled interleaved in one process.
+
+VARIANT_FILTER = "^(Window|Varlen|Variant)/"
+VARIANT_ROW = re.compile(r"(?P<family>Window|Varlen|Variant)/(?P<pass>Forward|Backward)/"
+                         r"(?P<shape>.+)/(?P<causal>top_left|bottom_right)/(?P<tag>[^/]+)"
+                         r"/threads:(?P<threads>\d+)(?:/real_time)?$")
+VARIANT_COUNTERS = ("GFLOP/s", "peak_frac", "keys_per_row", "us_per_key")
+
+
+def measure_variants(binary, args, log):
+    """Runs forward_bench's variant rows once, in one process: `args.repeats` repetitions of each
+    row, interleaved in random order (Google Benchmark's --benchmark_enable_random_interleaving, so
+    a busy spell hits every row alike), each repetition at least `args.sample_seconds` of
+    back-to-back calls. Returns every repetition's time and counters per row; the report takes
+    their medians."""
+    env = dict(os.environ, SDPA_NUM_THREADS=str(args.threads))
+    inside = os.path.abspath(binary).startswith(REPO + os.sep)
+    shown = os.path.relpath(binary, REPO) if inside else binary
+    flags = [f"--benchmark_filter={VARIANT_FILTER}", f"--benchmark_repetitions={args.repeats}",
+             "--benchmark_enable_random_interleaving=true",
+             f"--benchmark_min_time={args.sample_seconds}"]
+    load_start = os.getloadavg()[0]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "variants.json")
+        command = [binary, *flags, f"--benchmark_out={out}", "--benchmark_out_format=json",
+                   "--benchmark_color=false"]
+        log(f"variants: {shown} {' '.join(flags)}")
+        with subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) as process:
+            for line in process.stdout:  # the console table's rows (buffered by the pipe)
+                if VARIANT_ROW.match(line.split(" ")[0]) or "ERROR" in line:
+                    log("  " + " ".join(line.split()[:3]))
+        if process.returncode != 0:
+            return {"skipped": f"`{shown}` exited with status {process.returncode}"}
+        with open(out) as f:
+            report = json.load(f)
+    rows = {}
+    for entry in report["benchmarks"]:
+        if entry.get("run_type", "iteration") != "iteration":
+            continue  # Google Benchmark's own mean/median/stddev
+        name = entry.get("run_name", entry["name"])
+        match = VARIANT_ROW.match(name)
+        if not match:
+            continue
+        row = rows.setdefault(name, dict(match.groupdict(), name=name, label=entry.get("label"),
+                                         samples={"ms": []}))
+        if entry.get("error_occurred"):
+            row["error"] = entry.get("error_message", "error")
+            continue
+        factor = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[entry.get("time_unit", "ns")]
+        row["samples"]["ms"].append(entry["real_time"] * factor)
+        for counter in VARIANT_COUNTERS:
+            if counter in entry:
+                row["samples"].setdefault(counter, []).append(entry[counter])
+    context = report.get("context", {})
+    peak = context.get(f"fma_peak_gflops_threads_{args.threads}")
+    return {"rows": list(rows.values()), "source": shown, "flags": flags,
+            "repeats": args.repeats, "sample_seconds": args.sample_seconds,
+            "threads": args.threads, "quick": args.quick,
+            "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "commit": repo_commit(),
+            "load": (load_start, os.getloadavg()[0]), "seconds": time.perf_counter() - start,
+            "peak_gflops": float(peak) if peak else None, "warning": context.get("warning")}
+
+
 def engine_plan(peers, shape):
     """The first line of sdpa.explain for `shape`: path, tiles, SIMD target, threads."""
     np = peers.np
@@ -558,15 +638,23 @@ def ratio(a, b):
 
 def read_notes(path):
     """The hand-written text between the notes markers of an earlier report, if any."""
+    return read_between(path, NOTES_BEGIN, NOTES_END)
+
+
+def read_between(path, begin_marker, end_marker, inclusive=False):
+    """The text between two markers of an earlier report (with the markers when `inclusive`),
+    or None."""
     try:
         with open(path) as f:
             text = f.read()
     except OSError:
         return None
-    begin, end = text.find(NOTES_BEGIN), text.find(NOTES_END)
+    begin, end = text.find(begin_marker), text.find(end_marker)
     if begin < 0 or end < begin:
         return None
-    return text[begin + len(NOTES_BEGIN):end].strip("\n")
+    if inclusive:
+        return text[begin:end + len(end_marker)]
+    return text[begin + len(begin_marker):end].strip("\n")
 
 
 def summarize(shape, result, peak, bandwidth):
@@ -813,6 +901,195 @@ def section_skipped(shapes, results):
     return lines + [""]
 
 
+VARIANT_DESCRIPTIONS = {
+    "plain": "causal only",
+    "alibi": "`alibi_slopes` (2^(-8(h+1)/H))",
+    "softcap": "`softcap` = 50",
+    "sinks": "`sinks` (one per head; the backward also writes their gradient)",
+    "dropout:0.1": "`dropout_p` = 0.1 (Philox, regenerated by the backward)",
+    "score_mod_alibi": "ALiBi as a custom `score_mod` (`sdpa::MakeCustom`)",
+    "doc_mask_mod": "4 documents: custom `mask_mod`",
+    "doc_block_mask": "4 documents: `mask_mod` and a `block_mask`",
+    "doc_bool_mask": "4 documents: bool `mask` [1, 1, L, L]",
+    "doc_varlen": "4 documents as varlen sequences (`cu_seqlens`)",
+}
+
+
+VARLEN_LAYOUTS = ("packed", "padded_mask", "padded")
+
+
+def variant_order(row):
+    """Rows in forward_bench's order (the JSON has them in the order they happened to run):
+    family, forward before backward, then windows by size, layouts and variants as listed."""
+    tag = row["tag"]
+    if row["family"] == "Window":
+        left = tag.partition(":")[2]
+        position = math.inf if left == "inf" else float(left) if left.isdigit() else -1
+    else:
+        known = VARLEN_LAYOUTS if row["family"] == "Varlen" else tuple(VARIANT_DESCRIPTIONS)
+        position = known.index(tag) if tag in known else len(known)
+    return (("Window", "Varlen", "Variant").index(row["family"]), row["pass"] != "Forward",
+            position, tag)
+
+
+def variant_medians(row):
+    """The medians of a row's samples: ms and each counter; noisy when they spread."""
+    samples = row.get("samples") or {}
+    medians = {key: statistics.median(values) for key, values in samples.items() if values}
+    if "ms" in medians:
+        medians["noisy"] = spread({"samples": samples["ms"], "seconds": medians["ms"]}) \
+            > NOISY_SPREAD
+    return medians
+
+
+def section_variants(variants):
+    """Issue 7's benchmarks: window cost against the window, packed varlen against padding, and
+    each variant's cost on one shape; between markers, so --only variants can replace it."""
+    lines = [VARIANTS_BEGIN, "## Variants (issue 7): sliding window, varlen, variant overheads", ""]
+    if not variants or "rows" not in variants:
+        reason = (variants or {}).get("skipped", "not measured")
+        return lines + [f"Not measured: {reason}. Regenerate this section alone with "
+                        "`python bench/compare.py --only variants`.", "", VARIANTS_END, ""]
+    quick = " in --quick mode (a smoke test: these are not measurements)" \
+        if variants.get("quick") else ""
+    start, end = variants["load"]
+    threads = variants["threads"]
+    busy = start > 1.3 or end > threads + 1.3
+    peak = variants.get("peak_gflops")
+    source = variants["source"]
+    build = source[:-len("/bench/forward_bench")] \
+        if source.endswith("/bench/forward_bench") else "build-bench"
+    lines += [
+        f"Measured on {variants['date']}{quick} at commit {variants.get('commit') or '?'} by "
+        f"`{variants['source']}` (rows `Window/`, `Varlen/`, `Variant/`) with {threads} threads, "
+        f"in {variants['seconds'] / 60:.1f} min; load average {start:.2f} before, {end:.2f} after"
+        + (" — **the machine was busy; treat the figures with caution**" if busy else "")
+        + ". Regenerate this section alone (the rest of this file is kept) with", "",
+        f"    cmake -S . -B {build} -G Ninja && cmake --build {build} -j2 --target forward_bench",
+        f"    python bench/compare.py --only variants --threads {threads} "
+        f"--bench-binary {source}", "",
+        f"Each figure is the median of {variants['repeats']} repetitions, interleaved in random "
+        "order in one process (`--benchmark_enable_random_interleaving`), a repetition being "
+        f"back-to-back calls for at least {variants['sample_seconds']} s. float32, H=8, D=64, "
+        "causal. GFLOP/s counts only the visible (query, key) pairs, 2·(D + Dv) FLOPs each, 2.5× "
+        "that for the backward; % of peak is against the float32 FMA peak forward_bench measured "
+        f"at its start ({fmt(peak)} GFLOP/s with {threads} threads).", ""]
+    if variants.get("warning"):
+        lines += [f"**Warning:** {variants['warning']}.", ""]
+    rows = sorted((dict(row, **variant_medians(row)) for row in variants["rows"]),
+                  key=variant_order)
+    errors = [row for row in rows if row.get("error")]
+
+    def by(family, pass_name):
+        return [r for r in rows if r["family"] == family and r["pass"] == pass_name]
+
+    def ms(row):
+        return f"{fmt(row.get('ms'))}{NOISY_MARK if row.get('noisy') else ''}"
+
+    # Sliding window.
+    window = by("Window", "Forward") + by("Window", "Backward")
+    if window:
+        lines += [
+            "### Sliding window: cost against the window", "",
+            "B=1, causal (bottom-right) with window (left, 0); forward at L=16384, backward at "
+            "L=4096; `inf` is plain causal. Keys per row: the mean number of keys a query sees "
+            "(min(i, left) + 1). µs per key: the time over it, flat when the cost grows linearly "
+            "with the window.", "",
+            "| pass | L | window left | keys per row | ms | µs per key | GFLOP/s | % of peak | "
+            "time vs inf |", "|---|---|---|---|---|---|---|---|---|"]
+        for row in window:
+            unbounded = next((r for r in window if r["pass"] == row["pass"]
+                              and r["tag"] == "left:inf"), {})
+            length = re.search(r"/L:(\d+)", "/" + row["shape"])
+            lines.append(
+                f"| {row['pass'].lower()} | {length.group(1) if length else '?'} "
+                f"| {row['tag'].split(':')[1]} | {fmt(row.get('keys_per_row'), 4)} | {ms(row)} "
+                f"| {fmt(row.get('us_per_key'))} | {fmt(row.get('GFLOP/s'))} "
+                f"| {pct(row.get('peak_frac'))} "
+                f"| {fmt(ratio(row.get('ms'), unbounded.get('ms')), 3, '×')} |")
+        lines.append("")
+
+    # Varlen against padding.
+    varlen = by("Varlen", "Forward") + by("Varlen", "Backward")
+    if varlen:
+        layouts = {
+            "packed": "packed along L, `cu_seqlens_q/k`",
+            "padded_mask": "padded to [8, H, 4096, D], causal + key-padding bool mask",
+            "padded": "padded to [8, H, 4096, D], causal, no mask",
+        }
+        lines += [
+            "### Packed varlen against padding", "",
+            "8 causal sequences of 4096, 517, 1283, 2904, 1811, 3369, 955 and 1449 tokens (16384 "
+            "in all, half of 8 × 4096). GFLOP/s counts the sequences' own pairs in every layout, "
+            "so the padded rows show the rate of useful work; the last column is the time over "
+            "the packed layout's.", "",
+            "| pass | layout | ms | useful GFLOP/s | % of peak | time vs packed |",
+            "|---|---|---|---|---|---|"]
+        for row in varlen:
+            packed = next((r for r in varlen if r["pass"] == row["pass"]
+                           and r["tag"] == "packed"), {})
+            lines.append(
+                f"| {row['pass'].lower()} | {layouts.get(row['tag'], row['tag'])} | {ms(row)} "
+                f"| {fmt(row.get('GFLOP/s'))} | {pct(row.get('peak_frac'))} "
+                f"| {fmt(ratio(row.get('ms'), packed.get('ms')), 3, '×')} |")
+        lines.append("")
+
+    # Each variant's overhead.
+    forward, backward = by("Variant", "Forward"), by("Variant", "Backward")
+    if forward or backward:
+        tags = list(dict.fromkeys(r["tag"] for r in forward + backward))
+        plain = {r["pass"]: r for r in forward + backward if r["tag"] == "plain"}
+        lines += [
+            "### Variant overheads", "",
+            "B=1, L=4096, causal (top-left). The document rows see only their document's pairs "
+            "(4 documents of 1337, 611, 1429 and 719 tokens), so they do less work than plain: "
+            "their GFLOP/s count those pairs, and time vs plain shows what skipping the rest "
+            "saves.", "",
+            "| variant | forward ms | vs plain | % of peak | backward ms | vs plain | % of peak |",
+            "|---|---|---|---|---|---|---|"]
+        for tag in tags:
+            cells = []
+            for pass_name, subset in (("Forward", forward), ("Backward", backward)):
+                row = next((r for r in subset if r["tag"] == tag), {})
+                base = plain.get(pass_name, {})
+                cells += [ms(row) if row else "–",
+                          fmt(ratio(row.get("ms"), base.get("ms")), 3, "×"),
+                          pct(row.get("peak_frac"))]
+            lines.append(f"| `{tag}`: {VARIANT_DESCRIPTIONS.get(tag, tag)} | "
+                         + " | ".join(cells) + " |")
+        lines.append("")
+    if any(row.get("noisy") for row in rows):
+        lines += [f"{NOISY_MARK} the repetitions of this row spread by more than "
+                  f"{NOISY_SPREAD:.0%} of their median: something else ran meanwhile.", ""]
+    if errors:
+        lines += ["Failed rows:", ""] + [f"- `{r['name']}`: {r['error']}" for r in errors] + [""]
+    return lines + [VARIANTS_END, ""]
+
+
+def replace_variants_section(path, lines):
+    """Writes the Variants section into the report at `path`, keeping everything else: between
+    its markers if it has them, else before ## Memory (or ## Plot, ## Notes, or at the end)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    section = "\n".join(lines)
+    begin, end = text.find(VARIANTS_BEGIN), text.find(VARIANTS_END)
+    if begin >= 0 and end > begin:
+        after = text[end + len(VARIANTS_END):]
+        text = text[:begin] + section.rstrip("\n") + after
+    else:
+        at = next((i for i in (text.find("\n" + h) for h in ("## Memory", "## Plot", "## Notes"))
+                   if i >= 0), -1)
+        if at < 0:
+            text = text + ("\n" if text and not text.endswith("\n") else "") + section
+        else:
+            text = text[:at + 1] + section + "\n" + text[at + 1:]
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def section_memory(memory):
     lines = ["## Memory", ""]
     if not memory:
@@ -851,12 +1128,23 @@ def write_report(path, context, shapes, results, memory):
              + section_decode(decode_rows, threads)
              + section_backward(context.get("backward") or [], peak)
              + section_skipped(shapes, results)
+             + variants_lines(context)
              + section_memory(memory)
              + ["## Plot", "", "![throughput vs L](benchmarks.png)", ""]
              + ["## Notes", "", NOTES_BEGIN, notes, NOTES_END, ""])
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return rows, decode_rows
+
+
+def variants_lines(context):
+    """The Variants section of this run; when it measured none, the one of the report it
+    replaces (which says when it was measured), if any."""
+    variants = context.get("variants")
+    previous = context.get("previous_variants")
+    if (not variants or "rows" not in variants) and previous:
+        return [previous, ""]
+    return section_variants(variants)
 
 
 def write_plot(path, rows, decode_rows, context):
@@ -939,6 +1227,8 @@ def main(argv=None):
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
+    if args.only == "variants":
+        return main_variants(args, log)
     if args.from_json:
         write_outputs(args.out, *load_run(args.from_json), log)
         return 0
@@ -961,6 +1251,10 @@ def main(argv=None):
     results = [measure_shape(peers, shape, args, log) for shape in shapes]
 
     backward = measure_backward(peers, args.quick, log)
+    if binary:
+        variants = measure_variants(binary, args, log)
+    else:
+        variants = {"skipped": "forward_bench was not found (its variant rows make this section)"}
 
     memory_shape = (4096, 1, 64) if args.quick else (131072, 1, 64)
     log(f"memory probe L={memory_shape[0]} ...")
@@ -981,12 +1275,39 @@ def main(argv=None):
         "plan_prefill": engine_plan(peers, max(prefill, key=lambda s: (not s.causal, s.q_len,
                                                                         s.head_dim))),
         "plan_decode": engine_plan(peers, max(decode, key=lambda s: s.kv_len)) if decode else "",
-        "backward": backward,
+        "backward": backward, "variants": variants,
     }
     if args.json:
         save_run(args.json, context, shapes, results, memory)
     write_outputs(args.out, context, shapes, results, memory, log)
     return 0
+
+
+def main_variants(args, log):
+    """--only variants: measure the variant rows (or take them from --from-json) and replace the
+    Variants section of <out>/benchmarks.md, leaving the rest of it as it is."""
+    if args.from_json:
+        with open(args.from_json) as f:
+            run = json.load(f)
+        variants = run.get("variants") or run.get("context", {}).get("variants")
+        if not variants:
+            log(f"{args.from_json} holds no variant rows")
+            return 1
+    else:
+        binary = find_bench_binary(args.bench_binary)
+        if not binary:
+            log("forward_bench not found: build it (cmake --build build-bench --target "
+                "forward_bench) or give --bench-binary")
+            return 1
+        variants = measure_variants(binary, args, log)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"variants": variants}, f, indent=1)
+    os.makedirs(args.out, exist_ok=True)
+    report = os.path.join(args.out, "benchmarks.md")
+    replace_variants_section(report, section_variants(variants))
+    log(f"wrote the Variants section of {report}")
+    return 0 if "rows" in variants else 1
 
 
 def repo_commit():
@@ -1035,7 +1356,8 @@ def write_outputs(out, context, shapes, results, memory, log):
     """benchmarks.md (keeping the hand-written notes of the one it replaces) and benchmarks.png."""
     os.makedirs(out, exist_ok=True)
     report = os.path.join(out, "benchmarks.md")
-    context = dict(context, notes=read_notes(report))
+    context = dict(context, notes=read_notes(report),
+                   previous_variants=read_between(report, VARIANTS_BEGIN, VARIANTS_END, True))
     rows, decode_rows = write_report(report, context, shapes, results, memory)
     problem = write_plot(os.path.join(out, "benchmarks.png"), rows, decode_rows, context)
     if problem:

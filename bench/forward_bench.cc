@@ -16,20 +16,27 @@
 //
 // The grid is issue 3's: B=1, H=8, D ∈ {64, 128}, L ∈ {256, 1024, 4096, 16384}, causal (top-left)
 // and not; decode B=1, H=32, D=128, Lq=1, Lkv ∈ {4096, 32768}; plus float64, GQA decode, the
-// reference backend on a small shape, and a tiny case for the ctest smoke run. Wall time
-// (UseRealTime) because the engine's work happens on its own threads.
+// reference backend on a small shape, and a tiny case for the ctest smoke run; then issue 7's
+// variant rows (Window/, Varlen/, Variant/: see "Variant rows" below; compare.py --only variants
+// turns them into tables). Wall time (UseRealTime) because the engine's work happens on its own
+// threads.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "sdpa/sdpa.h"
@@ -253,15 +260,10 @@ Operands& OperandsFor(const Case& c) {
   return operands;
 }
 
-void BM_Attention(benchmark::State& state, const Case& c) {
-  sdpa::SetNumThreads(c.threads);
-  Operands& operands = OperandsFor(c);
-  sdpa::Options options;
-  options.causal = c.causal;
-  options.backend = c.backend;
-  const sdpa::TensorView q = operands.query.view(), k = operands.key_tensor.view(),
-                         v = operands.value.view();
-  const sdpa::MutableTensorView out = operands.out.mutable_view();
+// Labels the row with the engine's plan (path, SIMD target, tiles, splits); false, with the row
+// skipped, when the arguments are invalid.
+bool LabelWithPlan(benchmark::State& state, const sdpa::TensorView& q, const sdpa::TensorView& k,
+                   const sdpa::TensorView& v, const sdpa::Options& options) {
   try {
     const sdpa::Plan plan = sdpa::Explain(q, k, v, options);
     std::string label = plan.path;
@@ -271,16 +273,54 @@ void BM_Attention(benchmark::State& state, const Case& c) {
     }
     if (plan.kv_splits > 1) label += " splits " + std::to_string(plan.kv_splits);
     state.SetLabel(label);
+    return true;
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
-    return;
+    return false;
   }
+}
 
-  // Our own wall clock around the loop as well, so that the fractions below are plain numbers
-  // (a rate counter would print them as "0.8/s"); the loop's bookkeeping costs nanoseconds.
+// Runs `call` in the benchmark loop; returns calls per second of wall time, or 0 (the row skipped)
+// when a call throws. Our own clock around the loop, so that the fractions below are plain
+// numbers (a rate counter would print them as "0.8/s"); the loop's bookkeeping costs nanoseconds.
+template <class Call>
+double TimeCalls(benchmark::State& state, const Call& call) {
   const auto start = std::chrono::steady_clock::now();
+  try {
+    for (auto _ : state) {
+      call();
+      benchmark::ClobberMemory();
+    }
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+    return 0;
+  }
+  const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+  return static_cast<double>(state.iterations()) / elapsed.count();
+}
+
+// GFLOP/s and peak_frac of `flops` per call; float64 FMAs carry half the lanes of float32 ones.
+void SetRateCounters(benchmark::State& state, double flops, double calls_per_second, int threads,
+                     DType dtype) {
+  const double gflops = flops * 1e-9 * calls_per_second;
+  const double peak = FmaPeakFor(threads) * (dtype == DType::kFloat64 ? 0.5 : 1.0);
+  state.counters["GFLOP/s"] = gflops;
+  state.counters["peak_frac"] = gflops / peak;
+}
+
+void BM_Attention(benchmark::State& state, const Case& c) {
+  sdpa::SetNumThreads(c.threads);
+  Operands& operands = OperandsFor(c);
+  sdpa::Options options;
+  options.causal = c.causal;
+  options.backend = c.backend;
+  const sdpa::TensorView q = operands.query.view(), k = operands.key_tensor.view(),
+                         v = operands.value.view();
+  const sdpa::MutableTensorView out = operands.out.mutable_view();
+  if (!LabelWithPlan(state, q, k, v, options)) return;
+
   const bool backward = std::string(c.kind) == "Backward";
-  for (auto _ : state) {
+  const double calls_per_second = TimeCalls(state, [&] {
     if (backward) {
       sdpa::Backward(q, k, v, out, operands.lse.view(), operands.grad_out.view(),
                      operands.grad_query.mutable_view(), operands.grad_key.mutable_view(),
@@ -288,16 +328,9 @@ void BM_Attention(benchmark::State& state, const Case& c) {
     } else {
       sdpa::Forward(q, k, v, out, options);
     }
-    benchmark::ClobberMemory();
-  }
-  const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
-  const double calls_per_second = static_cast<double>(state.iterations()) / elapsed.count();
-
-  const double gflops = (backward ? 2.5 : 1.0) * Flops(c) * 1e-9 * calls_per_second;
-  // float64 FMAs carry half the lanes of float32 ones.
-  const double peak = FmaPeakFor(c.threads) * (c.dtype == DType::kFloat64 ? 0.5 : 1.0);
-  state.counters["GFLOP/s"] = gflops;
-  state.counters["peak_frac"] = gflops / peak;
+  });
+  if (calls_per_second == 0) return;
+  SetRateCounters(state, (backward ? 2.5 : 1.0) * Flops(c), calls_per_second, c.threads, c.dtype);
   if (std::string(c.kind) == "Decode") {
     const double gbps = KvBytes(c) * 1e-9 * calls_per_second;
     state.counters["GB/s"] = gbps;
@@ -340,6 +373,342 @@ std::vector<Case> Cases(int threads) {
   return cases;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Variant rows (issue 7): the cost of the sliding window against its size, packed varlen against
+// padding, and each variant's overhead on one shape. float32, H=8, D=64, causal; GFLOP/s counts
+// the visible (query, key) pairs of each row exactly (2.5× for the backward, as above).
+//
+//   Window/{Forward,Backward}/.../left:W   causal (bottom-right) with window (W, 0); left:inf is
+//       plain causal. Forward at L=16384, backward at L=4096. keys_per_row: the mean number of
+//       keys a query sees (min(i, W) + 1 over the rows); us_per_key: µs per call over it, flat
+//       when the cost grows linearly with the window.
+//   Varlen/{Forward,Backward}/.../{packed,padded_mask,padded}   8 sequences of kVarlenLengths
+//       (16384 tokens, half of 8 × 4096), causal: packed along L with cu_seqlens; padded to
+//       [8, H, 4096, D], causal (the option) and a key-padding bool mask [8, 1, 1, 4096]; padded
+//       without a mask (what ignoring the padding costs; with right padding, causal alone keeps
+//       the valid rows right). GFLOP/s counts the sequences' own pairs in all three, so the
+//       padded rows show the rate of useful work.
+//   Variant/{Forward,Backward}/.../<variant>   B=1, L=4096, causal (top-left): plain, alibi,
+//       softcap, sinks, dropout:0.1, score_mod_alibi (ALiBi as a custom score_mod), and document
+//       masking (kDocumentLengths) four ways: doc_mask_mod (custom mask_mod), doc_block_mask (with
+//       a block_mask that skips tiles across documents), doc_bool_mask ([1, 1, L, L]) and
+//       doc_varlen (the documents as varlen sequences).
+
+// The sequences of the Varlen rows: in [L/8, L] for L = 4096, deterministic, mean L/2.
+constexpr std::int64_t kVarlenLengths[] = {4096, 517, 1283, 2904, 1811, 3369, 955, 1449};
+constexpr std::int64_t kVarlenMax = 4096;
+// The documents of the Variant rows' document masking: 4 of uneven length, 4096 tokens.
+constexpr std::int64_t kDocumentLengths[] = {1337, 611, 1429, 719};
+
+// (query, key) pairs of causal attention over n tokens.
+double CausalPairs(std::int64_t n) {
+  return static_cast<double>(n) * static_cast<double>(n + 1) / 2;
+}
+
+// Pairs of causal attention over n tokens with window (left, 0): row i sees min(i, left) + 1 keys.
+double WindowPairs(std::int64_t n, std::int64_t left) {
+  const std::int64_t ramp = std::min(n, left);  // rows 0 .. ramp-1 see i + 1 keys
+  return CausalPairs(ramp) + static_cast<double>(n - ramp) * static_cast<double>(left + 1);
+}
+
+// cu_seqlens of sequences packed back to back: {0, l0, l0 + l1, ...}.
+template <std::size_t N>
+std::vector<std::int64_t> CumulativeLengths(const std::int64_t (&lengths)[N]) {
+  std::vector<std::int64_t> cu = {0};
+  for (std::int64_t length : lengths) cu.push_back(cu.back() + length);
+  return cu;
+}
+
+// What one call of a variant row passes, made when the row runs: the options and what they
+// point into (a mask, the custom functions).
+struct Variant {
+  sdpa::Options options;
+  sdpa::Tensor mask;
+  std::shared_ptr<const void> custom;
+};
+
+template <class ScoreMod, class MaskMod, class BlockMask = sdpa::NoBlockMask>
+void AttachCustom(Variant& variant, ScoreMod score_mod, MaskMod mask_mod, BlockMask block = {}) {
+  auto custom = std::make_shared<const sdpa::Custom<ScoreMod, MaskMod, BlockMask>>(
+      std::move(score_mod), std::move(mask_mod), std::move(block));
+  variant.options = custom->With(variant.options);
+  variant.custom = std::move(custom);
+}
+
+struct VariantRow {
+  std::string name;
+  bool backward = false;
+  std::int64_t batch = 1, heads = 8, len = 0, head_dim = 64;  // Q, K, V: [batch, heads, len, D]
+  double pairs = 0;     // visible (query, key) pairs per head, summed over the batch
+  bool window = false;  // report keys_per_row and us_per_key
+  std::function<void(Variant&)> setup;
+  int threads = 2;
+
+  std::string ShapeKey() const {
+    return std::to_string(batch) + "x" + std::to_string(heads) + "x" + std::to_string(len) + "x" +
+           std::to_string(head_dim);
+  }
+};
+
+// Operands per shape, kept for the whole run: compare.py interleaves the rows, and refilling
+// 64 MiB tensors on every switch would dominate the short ones. The backward's out and lse are
+// those of the forward with the row's own options, remade when another row used them.
+struct VariantOperands {
+  sdpa::Tensor query, key, value, out;
+  sdpa::Tensor lse, grad_out, grad_query, grad_key, grad_value, grad_sinks;  // backward rows
+  std::string forward_of;  // the row whose forward out and lse hold
+};
+
+VariantOperands& VariantOperandsFor(const VariantRow& row) {
+  static std::map<std::string, VariantOperands> cache;
+  VariantOperands& operands = cache[row.ShapeKey()];
+  const std::vector<std::int64_t> shape = {row.batch, row.heads, row.len, row.head_dim};
+  if (operands.query.rank() == 0) {  // default-constructed: rank 0
+    operands.query = sdpa::Tensor(DType::kFloat32, shape);
+    operands.key = sdpa::Tensor(DType::kFloat32, shape);
+    operands.value = sdpa::Tensor(DType::kFloat32, shape);
+    operands.out = sdpa::Tensor(DType::kFloat32, shape);
+    Fill(operands.query, 1);
+    Fill(operands.key, 2);
+    Fill(operands.value, 3);
+  }
+  if (row.backward && operands.grad_out.rank() == 0) {
+    operands.lse = sdpa::Tensor(DType::kFloat32, {row.batch, row.heads, row.len});
+    operands.grad_out = sdpa::Tensor(DType::kFloat32, shape);
+    operands.grad_query = sdpa::Tensor(DType::kFloat32, shape);
+    operands.grad_key = sdpa::Tensor(DType::kFloat32, shape);
+    operands.grad_value = sdpa::Tensor(DType::kFloat32, shape);
+    operands.grad_sinks = sdpa::Tensor(DType::kFloat32, {row.heads});
+    Fill(operands.grad_out, 4);
+  }
+  return operands;
+}
+
+void BM_Variant(benchmark::State& state, const VariantRow& row) {
+  sdpa::SetNumThreads(row.threads);
+  VariantOperands& operands = VariantOperandsFor(row);
+  Variant variant;
+  row.setup(variant);
+  const sdpa::Options& options = variant.options;
+  const sdpa::TensorView q = operands.query.view(), k = operands.key.view(),
+                         v = operands.value.view();
+  if (!LabelWithPlan(state, q, k, v, options)) return;
+
+  double calls_per_second = 0;
+  if (row.backward) {
+    try {
+      if (operands.forward_of != row.name) {
+        operands.forward_of.clear();
+        sdpa::Forward(q, k, v, operands.out.mutable_view(), operands.lse.mutable_view(), options);
+        operands.forward_of = row.name;
+      }
+    } catch (const std::exception& e) {
+      state.SkipWithError(e.what());
+      return;
+    }
+    const sdpa::TensorView out = operands.out.view(), lse = operands.lse.view(),
+                           grad_out = operands.grad_out.view();
+    const sdpa::MutableTensorView grad_q = operands.grad_query.mutable_view(),
+                                  grad_k = operands.grad_key.mutable_view(),
+                                  grad_v = operands.grad_value.mutable_view();
+    if (options.sinks.empty()) {
+      calls_per_second = TimeCalls(state, [&] {
+        sdpa::Backward(q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v, options);
+      });
+    } else {  // a model with sinks trains them: their gradient too
+      const sdpa::MutableTensorView grad_sinks = operands.grad_sinks.mutable_view();
+      calls_per_second = TimeCalls(state, [&] {
+        sdpa::Backward(q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v, grad_sinks, options);
+      });
+    }
+  } else {
+    const sdpa::MutableTensorView out = operands.out.mutable_view();
+    calls_per_second = TimeCalls(state, [&] { sdpa::Forward(q, k, v, out, options); });
+  }
+  if (calls_per_second == 0) return;
+
+  const double flops = (row.backward ? 2.5 : 1.0) * 2.0 * static_cast<double>(row.heads) *
+                       row.pairs * static_cast<double>(2 * row.head_dim);
+  SetRateCounters(state, flops, calls_per_second, row.threads, DType::kFloat32);
+  if (row.window) {
+    const double keys_per_row = row.pairs / static_cast<double>(row.batch * row.len);
+    state.counters["keys_per_row"] = keys_per_row;
+    state.counters["us_per_key"] = 1e6 / calls_per_second / keys_per_row;
+  }
+}
+
+std::vector<VariantRow> VariantRows(int threads) {
+  constexpr std::int64_t kHeads = 8, kHeadDim = 64;
+  std::vector<VariantRow> rows;
+  const auto add = [&rows, threads](VariantRow row) {
+    row.threads = threads;
+    row.name += "/threads:" + std::to_string(threads);
+    rows.push_back(std::move(row));
+  };
+  const auto pass_name = [](bool backward) { return backward ? "Backward" : "Forward"; };
+  const auto shape_name = [](std::int64_t batch, std::int64_t len) {
+    return "f32/B:" + std::to_string(batch) + "/H:" + std::to_string(kHeads) +
+           "/L:" + std::to_string(len) + "/D:" + std::to_string(kHeadDim);
+  };
+
+  // Window: forward at L = 16384, backward at L = 4096 (windows below L, then unbounded).
+  for (bool backward : {false, true}) {
+    const std::int64_t len = backward ? 4096 : 16384;
+    for (std::int64_t left : {128, 512, 2048, 8192, -1}) {
+      if (left >= len) continue;
+      VariantRow row;
+      row.name = std::string("Window/") + pass_name(backward) + "/" + shape_name(1, len) +
+                 "/bottom_right/left:" + (left < 0 ? std::string("inf") : std::to_string(left));
+      row.backward = backward;
+      row.len = len;
+      row.pairs = left < 0 ? CausalPairs(len) : WindowPairs(len, left);
+      row.window = true;
+      row.setup = [left](Variant& variant) {
+        variant.options.causal = Causal::kBottomRight;
+        if (left >= 0) variant.options.window = sdpa::Window{left, std::nullopt};
+      };
+      add(row);
+    }
+  }
+
+  // Varlen: the same sequences packed, padded with a mask, padded without one.
+  double varlen_pairs = 0;
+  for (std::int64_t length : kVarlenLengths) varlen_pairs += CausalPairs(length);
+  const auto sequences = static_cast<std::int64_t>(std::size(kVarlenLengths));
+  const std::vector<std::int64_t> varlen_cu = CumulativeLengths(kVarlenLengths);
+  for (bool backward : {false, true}) {
+    const std::string prefix =
+        std::string("Varlen/") + pass_name(backward) + "/f32/seqs:" + std::to_string(sequences) +
+        "/H:" + std::to_string(kHeads) + "/Lmax:" + std::to_string(kVarlenMax) +
+        "/D:" + std::to_string(kHeadDim) + "/top_left/";
+    VariantRow row;
+    row.backward = backward;
+    row.pairs = varlen_pairs;
+
+    row.name = prefix + "packed";
+    row.len = varlen_cu.back();
+    row.setup = [varlen_cu](Variant& variant) {
+      variant.options.causal = Causal::kTopLeft;
+      variant.options.cu_seqlens_q = variant.options.cu_seqlens_k = varlen_cu;
+    };
+    add(row);
+
+    row.batch = sequences;
+    row.len = kVarlenMax;
+    row.name = prefix + "padded_mask";
+    row.setup = [sequences](Variant& variant) {
+      variant.options.causal = Causal::kTopLeft;
+      variant.mask = sdpa::Tensor(DType::kBool, {sequences, 1, 1, kVarlenMax});
+      bool* valid = variant.mask.data<bool>();
+      for (std::int64_t s = 0; s < sequences; ++s) {
+        for (std::int64_t j = 0; j < kVarlenMax; ++j) {
+          valid[s * kVarlenMax + j] = j < kVarlenLengths[s];
+        }
+      }
+      variant.options.mask = variant.mask.view();
+    };
+    add(row);
+
+    row.name = prefix + "padded";
+    row.setup = [](Variant& variant) { variant.options.causal = Causal::kTopLeft; };
+    add(row);
+  }
+
+  // Variant overheads on one shape. ALiBi's slopes are the paper's 2^(-8(h+1)/H).
+  constexpr std::int64_t kLen = 4096;
+  std::vector<double> slopes;
+  for (std::int64_t h = 0; h < kHeads; ++h) {
+    slopes.push_back(std::exp2(-8.0 * static_cast<double>(h + 1) / static_cast<double>(kHeads)));
+  }
+  std::vector<std::int32_t> document;  // document of each token
+  for (std::size_t d = 0; d < std::size(kDocumentLengths); ++d) {
+    document.insert(document.end(), static_cast<std::size_t>(kDocumentLengths[d]),
+                    static_cast<std::int32_t>(d));
+  }
+  double document_pairs = 0;
+  for (std::int64_t length : kDocumentLengths) document_pairs += CausalPairs(length);
+  // Token i sees token j (j <= i from the causal option) iff both are in the same document.
+  const auto same_document = [document](auto /*b*/, auto /*h*/, auto i, auto j) {
+    return document[static_cast<std::size_t>(i)] == document[static_cast<std::size_t>(j)];
+  };
+  // Document ids grow along the sequence: a block's queries lie in documents
+  // document[q_begin] .. document[q_end - 1] and its keys in document[k_begin] .. [k_end - 1].
+  const auto document_blocks = [document](std::int64_t /*b*/, std::int64_t /*h*/,
+                                          std::int64_t q_begin, std::int64_t q_end,
+                                          std::int64_t k_begin, std::int64_t k_end) {
+    const auto doc = [&document](std::int64_t i) { return document[static_cast<std::size_t>(i)]; };
+    const std::int32_t q_first = doc(q_begin), q_last = doc(q_end - 1);
+    const std::int32_t k_first = doc(k_begin), k_last = doc(k_end - 1);
+    if (k_last < q_first || k_first > q_last) return sdpa::BlockKind::kEmpty;
+    if (q_first == q_last && k_first == k_last && q_first == k_first) {
+      return sdpa::BlockKind::kFull;
+    }
+    return sdpa::BlockKind::kPartial;
+  };
+  using Setup = std::function<void(Variant&)>;
+  const std::vector<std::pair<std::string, Setup>> variants = {
+      {"plain", [](Variant&) {}},
+      {"alibi", [slopes](Variant& variant) { variant.options.alibi_slopes = slopes; }},
+      {"softcap", [](Variant& variant) { variant.options.softcap = 50.0; }},
+      {"sinks", [](Variant& variant) { variant.options.sinks.assign(kHeads, 1.0); }},
+      {"dropout:0.1",
+       [](Variant& variant) {
+         variant.options.dropout_p = 0.1;
+         variant.options.seed = 1234;
+       }},
+      {"score_mod_alibi",
+       [slopes](Variant& variant) {
+         // Causal, so j <= i and -slope·|i - j| = slope·(j - i). Generic, for the backward.
+         const std::vector<float> slope(slopes.begin(), slopes.end());
+         AttachCustom(
+             variant,
+             [slope](auto score, auto /*b*/, auto h, auto i, auto j) {
+               return score + slope[static_cast<std::size_t>(h)] * static_cast<float>(j - i);
+             },
+             sdpa::NoMaskMod{});
+       }},
+      {"doc_mask_mod",
+       [same_document](Variant& variant) {
+         AttachCustom(variant, sdpa::NoScoreMod{}, same_document);
+       }},
+      {"doc_block_mask",
+       [same_document, document_blocks](Variant& variant) {
+         AttachCustom(variant, sdpa::NoScoreMod{}, same_document, document_blocks);
+       }},
+      {"doc_bool_mask",
+       [same_document](Variant& variant) {
+         variant.mask = sdpa::Tensor(DType::kBool, {1, 1, kLen, kLen});
+         bool* visible = variant.mask.data<bool>();
+         for (std::int64_t i = 0; i < kLen; ++i) {
+           for (std::int64_t j = 0; j < kLen; ++j)
+             visible[i * kLen + j] = same_document(0, 0, i, j);
+         }
+         variant.options.mask = variant.mask.view();
+       }},
+      {"doc_varlen",
+       [](Variant& variant) {
+         variant.options.cu_seqlens_q = variant.options.cu_seqlens_k =
+             CumulativeLengths(kDocumentLengths);
+       }},
+  };
+  for (bool backward : {false, true}) {
+    for (const auto& [tag, setup] : variants) {
+      VariantRow row;
+      row.name = std::string("Variant/") + pass_name(backward) + "/" + shape_name(1, kLen) +
+                 "/top_left/" + tag;
+      row.backward = backward;
+      row.len = kLen;
+      row.pairs = tag.rfind("doc_", 0) == 0 ? document_pairs : CausalPairs(kLen);
+      row.setup = [setup = setup](Variant& variant) {
+        variant.options.causal = Causal::kTopLeft;
+        setup(variant);
+      };
+      add(row);
+    }
+  }
+  return rows;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -369,6 +738,11 @@ int main(int argc, char** argv) {
   }
   for (const Case& c : Cases(threads)) {
     benchmark::RegisterBenchmark(c.Name().c_str(), BM_Attention, c)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  for (const VariantRow& row : VariantRows(threads)) {
+    benchmark::RegisterBenchmark(row.name.c_str(), BM_Variant, row)
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }
