@@ -131,6 +131,10 @@ Schedule MakeSchedule(const internal::Problem& p, int threads) {
   if (p.varlen()) why << "; " << p.num_sequences() << " packed sequences, no padding";
   DescribeScoreSteps(p, why);
   const double pairs = AddTasks(p, s.q_tile, s);
+  // A forward task without rows (a packed sequence with no queries) has nothing to write.
+  s.tasks.erase(std::remove_if(s.tasks.begin(), s.tasks.end(),
+                               [](const Task& t) { return t.row_end == t.row_begin; }),
+                s.tasks.end());
   FitThreads(pairs * static_cast<double>(p.head_dim + p.v_dim), s, why);
   why << "; " << s.tasks.size() << " task(s) heaviest first on " << s.threads << " thread(s)";
   s.reason = why.str();
