@@ -168,7 +168,7 @@ class BackwardTask {
     const auto all_keys = [keys](std::int64_t, std::int64_t) { return keys; };
     ScoreTile(d_, qt_, p_.head_dim, rp_, k_rows_, dkp_, all_keys, pt_);
     steps_.Apply(d_, j0, keys, pt_, rp_, slope_);
-    if (partial) ApplyMask(p_, rows_, j0, keys, pt_, rp_);
+    if (partial) ApplyMask(d_, p_, rows_, j0, keys, pt_, rp_);
     if (mask_mod) ApplyMaskMod(p_, steps_.Block(j0, keys, rp_), pt_);
     Probabilities(keys);
     ScoreTile(d_, dot_, p_.v_dim, rp_, v_rows_, dvp_, all_keys, dst_);

@@ -140,7 +140,7 @@ class ForwardTask {
       ScoreTile(d_, qt_, p_.head_dim, rp_, k, ldk, KeysSeen(j0, keys), st_);
     }
     steps_.Apply(d_, j0, keys, st_, rp_, nullptr);
-    if (partial) ApplyMask(p_, rows_, j0, keys, st_, rp_);
+    if (partial) ApplyMask(d_, p_, rows_, j0, keys, st_, rp_);
     if (mask_mod) ApplyMaskMod(p_, steps_.Block(j0, keys, rp_), st_);
     OnlineSoftmaxUpdate(KeysSeen(j0, keys));
     if (dropout_) DropProbabilities(seq, j0, keys);

@@ -288,13 +288,45 @@ void ApplyMaskMod(const Problem& p, const ScoreBlock& block, T* st) {
   }
 }
 
+// Sᵀ[c][r] = -inf for the keys j0 + c outside row r's range [begin, end), lane-wise over rows
+// (each Sᵀ row of the tile is one key for all rows). Padded rows are left as they are.
+template <class D, typename T = hn::TFromD<D>>
+void MaskOutsideRanges(D d, const std::vector<RowRef<T>>& rows, std::int64_t j0, std::int64_t keys,
+                       T* st, std::int64_t rp) {
+  // Range ends relative to the tile, as T: small integers, exact.
+  thread_local std::vector<T> bounds;
+  bounds.resize(static_cast<std::size_t>(2 * rp));
+  T* first = bounds.data();
+  T* last = first + rp;
+  for (std::int64_t r = 0; r < rp; ++r) {
+    const bool real = r < static_cast<std::int64_t>(rows.size());
+    const RowRef<T>& row = rows[static_cast<std::size_t>(real ? r : 0)];
+    const std::int64_t begin = real ? std::clamp<std::int64_t>(row.begin - j0, 0, keys) : 0;
+    first[r] = static_cast<T>(begin);
+    last[r] = static_cast<T>(real ? std::clamp<std::int64_t>(row.end - j0, begin, keys) : keys);
+  }
+  const std::int64_t n = static_cast<std::int64_t>(hn::Lanes(d));
+  const auto neg_inf = hn::Set(d, -std::numeric_limits<T>::infinity());
+  for (std::int64_t c = 0; c < keys; ++c) {
+    const auto key = hn::Set(d, static_cast<T>(c));
+    for (std::int64_t x = 0; x < rp; x += n) {
+      const auto outside =
+          hn::Or(hn::Lt(key, hn::LoadU(d, first + x)), hn::Ge(key, hn::LoadU(d, last + x)));
+      T* s = st + c * rp + x;
+      hn::Store(hn::IfThenElse(outside, neg_inf, hn::Load(d, s)), d, s);
+    }
+  }
+}
+
 // Sets the scores of invisible keys to -inf (causal rule, window, sequence bounds, bool mask)
 // and adds an additive mask, for keys [j0, j0 + keys) and the task's rows. Only tiles that
 // contain an invisible key or a mask come here (mask_mod is applied by the caller). The score
 // is overwritten, never combined, so NaN/Inf from masked K rows cannot survive.
-template <typename T>
-void ApplyMask(const Problem& p, const std::vector<RowRef<T>>& rows, std::int64_t j0,
+template <class D, typename T = hn::TFromD<D>>
+void ApplyMask(D d, const Problem& p, const std::vector<RowRef<T>>& rows, std::int64_t j0,
                std::int64_t keys, T* st, std::int64_t rp) {
+  MaskOutsideRanges(d, rows, j0, keys, st, rp);
+  if (p.mask_kind == MaskKind::kNone) return;
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const std::int64_t ms = p.mask.stride[3];
   for (std::size_t r = 0; r < rows.size(); ++r) {
@@ -302,14 +334,12 @@ void ApplyMask(const Problem& p, const std::vector<RowRef<T>>& rows, std::int64_
     T* s = st + r;
     const std::int64_t first = std::clamp<std::int64_t>(row.begin - j0, 0, keys);
     const std::int64_t last = std::clamp<std::int64_t>(row.end - j0, first, keys);
-    for (std::int64_t c = 0; c < first; ++c) s[c * rp] = kNegInf;
-    for (std::int64_t c = last; c < keys; ++c) s[c * rp] = kNegInf;
     if (p.mask_kind == MaskKind::kBool) {
       const bool* mask = static_cast<const bool*>(row.mask) + j0 * ms;
       for (std::int64_t c = first; c < last; ++c) {
         if (!mask[c * ms]) s[c * rp] = kNegInf;
       }
-    } else if (p.mask_kind == MaskKind::kAdditive) {
+    } else {
       const T* mask = static_cast<const T*>(row.mask) + j0 * ms;
       for (std::int64_t c = first; c < last; ++c) {
         const T bias = mask[c * ms];
