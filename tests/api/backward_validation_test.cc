@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "sdpa/sdpa.h"
+#include "testing/bad_call.h"
 #include "testing/expect.h"
 
 namespace {
@@ -48,16 +49,12 @@ struct Memory {
   // Every byte of every buffer, to check that a failed call wrote nothing.
   std::vector<unsigned char> Bytes() const {
     std::vector<unsigned char> bytes;
-    const auto add = [&bytes](const void* p, std::size_t n) {
-      const auto* c = static_cast<const unsigned char*>(p);
-      bytes.insert(bytes.end(), c, c + n);
-    };
     for (const auto* v :
          {&query, &key, &value, &out, &lse, &grad_out, &grad_query, &grad_key, &grad_value}) {
-      add(v->data(), v->size() * sizeof(float));
+      sdpa_test::AppendBytes(bytes, v->data(), v->size());
     }
-    add(f64.data(), f64.size() * sizeof(double));
-    add(mask.get(), kSize * sizeof(bool));
+    sdpa_test::AppendBytes(bytes, f64.data(), f64.size());
+    sdpa_test::AppendBytes(bytes, mask.get(), kSize);
     return bytes;
   }
 };
@@ -85,18 +82,11 @@ struct Call {
   }
 };
 
-// Which entry points see the error: kInputs also fail in AttentionBackward (it validates the
-// same inputs); kGradients only concern the caller's gradient views.
-enum class Scope { kInputs, kGradients };
-enum class Kind { kValue, kDType };  // sdpa::Error or sdpa::DTypeError
-
-struct BadCall {
-  std::string name;
-  std::function<void(Call&, Memory&)> mutate;
-  std::string message;  // a substring of what()
-  Kind kind = Kind::kValue;
-  Scope scope = Scope::kInputs;
-};
+// kInputs also fail in AttentionBackward (it validates the same inputs); kOutputs (the
+// gradients) only concern the caller's gradient views.
+using Scope = sdpa_test::Scope;
+using Kind = sdpa_test::ErrorKind;
+using BadCall = sdpa_test::BadCall<Call, Memory>;
 
 // The gradient view of a call with this name.
 MutableTensorView& Grad(Call& c, const std::string& name) {
@@ -128,7 +118,7 @@ std::vector<BadCall> OverlapCalls() {
       bad.mutate = [grad_name, place](Call& c, Memory& m) { Grad(c, grad_name).data = place(m); };
       bad.message =
           "sdpa: " + grad_name + " overlaps " + input + " in memory; outputs must not alias inputs";
-      bad.scope = Scope::kGradients;
+      bad.scope = Scope::kOutputs;
       calls.push_back(bad);
     }
   }
@@ -143,7 +133,7 @@ std::vector<BadCall> OverlapCalls() {
       Grad(c, later_name).data = static_cast<float*>(Grad(c, earlier_name).data) + 4;
     };
     bad.message = "sdpa: " + later_name + " overlaps " + earlier_name + " in memory";
-    bad.scope = Scope::kGradients;
+    bad.scope = Scope::kOutputs;
     calls.push_back(bad);
   }
   // The last element of grad_value is the first element of query.
@@ -154,14 +144,14 @@ std::vector<BadCall> OverlapCalls() {
     c.grad_value.data = &m.query[500 - 119];
   };
   edge.message = "sdpa: grad_value overlaps query in memory";
-  edge.scope = Scope::kGradients;
+  edge.scope = Scope::kOutputs;
   calls.push_back(edge);
   return calls;
 }
 
 std::vector<BadCall> BadCalls() {
   const Kind kDType = Kind::kDType, kValue = Kind::kValue;
-  const Scope kGrad = Scope::kGradients;
+  const Scope kGrad = Scope::kOutputs;
   std::vector<BadCall> calls = {
       // The forward's inputs and options are validated as by Forward.
       {"query_rank_1", [](Call& c, Memory& m) { c.query = TensorView(m.query.data(), {192}); },
@@ -335,11 +325,6 @@ std::vector<BadCall> BadCalls() {
   return calls;
 }
 
-::testing::AssertionResult Throws(const BadCall& bad, const std::function<void()>& call) {
-  return bad.kind == Kind::kDType ? sdpa_test::ThrowsDTypeError(call, bad.message)
-                                  : sdpa_test::ThrowsError(call, bad.message);
-}
-
 void CallBackward(const Call& c) {
   sdpa::Backward(c.query, c.key, c.value, c.out, c.lse, c.grad_out, c.grad_query, c.grad_key,
                  c.grad_value, c.options);
@@ -355,10 +340,11 @@ TEST_P(BadBackwardTest, ThrowsAndWritesNothing) {
     c.options.backend = backend;
     bad.mutate(c, m);
     const std::vector<unsigned char> before = m.Bytes();
-    EXPECT_TRUE(Throws(bad, [&] { CallBackward(c); })) << sdpa::BackendName(backend);
+    EXPECT_TRUE(sdpa_test::ThrowsExpected(bad, [&] { CallBackward(c); }))
+        << sdpa::BackendName(backend);
     EXPECT_TRUE(m.Bytes() == before) << "a failed call wrote to memory";
     if (bad.scope == Scope::kInputs) {
-      EXPECT_TRUE(Throws(bad, [&] {
+      EXPECT_TRUE(sdpa_test::ThrowsExpected(bad, [&] {
         sdpa::AttentionBackward(c.query, c.key, c.value, c.out, c.lse, c.grad_out, c.options);
       })) << sdpa::BackendName(backend);
       EXPECT_TRUE(m.Bytes() == before) << "a failed call wrote to memory";
@@ -366,11 +352,8 @@ TEST_P(BadBackwardTest, ThrowsAndWritesNothing) {
   }
 }
 
-void PrintTo(const BadCall& bad, std::ostream* os) { *os << bad.name; }
-
-std::string BadCallName(const ::testing::TestParamInfo<BadCall>& param) { return param.param.name; }
-
-INSTANTIATE_TEST_SUITE_P(Validation, BadBackwardTest, ::testing::ValuesIn(BadCalls()), BadCallName);
+INSTANTIATE_TEST_SUITE_P(Validation, BadBackwardTest, ::testing::ValuesIn(BadCalls()),
+                         sdpa_test::BadCallName());
 
 // ---- Single cases -----------------------------------------------------------------------------
 

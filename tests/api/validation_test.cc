@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "sdpa/sdpa.h"
+#include "testing/bad_call.h"
 #include "testing/expect.h"
 
 namespace {
@@ -46,13 +47,11 @@ struct Memory {
   // Every byte of every buffer, to check that a failed call wrote nothing.
   std::vector<unsigned char> Bytes() const {
     std::vector<unsigned char> bytes;
-    const auto add = [&bytes](const void* p, std::size_t n) {
-      const auto* c = static_cast<const unsigned char*>(p);
-      bytes.insert(bytes.end(), c, c + n);
-    };
-    for (const auto* v : {&query, &key, &value, &out, &lse}) add(v->data(), v->size() * 4);
-    add(f64.data(), f64.size() * 8);
-    add(mask.get(), kSize * sizeof(bool));
+    for (const auto* v : {&query, &key, &value, &out, &lse}) {
+      sdpa_test::AppendBytes(bytes, v->data(), v->size());
+    }
+    sdpa_test::AppendBytes(bytes, f64.data(), f64.size());
+    sdpa_test::AppendBytes(bytes, mask.get(), kSize);
     return bytes;
   }
 };
@@ -75,18 +74,11 @@ struct Call {
   }
 };
 
-// Which entry points see the error: kInputs also fail in Attention, AttentionWithLse and Explain
-// (they validate the same inputs); kOutputs only concern the caller's out and lse.
-enum class Scope { kInputs, kOutputs };
-enum class Kind { kValue, kDType };  // sdpa::Error or sdpa::DTypeError
-
-struct BadCall {
-  const char* name;
-  void (*mutate)(Call&, Memory&);
-  std::string message;  // a substring of what()
-  Kind kind = Kind::kValue;
-  Scope scope = Scope::kInputs;
-};
+// kInputs also fail in Attention, AttentionWithLse and Explain (they validate the same inputs);
+// kOutputs only concern the caller's out and lse.
+using Scope = sdpa_test::Scope;
+using Kind = sdpa_test::ErrorKind;
+using BadCall = sdpa_test::BadCall<Call, Memory>;
 
 void SetMask(Call& c, const TensorView& mask) { c.options.mask = mask; }
 
@@ -332,11 +324,6 @@ std::vector<BadCall> BadCalls() {
   };
 }
 
-::testing::AssertionResult Throws(const BadCall& bad, const std::function<void()>& call) {
-  return bad.kind == Kind::kDType ? sdpa_test::ThrowsDTypeError(call, bad.message)
-                                  : sdpa_test::ThrowsError(call, bad.message);
-}
-
 class BadCallTest : public ::testing::TestWithParam<BadCall> {};
 
 TEST_P(BadCallTest, ForwardThrowsAndWritesNothing) {
@@ -345,11 +332,12 @@ TEST_P(BadCallTest, ForwardThrowsAndWritesNothing) {
   Call c(m);
   bad.mutate(c, m);
   const std::vector<unsigned char> before = m.Bytes();
-  EXPECT_TRUE(
-      Throws(bad, [&] { sdpa::Forward(c.query, c.key, c.value, c.out, c.lse, c.options); }));
+  EXPECT_TRUE(sdpa_test::ThrowsExpected(
+      bad, [&] { sdpa::Forward(c.query, c.key, c.value, c.out, c.lse, c.options); }));
   EXPECT_TRUE(m.Bytes() == before) << "a failed call wrote to memory";
-  if (std::string(bad.name).rfind("lse_", 0) != 0) {  // without lse, unless lse is the problem
-    EXPECT_TRUE(Throws(bad, [&] { sdpa::Forward(c.query, c.key, c.value, c.out, c.options); }));
+  if (bad.name.rfind("lse_", 0) != 0) {  // without lse, unless lse is the problem
+    EXPECT_TRUE(sdpa_test::ThrowsExpected(
+        bad, [&] { sdpa::Forward(c.query, c.key, c.value, c.out, c.options); }));
     EXPECT_TRUE(m.Bytes() == before) << "a failed call wrote to memory";
   }
 }
@@ -362,9 +350,12 @@ TEST_P(BadInputTest, OwnedOverloadsAndExplainThrowTheSame) {
   Memory m;
   Call c(m);
   bad.mutate(c, m);
-  EXPECT_TRUE(Throws(bad, [&] { sdpa::Attention(c.query, c.key, c.value, c.options); }));
-  EXPECT_TRUE(Throws(bad, [&] { sdpa::AttentionWithLse(c.query, c.key, c.value, c.options); }));
-  EXPECT_TRUE(Throws(bad, [&] { sdpa::Explain(c.query, c.key, c.value, c.options); }));
+  EXPECT_TRUE(
+      sdpa_test::ThrowsExpected(bad, [&] { sdpa::Attention(c.query, c.key, c.value, c.options); }));
+  EXPECT_TRUE(sdpa_test::ThrowsExpected(
+      bad, [&] { sdpa::AttentionWithLse(c.query, c.key, c.value, c.options); }));
+  EXPECT_TRUE(
+      sdpa_test::ThrowsExpected(bad, [&] { sdpa::Explain(c.query, c.key, c.value, c.options); }));
 }
 
 std::vector<BadCall> BadInputs() {
@@ -375,12 +366,10 @@ std::vector<BadCall> BadInputs() {
   return inputs;
 }
 
-void PrintTo(const BadCall& bad, std::ostream* os) { *os << bad.name; }
-
-std::string BadCallName(const ::testing::TestParamInfo<BadCall>& info) { return info.param.name; }
-
-INSTANTIATE_TEST_SUITE_P(Validation, BadCallTest, ::testing::ValuesIn(BadCalls()), BadCallName);
-INSTANTIATE_TEST_SUITE_P(Validation, BadInputTest, ::testing::ValuesIn(BadInputs()), BadCallName);
+INSTANTIATE_TEST_SUITE_P(Validation, BadCallTest, ::testing::ValuesIn(BadCalls()),
+                         sdpa_test::BadCallName());
+INSTANTIATE_TEST_SUITE_P(Validation, BadInputTest, ::testing::ValuesIn(BadInputs()),
+                         sdpa_test::BadCallName());
 
 // ---- Single cases -----------------------------------------------------------------------------
 

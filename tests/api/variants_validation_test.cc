@@ -15,6 +15,7 @@
 
 #include "sdpa/custom.h"
 #include "sdpa/sdpa.h"
+#include "testing/bad_call.h"
 #include "testing/expect.h"
 
 namespace {
@@ -48,8 +49,7 @@ struct Memory {
     std::vector<unsigned char> bytes;
     for (const auto* v : {&query, &key, &value, &out, &lse, &grad_out, &grad_query, &grad_key,
                           &grad_value, &grad_sinks}) {
-      const auto* c = reinterpret_cast<const unsigned char*>(v->data());
-      bytes.insert(bytes.end(), c, c + v->size() * sizeof(float));
+      sdpa_test::AppendBytes(bytes, v->data(), v->size());
     }
     return bytes;
   }
@@ -80,11 +80,9 @@ struct Call {
   }
 };
 
-struct BadCall {
-  const char* name;
-  std::function<void(Call&, Memory&)> mutate;
-  std::string message;  // a substring of what()
-};
+// Every case throws sdpa::Error (the default kind); scope is not used: every entry point
+// validates the variant options.
+using BadCall = sdpa_test::BadCall<Call, Memory>;
 
 void ScoreF32(const void*, const sdpa::ScoreBlock&, float*, float*) {}
 
@@ -274,11 +272,8 @@ TEST_P(VariantBadCall, EveryOtherEntryPointThrowsTheSame) {
   EXPECT_TRUE(m.Bytes() == before) << "a failed call wrote to memory";
 }
 
-void PrintTo(const BadCall& bad, std::ostream* os) { *os << bad.name; }
-
-std::string BadCallName(const ::testing::TestParamInfo<BadCall>& info) { return info.param.name; }
-
-INSTANTIATE_TEST_SUITE_P(Validation, VariantBadCall, ::testing::ValuesIn(BadCalls()), BadCallName);
+INSTANTIATE_TEST_SUITE_P(Validation, VariantBadCall, ::testing::ValuesIn(BadCalls()),
+                         sdpa_test::BadCallName());
 
 // ---- Single cases -----------------------------------------------------------------------------
 
