@@ -15,6 +15,7 @@
 #include "testing/harness.h"
 #include "testing/naive_attention.h"
 #include "testing/naive_backward.h"
+#include "testing/problems.h"
 #include "testing/tensors.h"
 
 namespace {
@@ -60,16 +61,12 @@ class BackwardSemantics : public ::testing::TestWithParam<Backend> {
   }
 };
 
-// Random Q, K, V of the given sizes, float32-representable so both types see the same values.
+// Random Q, K in [-2, 2) and V, float32-representable so both types see the same values.
 NaiveProblem RandomProblem(std::int64_t batch, std::int64_t heads, std::int64_t kv_heads,
                            std::int64_t q_len, std::int64_t kv_len, std::int64_t head_dim,
                            std::int64_t v_dim, std::uint64_t seed) {
-  NaiveProblem p;
-  p.query = Array::Uniform({batch, heads, q_len, head_dim}, seed, -2, 2).RoundedToFloat();
-  p.key = Array::Uniform({batch, kv_heads, kv_len, head_dim}, seed + 1, -2, 2).RoundedToFloat();
-  p.value = Array::Uniform({batch, kv_heads, kv_len, v_dim}, seed + 2).RoundedToFloat();
-  p.scale = sdpa_test::DefaultScale(head_dim);
-  return p;
+  return sdpa_test::RandomProblem(batch, heads, kv_heads, q_len, kv_len, head_dim, v_dim, seed,
+                                  /*qk_range=*/2.0);
 }
 // A random grad_out for `p`.
 Array GradOut(const NaiveProblem& p, std::uint64_t seed) {

@@ -7,7 +7,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -18,6 +17,7 @@
 #include "testing/expect.h"
 #include "testing/harness.h"
 #include "testing/naive_attention.h"
+#include "testing/problems.h"
 #include "testing/tensors.h"
 
 namespace {
@@ -164,50 +164,15 @@ sdpa_test::NaiveProblem MakeProblem(const Case& c, DType dtype) {
   p.causal = c.causal;
   p.mask_type = c.mask.type;
   if (c.mask.type != MaskType::kNone) {
-    sdpa_test::Random random(seed + 3);
-    p.mask = Array(c.mask.shape);
-    for (double& x : p.mask.values) {
-      const bool keep = random.Bernoulli(c.mask.keep);
-      if (c.mask.type == MaskType::kBool) {
-        x = keep ? 1.0 : 0.0;
-      } else {
-        x = keep ? random.Uniform(-3.0, 3.0) : -std::numeric_limits<double>::infinity();
-      }
-    }
+    p.mask = sdpa_test::RandomMask(c.mask.type, c.mask.shape, c.mask.keep, seed + 3);
   }
-  if (dtype == DType::kFloat32) {
-    p.query = p.query.RoundedToFloat();
-    p.key = p.key.RoundedToFloat();
-    p.value = p.value.RoundedToFloat();
-    p.mask = p.mask.RoundedToFloat();
-  }
-  return p;
+  return dtype == DType::kFloat32 ? sdpa_test::RoundedToFloat(p) : p;
 }
 
-// Contiguous operands, or every operand in an unusual layout: query stored [B, Lq, H, D], key
-// with padded rows and every other element, value and mask stored back to front, out stored
-// [B, Lq, H, Dv] with padding, lse stored [Lq, B, H] with batch reversed.
-enum class Memory { kContiguous, kStrided };
-
-sdpa_test::Layouts LayoutsFor(Memory memory, const Case& c) {
-  sdpa_test::Layouts l;
-  if (memory == Memory::kContiguous) return l;
-  l.query.order = {0, 2, 1, 3};
-  l.key.step = 2;
-  l.key.pad = 3;
-  l.value.reversed = {2, 3};
-  if (!c.mask.shape.empty()) l.mask.reversed = {static_cast<int>(c.mask.shape.size()) - 1};
-  l.out.order = {0, 2, 1, 3};
-  l.out.pad = 1;
-  l.lse.order = {2, 0, 1};
-  l.lse.reversed = {0};
-  return l;
-}
+// Contiguous operands, or every operand in an unusual layout (sdpa_test::LayoutsFor).
+using Memory = sdpa_test::Storage;
 
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
-void PrintTo(Memory memory, std::ostream* os) {
-  *os << (memory == Memory::kContiguous ? "contiguous" : "strided");
-}
 
 using Param = std::tuple<Case, DType, Memory, Backend>;
 
@@ -220,7 +185,7 @@ TEST_P(CaseTest, MatchesNaiveAttention) {
   options.scale = c.scale;
   options.causal = c.causal;
   options.backend = backend;
-  const sdpa_test::Layouts layouts = LayoutsFor(memory, c);
+  const sdpa_test::Layouts layouts = sdpa_test::LayoutsFor(memory, c.mask.shape.size());
 
   const sdpa_test::NaiveResult expected = sdpa_test::NaiveAttention(p);
   const sdpa_test::NaiveResult got = dtype == DType::kFloat32
@@ -233,9 +198,7 @@ TEST_P(CaseTest, MatchesNaiveAttention) {
 
 std::string ParamName(const ::testing::TestParamInfo<Param>& info) {
   const auto& [c, dtype, memory, backend] = info.param;
-  return c.name + "_" + sdpa::DTypeName(dtype) +
-         (memory == Memory::kContiguous ? "_contiguous_" : "_strided_") +
-         sdpa::BackendName(backend);
+  return sdpa_test::CaseTestName(c.name, dtype, memory, backend);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, CaseTest,

@@ -14,6 +14,7 @@
 #include "testing/expect.h"
 #include "testing/harness.h"
 #include "testing/naive_attention.h"
+#include "testing/problems.h"
 #include "testing/tensors.h"
 
 namespace {
@@ -51,53 +52,22 @@ class Semantics : public ::testing::TestWithParam<Backend> {
     return sdpa_test::RunForward<T>(p, OptsFor(p));
   }
 
-  // The keys each query row attends to, read back from the result. With q = 0 every visible key
-  // gets the same weight and v[j] = 2^j, so out = (sum of 2^j over visible j) / count and
-  // lse = log(count) identify the set exactly. `mask` must be bool or 0/-inf additive.
+  // The keys each query row attends to, read back from the result (sdpa_test::VisibleKeysOf).
+  // `mask` must be bool or 0/-inf additive.
   std::vector<std::vector<int>> VisibleKeys(std::int64_t q_len, std::int64_t kv_len, Causal causal,
                                             MaskType mask_type = MaskType::kNone,
                                             const Array& mask = {}) const {
     NaiveProblem p;
-    p.query = Array({1, 1, q_len, 1});
-    p.key = Array::Uniform({1, 1, kv_len, 1}, 7);
-    p.value = Array({1, 1, kv_len, 1});
-    for (std::int64_t j = 0; j < kv_len; ++j)
-      p.value({0, 0, j, 0}) = std::ldexp(1.0, static_cast<int>(j));
+    sdpa_test::UseKeyIdentifyingOperands(p, q_len, kv_len);
     p.causal = causal;
     p.mask_type = mask_type;
     p.mask = mask;
-    const NaiveResult r = Run<double>(p);
-    std::vector<std::vector<int>> keys(static_cast<std::size_t>(q_len));
-    for (std::int64_t i = 0; i < q_len; ++i) {
-      const double lse = r.lse({0, 0, i}), out = r.out({0, 0, i, 0});
-      if (lse == -kInf) {
-        EXPECT_EQ(out, 0.0) << "row " << i << " has no key but a non-zero output";
-        continue;
-      }
-      const double count = std::round(std::exp(lse));
-      EXPECT_NEAR(lse, std::log(count), 1e-14) << "row " << i;
-      const auto bits = static_cast<std::uint64_t>(std::llround(out * count));
-      for (int j = 0; j < 64; ++j) {
-        if ((bits >> j) & 1u) keys[static_cast<std::size_t>(i)].push_back(j);
-      }
-    }
-    return keys;
+    return sdpa_test::VisibleKeysOf(Run<double>(p));
   }
 };
 
-using Keys = std::vector<std::vector<int>>;
-
-// Random Q, K, V of the given sizes, float32-representable so both types see the same values.
-NaiveProblem RandomProblem(std::int64_t batch, std::int64_t heads, std::int64_t kv_heads,
-                           std::int64_t q_len, std::int64_t kv_len, std::int64_t head_dim,
-                           std::int64_t v_dim, std::uint64_t seed) {
-  NaiveProblem p;
-  p.query = Array::Uniform({batch, heads, q_len, head_dim}, seed).RoundedToFloat();
-  p.key = Array::Uniform({batch, kv_heads, kv_len, head_dim}, seed + 1).RoundedToFloat();
-  p.value = Array::Uniform({batch, kv_heads, kv_len, v_dim}, seed + 2).RoundedToFloat();
-  p.scale = sdpa_test::DefaultScale(head_dim);
-  return p;
-}
+using sdpa_test::Keys;
+using sdpa_test::RandomProblem;
 
 // ---- Hand-checked small cases -------------------------------------------------------------
 

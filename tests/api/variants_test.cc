@@ -24,6 +24,7 @@
 #include "testing/expect.h"
 #include "testing/harness.h"
 #include "testing/naive_attention.h"
+#include "testing/problems.h"
 #include "testing/tensors.h"
 
 namespace {
@@ -366,16 +367,7 @@ NaiveProblem MakeProblem(const Case& c, DType dtype) {
   p.causal = c.causal;
   p.mask_type = c.mask_type;
   if (c.mask_type != MaskType::kNone) {
-    sdpa_test::Random random(seed + 3);
-    p.mask = Array(c.mask_shape);
-    for (double& x : p.mask.values) {
-      const bool keep = random.Bernoulli(c.mask_keep);
-      if (c.mask_type == MaskType::kBool) {
-        x = keep ? 1.0 : 0.0;
-      } else {
-        x = keep ? random.Uniform(-3.0, 3.0) : -kInf;
-      }
-    }
+    p.mask = sdpa_test::RandomMask(c.mask_type, c.mask_shape, c.mask_keep, seed + 3);
   }
   if (c.window) {
     p.window_left = c.left;
@@ -392,34 +384,11 @@ NaiveProblem MakeProblem(const Case& c, DType dtype) {
   p.cu_seqlens_k = c.cu_k;
   p.dropout_p = c.dropout_p;
   p.seed = c.seed;
-  if (dtype == DType::kFloat32) {
-    p.query = p.query.RoundedToFloat();
-    p.key = p.key.RoundedToFloat();
-    p.value = p.value.RoundedToFloat();
-    p.mask = p.mask.RoundedToFloat();
-  }
-  return p;
+  return dtype == DType::kFloat32 ? sdpa_test::RoundedToFloat(p) : p;
 }
 
-// Contiguous operands, or every operand in an unusual layout (as cases_test.cc): query stored
-// [B, Lq, H, D], key with padded rows and every other element, value and mask stored back to
-// front, out stored [B, Lq, H, Dv] with padding, lse stored [Lq, B, H] with batch reversed.
-enum class Memory { kContiguous, kStrided };
-
-sdpa_test::Layouts LayoutsFor(Memory memory, const Case& c) {
-  sdpa_test::Layouts l;
-  if (memory == Memory::kContiguous) return l;
-  l.query.order = {0, 2, 1, 3};
-  l.key.step = 2;
-  l.key.pad = 3;
-  l.value.reversed = {2, 3};
-  if (!c.mask_shape.empty()) l.mask.reversed = {static_cast<int>(c.mask_shape.size()) - 1};
-  l.out.order = {0, 2, 1, 3};
-  l.out.pad = 1;
-  l.lse.order = {2, 0, 1};
-  l.lse.reversed = {0};
-  return l;
-}
+// Contiguous operands, or every operand in an unusual layout (sdpa_test::LayoutsFor).
+using Memory = sdpa_test::Storage;
 
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
@@ -431,7 +400,7 @@ TEST_P(VariantCase, MatchesNaiveAttention) {
   const auto& [c, dtype, memory, backend] = GetParam();
   const NaiveProblem p = MakeProblem(c, dtype);
   const sdpa::Options options = OptionsFor(p, backend);
-  const sdpa_test::Layouts layouts = LayoutsFor(memory, c);
+  const sdpa_test::Layouts layouts = sdpa_test::LayoutsFor(memory, c.mask_shape.size());
   const NaiveResult expected = sdpa_test::NaiveAttention(p);
   const NaiveResult got = dtype == DType::kFloat32
                               ? sdpa_test::RunForward<float>(p, options, layouts)
@@ -443,26 +412,13 @@ TEST_P(VariantCase, MatchesNaiveAttention) {
 
 std::string CaseParamName(const ::testing::TestParamInfo<CaseParam>& info) {
   const auto& [c, dtype, memory, backend] = info.param;
-  return c.name + "_" + sdpa::DTypeName(dtype) +
-         (memory == Memory::kContiguous ? "_contiguous_" : "_strided_") +
-         sdpa::BackendName(backend);
+  return sdpa_test::CaseTestName(c.name, dtype, memory, backend);
 }
 
 // ---- Rules, one test each -------------------------------------------------------------------
 
-// Random Q, K, V of the given sizes, float32-representable so both types see the same values.
-NaiveProblem RandomProblem(std::int64_t batch, std::int64_t heads, std::int64_t kv_heads,
-                           std::int64_t q_len, std::int64_t kv_len, std::int64_t head_dim,
-                           std::int64_t v_dim, std::uint64_t seed) {
-  NaiveProblem p;
-  p.query = Array::Uniform({batch, heads, q_len, head_dim}, seed).RoundedToFloat();
-  p.key = Array::Uniform({batch, kv_heads, kv_len, head_dim}, seed + 1).RoundedToFloat();
-  p.value = Array::Uniform({batch, kv_heads, kv_len, v_dim}, seed + 2).RoundedToFloat();
-  p.scale = sdpa_test::DefaultScale(head_dim);
-  return p;
-}
-
-using Keys = std::vector<std::vector<int>>;
+using sdpa_test::Keys;
+using sdpa_test::RandomProblem;
 
 class VariantSemantics : public ::testing::TestWithParam<Backend> {
  public:
@@ -488,34 +444,11 @@ class VariantSemantics : public ::testing::TestWithParam<Backend> {
     EXPECT_TRUE(sdpa_test::AllClose(r32.lse, expected.lse, f32)) << "float32 lse";
   }
 
-  // The keys each query row attends to, read back from the result (as Semantics.VisibleKeys):
-  // with q = 0 every visible key gets the same weight and v[j] = 2^j (j the packed position),
-  // so out = (sum of 2^j over visible j) / count and lse = log(count) identify the set exactly.
+  // The keys each query row attends to, read back from the result (sdpa_test::VisibleKeysOf).
   // `p` gives q_len and kv_len through its query and key shapes; its values are replaced.
   Keys VisibleKeys(NaiveProblem p) const {
-    const std::int64_t q_len = p.query.shape[2], kv_len = p.key.shape[2];
-    p.query = Array({1, 1, q_len, 1});
-    p.key = Array::Uniform({1, 1, kv_len, 1}, 7);
-    p.value = Array({1, 1, kv_len, 1});
-    for (std::int64_t j = 0; j < kv_len; ++j) {
-      p.value({0, 0, j, 0}) = std::ldexp(1.0, static_cast<int>(j));
-    }
-    const NaiveResult r = Run<double>(p);
-    Keys keys(static_cast<std::size_t>(q_len));
-    for (std::int64_t i = 0; i < q_len; ++i) {
-      const double lse = r.lse({0, 0, i}), out = r.out({0, 0, i, 0});
-      if (lse == -kInf) {
-        EXPECT_EQ(out, 0.0) << "row " << i << " has no key but a non-zero output";
-        continue;
-      }
-      const double count = std::round(std::exp(lse));
-      EXPECT_NEAR(lse, std::log(count), 1e-14) << "row " << i;
-      const auto bits = static_cast<std::uint64_t>(std::llround(out * count));
-      for (int j = 0; j < 64; ++j) {
-        if ((bits >> j) & 1u) keys[static_cast<std::size_t>(i)].push_back(j);
-      }
-    }
-    return keys;
+    sdpa_test::UseKeyIdentifyingOperands(p, p.query.shape[2], p.key.shape[2]);
+    return sdpa_test::VisibleKeysOf(Run<double>(p));
   }
   static NaiveProblem Shape(std::int64_t q_len, std::int64_t kv_len, Causal causal, Side left,
                             Side right) {
