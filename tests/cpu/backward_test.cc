@@ -19,6 +19,8 @@
 #include "testing/expect.h"
 #include "testing/naive_attention.h"
 #include "testing/naive_backward.h"
+#include "testing/on_target.h"
+#include "testing/problems.h"
 #include "testing/tensors.h"
 
 namespace {
@@ -30,12 +32,6 @@ using sdpa_test::MaskType;
 using sdpa_test::NaiveGradients;
 using sdpa_test::NaiveProblem;
 using sdpa_test::Tolerance;
-
-class OnTarget : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override { sdpa::cpu::ForceSimdTarget(GetParam()); }
-  void TearDown() override { sdpa::cpu::ForceSimdTarget(""); }
-};
 
 struct Case {
   const char* name;
@@ -133,15 +129,6 @@ NaiveProblem MakeProblem(const Case& c, std::uint64_t seed) {
   return p;
 }
 
-// The same problem with every operand rounded to float32 (what a float32 call sees).
-NaiveProblem RoundedToFloat(NaiveProblem p) {
-  p.query = p.query.RoundedToFloat();
-  p.key = p.key.RoundedToFloat();
-  p.value = p.value.RoundedToFloat();
-  p.mask = p.mask.RoundedToFloat();
-  return p;
-}
-
 Array GradOut(const NaiveProblem& p, std::uint64_t seed) {
   return Array::Uniform({p.query.shape[0], p.query.shape[1], p.query.shape[2], p.value.shape[3]},
                         seed);
@@ -163,7 +150,7 @@ double MaxAbsDiff(const Array& a, const Array& b) {
   return m;
 }
 
-class BackwardMatches : public OnTarget {};
+class BackwardMatches : public sdpa_test::OnTarget {};
 
 // float64: the engine within 1e-11 of the reference (the reference rounds once; the engine's
 // exp2 is within 2e-14 and its sums over at most a few thousand terms add a few 1e-13).
@@ -208,7 +195,7 @@ TEST_P(BackwardMatches, Float32WithinThreeTimesPlainFloat32Error) {
   std::uint64_t seed = 900;
   for (const Case& c : Cases()) {
     SCOPED_TRACE(c.name);
-    const NaiveProblem p = RoundedToFloat(MakeProblem(c, seed += 10));
+    const NaiveProblem p = sdpa_test::RoundedToFloat(MakeProblem(c, seed += 10));
     const Array dout = GradOut(p, seed + 5).RoundedToFloat();
     const NaiveGradients want =
         sdpa_test::RunBackward<double>(p, dout, OptionsFor(p, Backend::kReference));
@@ -236,7 +223,7 @@ TEST_P(BackwardMatches, StridedViewsOfEveryOperand) {
     c.mask_type = MaskType::kAdditive;
     c.mask_shape = {100, 130};
     const NaiveProblem p =
-        RoundedToFloat(MakeProblem(c, 1000 + static_cast<std::uint64_t>(shape.rank)));
+        sdpa_test::RoundedToFloat(MakeProblem(c, 1000 + static_cast<std::uint64_t>(shape.rank)));
     const Array dout = GradOut(p, 1100).RoundedToFloat();
     const sdpa::Options options = OptionsFor(p, Backend::kCpu);
 
@@ -290,7 +277,7 @@ TEST_P(BackwardMatches, BitwiseIdenticalForAnyThreadCount) {
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
-    const NaiveProblem p = RoundedToFloat(MakeProblem(c, 1200));
+    const NaiveProblem p = sdpa_test::RoundedToFloat(MakeProblem(c, 1200));
     const Array dout = GradOut(p, 1201).RoundedToFloat();
     const sdpa::cpu::Schedule schedule = BackwardSchedule(p, 8);
     ASSERT_GE(schedule.threads, 4) << "too small to use several threads: " << schedule.reason;
@@ -317,7 +304,7 @@ TEST_P(BackwardMatches, BitwiseIdenticalForAnyThreadCount) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTargets, BackwardMatches, ::testing::ValuesIn(sdpa::cpu::SimdTargets()),
-                         [](const auto& p) { return p.param; });
+                         sdpa_test::TargetName);
 
 // Keys are chunked only when there are fewer than kMinBackwardTasks (batch, kv head) pairs and
 // enough keys; the chunks depend on the shape, never on the thread count.

@@ -17,6 +17,7 @@
 #include "testing/expect.h"
 #include "testing/harness.h"
 #include "testing/naive_attention.h"
+#include "testing/on_target.h"
 
 namespace {
 
@@ -26,15 +27,6 @@ using sdpa_test::MaskType;
 using sdpa_test::NaiveProblem;
 using sdpa_test::NaiveResult;
 using sdpa_test::Tolerance;
-
-// Runs a test body on one SIMD target and restores the best target afterwards.
-class OnTarget : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override { sdpa::cpu::ForceSimdTarget(GetParam()); }
-  void TearDown() override { sdpa::cpu::ForceSimdTarget(""); }
-};
-
-std::string TargetName(const ::testing::TestParamInfo<std::string>& info) { return info.param; }
 
 struct Case {
   const char* name;
@@ -135,7 +127,7 @@ const std::vector<Case>& Cases() {
   return cases;
 }
 
-class EngineMatches : public OnTarget {};
+class EngineMatches : public sdpa_test::OnTarget {};
 
 // float64: the engine within 1e-12 of the reference (issue 3's bound).
 TEST_P(EngineMatches, ReferenceInFloat64) {
@@ -371,7 +363,7 @@ TEST_P(EngineMatches, Exp2Accuracy) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTargets, EngineMatches, ::testing::ValuesIn(sdpa::cpu::SimdTargets()),
-                         TargetName);
+                         sdpa_test::TargetName);
 
 // SDPA_SIMD_TARGET names a target that must exist.
 TEST(SimdTarget, UnknownNameIsAnError) {

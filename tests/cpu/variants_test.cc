@@ -13,6 +13,7 @@
 
 #include "cpu/simd.h"
 #include "sdpa/sdpa.h"
+#include "testing/on_target.h"
 #include "testing/tensors.h"
 
 namespace {
@@ -20,13 +21,7 @@ namespace {
 using sdpa::Backend;
 using sdpa::Tensor;
 
-std::string TargetName(const ::testing::TestParamInfo<std::string>& param) { return param.param; }
-
-class VariantsOnTarget : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override { sdpa::cpu::ForceSimdTarget(GetParam()); }
-  void TearDown() override { sdpa::cpu::ForceSimdTarget(""); }
-};
+class VariantsOnTarget : public sdpa_test::OnTarget {};
 
 // A random problem with a random subset of the variants, sized around the tiles (96 rows,
 // 128 keys) and the split-key threshold.
@@ -211,6 +206,6 @@ TEST_P(VariantsOnTarget, ForcedTargetTakesEffect) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTargets, VariantsOnTarget,
-                         ::testing::ValuesIn(sdpa::cpu::SimdTargets()), TargetName);
+                         ::testing::ValuesIn(sdpa::cpu::SimdTargets()), sdpa_test::TargetName);
 
 }  // namespace
