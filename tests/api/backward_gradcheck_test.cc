@@ -22,6 +22,7 @@
 #include "sdpa/sdpa.h"
 #include "testing/backward_harness.h"
 #include "testing/expect.h"
+#include "testing/finite_differences.h"
 #include "testing/naive_attention.h"
 #include "testing/naive_backward.h"
 #include "testing/tensors.h"
@@ -132,12 +133,7 @@ NaiveProblem MakeProblem(const GradCase& c, std::uint64_t seed) {
 
 // L = Σ out ∘ W in long double, out from the independent NaiveAttention.
 long double Loss(const NaiveProblem& p, const Array& weights) {
-  const Array out = sdpa_test::NaiveAttention(p).out;
-  long double loss = 0;
-  for (std::size_t n = 0; n < out.values.size(); ++n) {
-    loss += static_cast<long double>(out.values[n]) * static_cast<long double>(weights.values[n]);
-  }
-  return loss;
+  return sdpa_test::WeightedSum(sdpa_test::NaiveAttention(p).out, weights);
 }
 
 // Central differences of Loss for every element of `operand` (one of p's arrays).
@@ -146,14 +142,8 @@ Array CentralDifferences(const NaiveProblem& p, const Array& weights,
   NaiveProblem moved = p;
   Array grad((p.*operand).shape);
   for (std::size_t n = 0; n < grad.values.size(); ++n) {
-    const double x = (p.*operand).values[n];
-    const double up = x + kEpsilon, down = x - kEpsilon;
-    (moved.*operand).values[n] = up;
-    const long double loss_up = Loss(moved, weights);
-    (moved.*operand).values[n] = down;
-    const long double loss_down = Loss(moved, weights);
-    (moved.*operand).values[n] = x;
-    grad.values[n] = static_cast<double>((loss_up - loss_down) / (up - down));
+    grad.values[n] = sdpa_test::CentralDifference((moved.*operand).values[n], kEpsilon,
+                                                  [&] { return Loss(moved, weights); });
   }
   return grad;
 }

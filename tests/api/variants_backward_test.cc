@@ -36,8 +36,10 @@
 #include "cpu/schedule.h"
 #include "sdpa/sdpa.h"
 #include "testing/expect.h"
+#include "testing/finite_differences.h"
 #include "testing/harness.h"
 #include "testing/naive_attention.h"
+#include "testing/problems.h"
 #include "testing/tensors.h"
 
 namespace {
@@ -230,12 +232,7 @@ Grads RunBackward(const NaiveProblem& p, const Array& grad_out, sdpa::Options op
 
 // L = Σ out ∘ W in long double, out from the float64 reference forward with `options`.
 long double Loss(const NaiveProblem& p, const sdpa::Options& options, const Array& weights) {
-  const Array out = sdpa_test::RunForward<double>(p, options).out;
-  long double loss = 0;
-  for (std::size_t n = 0; n < out.values.size(); ++n) {
-    loss += static_cast<long double>(out.values[n]) * static_cast<long double>(weights.values[n]);
-  }
-  return loss;
+  return sdpa_test::WeightedSum(sdpa_test::RunForward<double>(p, options).out, weights);
 }
 
 // (L(x + ε) - L(x - ε)) / 2ε for every element x that `at(n)` reaches in a copy of p, options.
@@ -245,14 +242,9 @@ Array CentralDifferences(NaiveProblem p, sdpa::Options options, const Array& wei
   Array grad(shape);
   for (std::size_t n = 0; n < grad.values.size(); ++n) {
     double& x = at(p, options, n);
-    const double x0 = x, up = x0 + kEpsilon, down = x0 - kEpsilon;
-    if (std::isinf(x0)) continue;  // a sink of -inf (none): L does not depend on it
-    x = up;
-    const long double loss_up = Loss(p, options, weights);
-    x = down;
-    const long double loss_down = Loss(p, options, weights);
-    x = x0;
-    grad.values[n] = static_cast<double>((loss_up - loss_down) / (up - down));
+    if (std::isinf(x)) continue;  // a sink of -inf (none): L does not depend on it
+    grad.values[n] =
+        sdpa_test::CentralDifference(x, kEpsilon, [&] { return Loss(p, options, weights); });
   }
   return grad;
 }
@@ -732,20 +724,12 @@ std::string Describe(const VariantCase& c) {
   return s;
 }
 
-NaiveProblem RoundedToFloat(NaiveProblem p) {
-  p.query = p.query.RoundedToFloat();
-  p.key = p.key.RoundedToFloat();
-  p.value = p.value.RoundedToFloat();
-  p.mask = p.mask.RoundedToFloat();
-  return p;
-}
-
 TEST(VariantBackward, CpuFloat32WithinPlainFloat32BoundOfReference) {
   sdpa_test::Random random(2024);
   for (std::uint64_t n = 0; n < 40; ++n) {
     const VariantCase c = RandomCase(random, 8000 + 10 * n);
     SCOPED_TRACE(Describe(c));
-    const NaiveProblem p = RoundedToFloat(MakeProblem(c));
+    const NaiveProblem p = sdpa_test::RoundedToFloat(MakeProblem(c));
     const Array dout = GradOut(c).RoundedToFloat();
     const Grads want = RunBackward<double>(p, dout, OptionsFor(c, Backend::kReference));
     const Grads got = RunBackward<float>(p, dout, OptionsFor(c, Backend::kCpu));
@@ -821,7 +805,7 @@ TEST(VariantBackward, BitwiseIdenticalForAnyThreadCount) {
     c.kv_len = c.cu_seqlens_k.back();
     c.seed = 9100;
     SCOPED_TRACE(c.name);
-    const NaiveProblem p = RoundedToFloat(MakeProblem(c));
+    const NaiveProblem p = sdpa_test::RoundedToFloat(MakeProblem(c));
     const Array dout = GradOut(c).RoundedToFloat();
     const sdpa::Options options = OptionsFor(c, Backend::kCpu);
     const sdpa::cpu::Schedule schedule = BackwardSchedule(p, options, 8);
