@@ -191,34 +191,34 @@ class Custom {
   template <typename T>
   static void ApplyScore(const void* context, const ScoreBlock& b, T* scores, T* derivative) {
     const auto& self = *static_cast<const Custom*>(context);
-    for (Index r = 0; r < b.rows; ++r) {
-      const Index h = b.head[r], i = b.pos[r];
-      T* s = scores + r * b.row_stride;
-      for (Index c = 0; c < b.keys; ++c) {
-        T& score = s[c * b.key_stride];
+    // Keys outer, rows inner: the engine's tiles are key-major (row_stride 1), so the inner loop
+    // walks contiguous scores and the compiler may vectorise it.
+    for (Index c = 0; c < b.keys; ++c) {
+      const Index j = b.key_begin + c;
+      for (Index r = 0; r < b.rows; ++r) {
+        const Index at = r * b.row_stride + c * b.key_stride;
         if constexpr (kDifferentiable) {
           if (derivative != nullptr) {
             const Dual<T> out =
-                self.score_mod_(Dual<T>{score, T(1)}, b.batch, h, i, b.key_begin + c);
-            score = out.value;
-            derivative[r * b.row_stride + c * b.key_stride] *= out.grad;
+                self.score_mod_(Dual<T>{scores[at], T(1)}, b.batch, b.head[r], b.pos[r], j);
+            scores[at] = out.value;
+            derivative[at] *= out.grad;
             continue;
           }
         }
-        score =
-            static_cast<T>(CallNarrowing(self.score_mod_, score, b.batch, h, i, b.key_begin + c));
+        scores[at] = static_cast<T>(
+            CallNarrowing(self.score_mod_, scores[at], b.batch, b.head[r], b.pos[r], j));
       }
     }
   }
   template <typename T>
   static void ApplyMask(const void* context, const ScoreBlock& b, T* scores) {
     const auto& self = *static_cast<const Custom*>(context);
-    for (Index r = 0; r < b.rows; ++r) {
-      const Index h = b.head[r], i = b.pos[r];
-      T* s = scores + r * b.row_stride;
-      for (Index c = 0; c < b.keys; ++c) {
-        if (!CallNarrowing(self.mask_mod_, b.batch, h, i, b.key_begin + c)) {
-          s[c * b.key_stride] = -std::numeric_limits<T>::infinity();
+    for (Index c = 0; c < b.keys; ++c) {  // keys outer, as in ApplyScore
+      const Index j = b.key_begin + c;
+      for (Index r = 0; r < b.rows; ++r) {
+        if (!CallNarrowing(self.mask_mod_, b.batch, b.head[r], b.pos[r], j)) {
+          scores[r * b.row_stride + c * b.key_stride] = -std::numeric_limits<T>::infinity();
         }
       }
     }
