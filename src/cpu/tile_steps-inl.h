@@ -318,6 +318,37 @@ void MaskOutsideRanges(D d, const std::vector<RowRef<T>>& rows, std::int64_t j0,
   }
 }
 
+// ApplyMask's bool / additive mask when every row of the task reads the same mask row (a
+// key-padding mask [B, 1, 1, Lkv] broadcast over heads and queries): one mask value per key,
+// applied to the whole Sᵀ row of that key at once. Keys outside a row's range are already -inf
+// and stay so (-inf + finite bias = -inf; a -inf bias or false writes -inf). Whole vectors: the
+// padded rows in the last one may become -inf, which the softmax steps handle (no -inf - -inf).
+template <class D, typename T = hn::TFromD<D>>
+void ApplySharedMaskRow(D d, const Problem& p, const std::vector<RowRef<T>>& rows, std::int64_t j0,
+                        std::int64_t keys, T* st, std::int64_t rp) {
+  const std::int64_t n = static_cast<std::int64_t>(hn::Lanes(d));
+  const std::int64_t ms = p.mask.stride[3];
+  const auto neg_inf = hn::Set(d, -std::numeric_limits<T>::infinity());
+  const auto real_rows = static_cast<std::int64_t>(rows.size());
+  for (std::int64_t c = 0; c < keys; ++c) {
+    T* s = st + c * rp;
+    if (p.mask_kind == MaskKind::kBool) {
+      if (static_cast<const bool*>(rows[0].mask)[(j0 + c) * ms]) continue;
+      for (std::int64_t x = 0; x < real_rows; x += n) hn::Store(neg_inf, d, s + x);
+    } else {
+      const T bias = static_cast<const T*>(rows[0].mask)[(j0 + c) * ms];
+      if (bias == -std::numeric_limits<T>::infinity()) {
+        for (std::int64_t x = 0; x < real_rows; x += n) hn::Store(neg_inf, d, s + x);
+        continue;
+      }
+      const auto add = hn::Set(d, bias);
+      for (std::int64_t x = 0; x < real_rows; x += n) {
+        hn::Store(hn::Add(hn::Load(d, s + x), add), d, s + x);
+      }
+    }
+  }
+}
+
 // Sets the scores of invisible keys to -inf (causal rule, window, sequence bounds, bool mask)
 // and adds an additive mask, for keys [j0, j0 + keys) and the task's rows. Only tiles that
 // contain an invisible key or a mask come here (mask_mod is applied by the caller). The score
@@ -327,6 +358,10 @@ void ApplyMask(D d, const Problem& p, const std::vector<RowRef<T>>& rows, std::i
                std::int64_t keys, T* st, std::int64_t rp) {
   MaskOutsideRanges(d, rows, j0, keys, st, rp);
   if (p.mask_kind == MaskKind::kNone) return;
+  if (p.mask.stride[1] == 0 && p.mask.stride[2] == 0) {
+    ApplySharedMaskRow(d, p, rows, j0, keys, st, rp);
+    return;
+  }
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const std::int64_t ms = p.mask.stride[3];
   for (std::size_t r = 0; r < rows.size(); ++r) {
