@@ -165,7 +165,7 @@ class BackwardTask {
             bool partial, bool mask_mod, T* dq) {
     steps_.Prepare(p_, seq, rows_, rp_);
     LoadQueryTile(rows);
-    const auto all_keys = [keys](std::int64_t, std::int64_t) { return keys; };
+    const auto all_keys = [keys](std::int64_t, std::int64_t) { return TileKeys{0, keys}; };
     ScoreTile(d_, qt_, p_.head_dim, rp_, k_rows_, dkp_, all_keys, pt_);
     steps_.Apply(d_, j0, keys, pt_, rp_, slope_);
     if (partial) ApplyMask(d_, p_, rows_, j0, keys, pt_, rp_);

@@ -190,14 +190,19 @@ class ForwardTask {
     }
   }
 
-  // For the tile [j0, j0 + keys): a function giving, for task rows [begin, end), how many of the
-  // tile's keys the last of those rows can see (rows' causal ends grow with the row). Rows past
-  // the task's last row count as the last row.
+  // For the tile [j0, j0 + keys): a function giving, for task rows [begin, end), the keys of
+  // the tile any of them can see: from the first row's range begin to the last row's range end
+  // (both grow with the row). Rows past the task's last row count as the last row. The dot form
+  // computes every key of the tile, so its range starts at 0.
   auto KeysSeen(std::int64_t j0, std::int64_t keys) const {
     return [this, j0, keys](std::int64_t begin, std::int64_t end) {
       const std::int64_t last = std::min(end, br_) - 1;
-      if (last < begin) return std::int64_t{0};
-      return std::clamp<std::int64_t>(rows_[static_cast<std::size_t>(last)].end - j0, 0, keys);
+      if (last < begin) return TileKeys{0, 0};
+      const RowRef<T>& first_row = rows_[static_cast<std::size_t>(std::min(begin, br_ - 1))];
+      const std::int64_t from =
+          dot_form_ ? 0 : std::clamp<std::int64_t>(first_row.begin - j0, 0, keys);
+      return TileKeys{
+          from, std::clamp<std::int64_t>(rows_[static_cast<std::size_t>(last)].end - j0, 0, keys)};
     };
   }
 
@@ -271,22 +276,23 @@ class ForwardTask {
   // Online softmax, lane-wise over rows: m_new = max(m, max_c Sᵀ[c]); α = exp(m - m_new);
   // Sᵀ[c] ← P = exp(Sᵀ[c] - m_new) (exactly 0 where Sᵀ = -inf); l ← α·l + Σ_c P.
   // Rows with no visible score yet keep m = -inf and subtract 0 instead (avoiding -inf - -inf).
-  // Keys are limited per vector of rows by keys_for, extended by a micro-tile of rows so that
-  // every P entry AccumulatePv reads is written.
+  // Keys are limited per vector of rows by keys_for, widened by a micro-tile of rows on both
+  // sides so that every P entry AccumulatePv reads is written.
   template <class KeysFor>
   void OnlineSoftmaxUpdate(const KeysFor& keys_for) {
     const V neg_inf = hn::Set(d_, -std::numeric_limits<T>::infinity());
     const V log2e = hn::Set(d_, static_cast<T>(kLog2e));
     for (std::int64_t x = 0; x < br_; x += n_) {
-      const std::int64_t keys = keys_for(x, x + n_ + kMicroRows - 1);
+      const TileKeys range =
+          keys_for(std::max<std::int64_t>(0, x - kMicroRows + 1), x + n_ + kMicroRows - 1);
       const V m_old = hn::Load(d_, m_ + x);
       V m_new = m_old;
-      for (std::int64_t c = 0; c < keys; ++c)
+      for (std::int64_t c = range.from; c < range.to; ++c)
         m_new = hn::Max(m_new, hn::Load(d_, st_ + c * rp_ + x));
       const V shift = hn::IfThenZeroElse(hn::Eq(m_new, neg_inf), m_new);
       const V alpha = Exp2(d_, hn::Mul(hn::Sub(m_old, shift), log2e));
       V sum = hn::Zero(d_);
-      for (std::int64_t c = 0; c < keys; ++c) {
+      for (std::int64_t c = range.from; c < range.to; ++c) {
         T* s = st_ + c * rp_ + x;
         const V score = hn::Load(d_, s);
         const V prob = hn::IfThenZeroElse(hn::Eq(score, neg_inf),
@@ -305,7 +311,7 @@ class ForwardTask {
   template <class KeysFor>
   void AccumulatePv(const T* v, std::int64_t ldv, const KeysFor& keys_for) {
     if (dot_form_) {
-      const std::int64_t keys = keys_for(0, br_);
+      const std::int64_t keys = keys_for(0, br_).to;  // from = 0 in the dot form
       const std::int64_t vectors = (p_.v_dim + n_ - 1) / n_;
       for (std::int64_t r = 0; r < br_; ++r) {
         for (std::int64_t x = 0; x < vectors; x += 8) {
@@ -320,10 +326,13 @@ class ForwardTask {
     const std::int64_t width = 2 * n_;
     for (std::int64_t col = 0; col < p_.v_dim; col += width) {
       for (std::int64_t r = 0; r < br_; r += kMicroRows) {
-        const std::int64_t keys = keys_for(r, r + kMicroRows);
+        const TileKeys range = keys_for(r, r + kMicroRows);
+        // Zero keys still apply the α rescale.
+        const std::int64_t keys = std::max<std::int64_t>(0, range.to - range.from);
         WithMicroRows(br_ - r, [&](auto rows) {
-          MulAddMicroTile<decltype(rows)::value, true>(d_, st_ + r, 1, rp_, keys, v + col, ldv,
-                                                       alpha_ + r, o_ + r * dvp_ + col, dvp_);
+          MulAddMicroTile<decltype(rows)::value, true>(d_, st_ + range.from * rp_ + r, 1, rp_, keys,
+                                                       v + range.from * ldv + col, ldv, alpha_ + r,
+                                                       o_ + r * dvp_ + col, dvp_);
         });
       }
     }
@@ -334,12 +343,12 @@ class ForwardTask {
   template <class KeysFor>
   void AccumulatePvSkippingZeros(const T* v, std::int64_t ldv, const KeysFor& keys_for) {
     for (std::int64_t r = 0; r < br_; ++r) {
-      const std::int64_t keys = keys_for(r, r + 1);
+      const TileKeys range = keys_for(r, r + 1);
       T* o = o_ + r * dvp_;
       const V alpha = hn::Set(d_, alpha_[r]);
       for (std::int64_t x = 0; x < dvp_; x += n_)
         hn::Store(hn::Mul(hn::Load(d_, o + x), alpha), d_, o + x);
-      for (std::int64_t c = 0; c < keys; ++c) {
+      for (std::int64_t c = range.from; c < range.to; ++c) {
         const T prob = st_[c * rp_ + r];
         if (prob == T(0)) continue;
         for (std::int64_t x = 0; x < p_.v_dim; x += n_) {

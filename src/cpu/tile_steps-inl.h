@@ -155,19 +155,27 @@ void PackRows(const T* src, std::int64_t ld, std::int64_t stride, std::int64_t c
   }
 }
 
-// Sᵀ[c][r] = A[c] · panels[:, r] for all rp rows (panels of 2N) and the keys c each panel
-// needs, keys_for(first row, end row) <= keys: the scores K·Qᵀ (forward and backward) and
-// dPᵀ = V·dOᵀ (backward). A rows are `lda` apart. On a causal diagonal tile a panel's keys stop
-// at its last row's end, so the part of the tile above the diagonal is not computed.
+// The keys [from, to) of a tile that a group of rows needs computed: none outside them is
+// visible to any of those rows.
+struct TileKeys {
+  std::int64_t from = 0, to = 0;
+};
+
+// Sᵀ[c][r] = A[c] · panels[:, r] for all rp rows (panels of 2N) and the keys each panel needs,
+// keys_for(first row, end row) -> TileKeys within [0, keys): the scores K·Qᵀ (forward and
+// backward) and dPᵀ = V·dOᵀ (backward). A rows are `lda` apart. On a causal diagonal tile a
+// panel's keys stop at its last row's end, and under a window they start at its first row's
+// begin, so the parts of the tile outside the band are not computed (their Sᵀ entries are left
+// as they were; the caller masks them).
 template <class D, class KeysFor, typename T = hn::TFromD<D>>
 void ScoreTile(D d, const T* panels, std::int64_t depth, std::int64_t rp, const T* a,
                std::int64_t lda, const KeysFor& keys_for, T* st) {
   const std::int64_t width = 2 * static_cast<std::int64_t>(hn::Lanes(d));
   for (std::int64_t panel = 0; panel < rp / width; ++panel) {
     const T* b = panels + panel * depth * width;
-    const std::int64_t keys = keys_for(panel * width, (panel + 1) * width);
-    for (std::int64_t c = 0; c < keys; c += kMicroRows) {
-      WithMicroRows(keys - c, [&](auto rows) {
+    const TileKeys range = keys_for(panel * width, (panel + 1) * width);
+    for (std::int64_t c = range.from; c < range.to; c += kMicroRows) {
+      WithMicroRows(range.to - c, [&](auto rows) {
         MulAddMicroTile<decltype(rows)::value, false>(d, a + c * lda, lda, 1, depth, b, width,
                                                       nullptr, st + c * rp + panel * width, rp);
       });
