@@ -26,10 +26,11 @@
 //
 // Variants (options.h) plug into the same loop: the causal rule, the window and varlen sequence
 // bounds give each row a key range [begin, end) whose ends grow with the row, so the loop visits
-// only keys from the first row's begin to the last row's end and only tiles crossing a range
-// edge are masked element-wise; a custom block_mask can skip more tiles. Softcap, ALiBi and
-// score_mod are lane-wise steps on every tile (ScoreSteps); sinks start each row's softmax with
-// m = sink, l = 1 (no value); dropout multiplies P after the row sums are taken.
+// only keys from the first row's begin to the last row's end, each panel of rows computes only
+// the keys between its first row's begin and its last row's end, and only tiles crossing a range
+// edge are masked; a custom block_mask can skip more tiles. Softcap, ALiBi and score_mod are
+// steps on every tile (ScoreSteps); sinks start each row's softmax with m = sink, l = 1 (no
+// value); dropout multiplies P after the row sums are taken.
 //
 // Steps of one tile: ScoreTile → ScoreSteps → ApplyMask (partial tiles only) →
 // OnlineSoftmaxUpdate → dropout → AccumulatePV; after the last tile, FinalizeRows (or
