@@ -229,8 +229,8 @@ void ValidateVariants(const Options& o, Problem& p) {
   }
   if (o.dropout_p > 0) {
     constexpr std::int64_t kLimit = std::int64_t{1} << 32;  // dropout.h's counter words
-    const std::int64_t sequences = p.varlen() ? p.num_sequences() : p.batch;
-    if (p.q_len >= kLimit || p.kv_len >= kLimit || p.heads >= kLimit || sequences >= kLimit) {
+    if (p.q_len >= kLimit || p.kv_len >= kLimit || p.heads >= kLimit ||
+        p.num_sequences() >= kLimit) {
       Fail("dropout needs batch, heads, q_len and kv_len below 2^32 (its counter words)");
     }
   }

@@ -150,10 +150,8 @@ class BackwardTask {
         DescribeRows(p_, s_.group, seq, t_.kv_head, r0, r0 + rows, rows_);
         const BlockKind kind = ClassifyTile(p_, seq, rows_, s_.group, j0, keys);
         if (kind == BlockKind::kEmpty) continue;
-        const bool partial =
-            p_.mask_kind != internal::MaskKind::kNone || kind == BlockKind::kPartial ||
-            j0 < rows_[static_cast<std::size_t>(rows - 1)].begin || j0 + keys > rows_[0].end;
-        Tile(seq, j0, keys, rows, partial, kind == BlockKind::kPartial, dq + r0 * dkp_);
+        Tile(seq, j0, keys, rows, TileNeedsMask(p_, rows_, kind, j0, keys),
+             kind == BlockKind::kPartial, dq + r0 * dkp_);
       }
       StoreKeyGradients(j0, keys);
     }

@@ -107,18 +107,14 @@ class ForwardTask {
 
     // Rows are ordered by position, so both ends of their key ranges grow: keys before the
     // first row's begin and past the last row's end are skipped without a look, and tiles
-    // inside every row's range need no element-wise mask.
+    // inside every row's range need no mask (TileNeedsMask).
     const std::int64_t start = std::max(t_.kv_begin, rows_[0].begin);
     const std::int64_t stop = std::min(t_.kv_end, rows_[static_cast<std::size_t>(br_ - 1)].end);
-    const std::int64_t all_visible_begin = rows_[static_cast<std::size_t>(br_ - 1)].begin;
-    const std::int64_t all_visible_end = rows_[0].end;
     for (std::int64_t j0 = start; j0 < stop; j0 += s_.kv_tile) {
       const std::int64_t keys = std::min(s_.kv_tile, stop - j0);
       const BlockKind kind = ClassifyTile(p_, seq, rows_, s_.group, j0, keys);
       if (kind == BlockKind::kEmpty) continue;
-      const bool partial = p_.mask_kind != MaskKind::kNone || kind == BlockKind::kPartial ||
-                           j0 < all_visible_begin || j0 + keys > all_visible_end;
-      Tile(seq, j0, keys, partial, kind == BlockKind::kPartial);
+      Tile(seq, j0, keys, TileNeedsMask(p_, rows_, kind, j0, keys), kind == BlockKind::kPartial);
     }
     if (partials != nullptr) {
       StorePartial(*partials);

@@ -130,6 +130,16 @@ BlockKind ClassifyTile(const Problem& p, const internal::Sequence& seq,
   return all_empty ? BlockKind::kEmpty : all_full ? BlockKind::kFull : BlockKind::kPartial;
 }
 
+// True when some score of the tile [j0, j0 + keys) needs masking for the task's rows: a mask,
+// a mask_mod the block hint did not settle, or a key outside some row's range (the first row
+// has the smallest range end, the last row the largest begin).
+template <typename T>
+bool TileNeedsMask(const Problem& p, const std::vector<RowRef<T>>& rows, BlockKind kind,
+                   std::int64_t j0, std::int64_t keys) {
+  return p.mask_kind != MaskKind::kNone || kind == BlockKind::kPartial || j0 < rows.back().begin ||
+         j0 + keys > rows.front().end;
+}
+
 // Transposed panels of `count` rows: dst[panel][k][x] = row(panel·width + x)[k·stride] · factor
 // for k < depth; rows count..rp-1 are 0. dst holds rp·depth elements.
 template <typename T, class RowPtr>

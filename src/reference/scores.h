@@ -65,9 +65,7 @@ void RowScores(const internal::Problem& p, const RowAt& row, std::vector<double>
     block.key_begin = j;
     block.keys = 1;
     if (p.has_score_mod()) {
-      double d_mod = 1.0;
-      p.custom->score_f64(p.custom->context, block, &s, slope != nullptr ? &d_mod : nullptr);
-      ds *= d_mod;
+      p.custom->score_f64(p.custom->context, block, &s, slope != nullptr ? &ds : nullptr);
     }
     s += bias;
     if (p.has_mask_mod()) p.custom->mask_f64(p.custom->context, block, &s);
