@@ -342,6 +342,36 @@ TEST(VariantValidation, GradSinksWithoutSinks) {
   EXPECT_TRUE(m.Bytes() == before) << "a failed call wrote to memory";
 }
 
+// grad_sinks is an output like the gradients: its shape, dtype and memory are checked.
+TEST(VariantValidation, GradSinksShapeDtypeAndOverlap) {
+  Memory m;
+  BackwardCall c(m);
+  sdpa::Options options;
+  options.sinks = {0.0, 0.5, -1.0, 0.0};
+  std::vector<double> doubles(4, 0.0);
+  const struct {
+    MutableTensorView grad_sinks;
+    const char* message;
+    bool dtype_error;  // sdpa::DTypeError rather than sdpa::Error
+  } cases[] = {
+      {MutableTensorView(m.grad_sinks.data(), {3}), "sdpa: grad_sinks.shape is [3] but must be [4]",
+       false},
+      {MutableTensorView(doubles.data(), {4}),
+       "sdpa: grad_sinks.dtype is float64 but query.dtype is float32", true},
+      {MutableTensorView(m.grad_query.data(), {4}), "sdpa: grad_sinks overlaps grad_query", false},
+  };
+  for (const auto& bad : cases) {
+    const std::vector<unsigned char> before = m.Bytes();
+    const auto call = [&] {
+      sdpa::Backward(c.query, c.key, c.value, c.out, c.lse, c.grad_out, c.grad_query, c.grad_key,
+                     c.grad_value, bad.grad_sinks, options);
+    };
+    EXPECT_TRUE(bad.dtype_error ? sdpa_test::ThrowsDTypeError(call, bad.message)
+                                : sdpa_test::ThrowsError(call, bad.message));
+    EXPECT_TRUE(m.Bytes() == before) << "a failed call wrote to memory: " << bad.message;
+  }
+}
+
 // A score_mod that takes plain numbers only has no derivative for the backward.
 struct ScaleFloat {
   float operator()(float score, std::int64_t, std::int64_t, std::int64_t, std::int64_t) const {
