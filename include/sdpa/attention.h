@@ -89,6 +89,10 @@ Plan Explain(const TensorView& query, const TensorView& key, const TensorView& v
 
 // Threads used by the CPU engine. 0 (the default) means all hardware threads (or the
 // SDPA_NUM_THREADS environment variable when set). Results do not depend on the thread count.
+// SetNumThreads throws sdpa::Error for values outside [0, kMaxThreads]. The threads are the
+// library's own pool (started on first use, kept across calls, started afresh in a child
+// process after fork()); a call that cannot start the threads it needs throws sdpa::Error.
+inline constexpr int kMaxThreads = 1024;
 void SetNumThreads(int num_threads);
 int GetNumThreads();
 

@@ -20,4 +20,11 @@ class DTypeError : public Error {
   explicit DTypeError(const std::string& message) : Error(message) {}
 };
 
+// Thrown when Options::interrupt asked a call to stop (it is not a bad argument: it derives
+// from std::runtime_error, not from Error). Message: "sdpa: interrupted".
+class Interrupted : public std::runtime_error {
+ public:
+  Interrupted() : std::runtime_error("sdpa: interrupted") {}
+};
+
 }  // namespace sdpa

@@ -32,6 +32,7 @@ void ForwardImpl(const TensorView& query, const TensorView& key, const TensorVie
   internal::Problem problem = internal::ValidateInputs(query, key, value, options);
   internal::AttachOutputs(problem, query.rank(), out, lse, Inputs(query, key, value, options),
                           kInputNames);
+  internal::CheckWork(problem, internal::ForwardWork(problem, false));
   internal::Run(problem);
 }
 
@@ -74,6 +75,7 @@ void Forward(const TensorView& query, const TensorView& key, const TensorView& v
 Tensor Attention(const TensorView& query, const TensorView& key, const TensorView& value,
                  const Options& options) {
   internal::Problem problem = internal::ValidateInputs(query, key, value, options);
+  internal::CheckWork(problem, internal::ForwardWork(problem, true));
   Tensor out(problem.dtype, internal::OutShape(problem, query.rank()));
   internal::AttachOutputs(problem, query.rank(), out.mutable_view(), nullptr,
                           Inputs(query, key, value, options), kInputNames);
@@ -84,6 +86,7 @@ Tensor Attention(const TensorView& query, const TensorView& key, const TensorVie
 AttentionResult AttentionWithLse(const TensorView& query, const TensorView& key,
                                  const TensorView& value, const Options& options) {
   internal::Problem problem = internal::ValidateInputs(query, key, value, options);
+  internal::CheckWork(problem, internal::ForwardWork(problem, true));
   AttentionResult result{Tensor(problem.dtype, internal::OutShape(problem, query.rank())),
                          Tensor(problem.dtype, internal::LseShape(problem, query.rank()))};
   const MutableTensorView lse = result.lse.mutable_view();
@@ -100,6 +103,7 @@ void Backward(const TensorView& query, const TensorView& key, const TensorView& 
   const internal::BackwardProblem problem = internal::ValidateBackward(
       internal::ValidateInputs(query, key, value, options), query.rank(),
       Inputs(query, key, value, options), out, lse, grad_out, grad_query, grad_key, grad_value);
+  internal::CheckWork(problem.forward, internal::BackwardWork(problem.forward, false));
   internal::RunBackward(problem);
 }
 
@@ -112,6 +116,7 @@ void Backward(const TensorView& query, const TensorView& key, const TensorView& 
       internal::ValidateBackward(internal::ValidateInputs(query, key, value, options), query.rank(),
                                  Inputs(query, key, value, options), out, lse, grad_out, grad_query,
                                  grad_key, grad_value, &grad_sinks);
+  internal::CheckWork(problem.forward, internal::BackwardWork(problem.forward, false));
   internal::RunBackward(problem);
 }
 
@@ -120,6 +125,7 @@ Gradients AttentionBackward(const TensorView& query, const TensorView& key, cons
                             const TensorView& grad_out, const Options& options) {
   internal::Problem problem = internal::ValidateInputs(query, key, value, options);
   internal::CheckBackwardInputs(problem, query.rank(), out, lse, grad_out);
+  internal::CheckWork(problem, internal::BackwardWork(problem, true));
   const auto shape_of = [](const TensorView& v) {
     return std::vector<std::int64_t>(v.layout.shape, v.layout.shape + v.layout.rank);
   };
@@ -138,7 +144,9 @@ Gradients AttentionBackward(const TensorView& query, const TensorView& key, cons
 
 Plan Explain(const TensorView& query, const TensorView& key, const TensorView& value,
              const Options& options) {
-  return internal::MakePlan(internal::ValidateInputs(query, key, value, options));
+  const internal::Problem problem = internal::ValidateInputs(query, key, value, options);
+  internal::CheckWork(problem, internal::ForwardWork(problem, false));
+  return internal::MakePlan(problem);
 }
 
 std::string Plan::ToString() const {
@@ -153,8 +161,9 @@ std::string Plan::ToString() const {
 }
 
 void SetNumThreads(int num_threads) {
-  if (num_threads < 0) {
-    internal::Fail("num_threads is ", num_threads, " but must be >= 0 (0 = all cores)");
+  if (num_threads < 0 || num_threads > kMaxThreads) {
+    internal::Fail("num_threads is ", num_threads, " but must be in [0, ", kMaxThreads,
+                   "] (0 = all hardware threads)");
   }
   g_num_threads.store(num_threads);
 }
@@ -165,9 +174,9 @@ int GetNumThreads() {
   if (const char* env = std::getenv("SDPA_NUM_THREADS"); env != nullptr && env[0] != '\0') {
     char* end = nullptr;
     const long from_env = std::strtol(env, &end, 10);
-    if (*end != '\0' || from_env < 1 || from_env > 4096) {
+    if (*end != '\0' || from_env < 1 || from_env > kMaxThreads) {
       internal::Fail("environment variable SDPA_NUM_THREADS is '", env,
-                     "' but must be an integer from 1 to 4096");
+                     "' but must be an integer from 1 to ", kMaxThreads);
     }
     return static_cast<int>(from_env);
   }

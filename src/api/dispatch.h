@@ -1,7 +1,7 @@
 // Choosing and running a backend for a validated problem.
 #pragma once
 
-#include "api/problem.h"
+#include "core/problem.h"
 #include "sdpa/attention.h"
 
 namespace sdpa::internal {

@@ -1,9 +1,13 @@
 #include "api/validate.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <sstream>
 
 namespace sdpa::internal {
 namespace {
@@ -224,8 +228,8 @@ void ValidateVariants(const Options& o, Problem& p) {
     p.cu_seqlens_q = o.cu_seqlens_q;
     p.cu_seqlens_k = o.cu_seqlens_k;
   }
-  if (!(o.dropout_p >= 0 && o.dropout_p < 1)) {
-    Fail("options.dropout_p is ", o.dropout_p, " but must be in [0, 1)");
+  if (!(o.dropout_p >= 0 && o.dropout_p <= 1)) {
+    Fail("options.dropout_p is ", o.dropout_p, " but must be in [0, 1]");
   }
   if (o.dropout_p > 0) {
     constexpr std::int64_t kLimit = std::int64_t{1} << 32;  // dropout.h's counter words
@@ -246,7 +250,73 @@ void ValidateVariants(const Options& o, Problem& p) {
   }
 }
 
+// A work limit (options.h): the option when set, else the environment variable, else `fallback`.
+double ResolveLimit(const char* option_name, double option, const char* env_name, double fallback) {
+  if (option != 0) {
+    if (!(option > 0)) Fail(option_name, " is ", option, " but must be > 0 (0 = the default)");
+    return option;
+  }
+  const char* env = std::getenv(env_name);
+  if (env == nullptr || env[0] == '\0') return fallback;
+  char* end = nullptr;
+  const double value = std::strtod(env, &end);
+  if (*end != '\0' || !(value > 0)) {
+    Fail("environment variable ", env_name, " is '", env, "' but must be a number > 0");
+  }
+  return value;
+}
+
+double PhysicalMemoryBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 1e18;
+}
+
 }  // namespace
+
+Work ForwardWork(const Problem& p, bool owned_outputs) {
+  const double rows =
+      static_cast<double>(p.batch) * static_cast<double>(p.heads) * static_cast<double>(p.q_len);
+  const double elem = p.dtype == DType::kFloat64 ? 8.0 : 4.0;
+  Work w;
+  w.flops = 2.0 * rows * static_cast<double>(p.kv_len) * static_cast<double>(p.head_dim + p.v_dim);
+  // The forward's scratch is per thread and per tile, except split-KV partials, which exist only
+  // for few rows; so only returned tensors count.
+  if (owned_outputs) w.bytes = rows * static_cast<double>(p.v_dim + 1) * elem;
+  return w;
+}
+
+Work BackwardWork(const Problem& p, bool owned_outputs) {
+  const double elem = p.dtype == DType::kFloat64 ? 8.0 : 4.0;
+  const double q_rows =
+      static_cast<double>(p.batch) * static_cast<double>(p.heads) * static_cast<double>(p.q_len);
+  const double kv_rows = static_cast<double>(p.batch) * static_cast<double>(p.kv_heads) *
+                         static_cast<double>(p.kv_len);
+  Work w;
+  w.flops = 2.5 * ForwardWork(p, false).flops;
+  w.bytes = q_rows * static_cast<double>(p.head_dim + 2) * elem;  // dQ accumulators, Δ
+  if (owned_outputs) {
+    w.bytes += (q_rows * static_cast<double>(p.head_dim) +
+                kv_rows * static_cast<double>(p.head_dim + p.v_dim)) *
+               elem;
+  }
+  return w;
+}
+
+void CheckWork(const Problem& p, const Work& work) {
+  if (work.flops > p.max_flops) {
+    Fail("the call needs ", work.flops, " floating-point operations (batch ", p.batch, ", heads ",
+         p.heads, ", q_len ", p.q_len, ", kv_len ", p.kv_len, ", head_dim ", p.head_dim, ", v_dim ",
+         p.v_dim, "), more than the limit of ", p.max_flops,
+         "; raise options.max_flops (or SDPA_MAX_FLOPS) if this is intended");
+  }
+  if (work.bytes > p.max_bytes) {
+    Fail("the call needs about ", work.bytes,
+         " bytes of memory for its results and scratch (batch ", p.batch, ", heads ", p.heads,
+         ", q_len ", p.q_len, ", kv_len ", p.kv_len, "), more than ", "the limit of ", p.max_bytes,
+         "; raise options.max_bytes (or SDPA_MAX_BYTES) if this "
+         "is intended");
+  }
+}
 
 std::string ShapeString(const std::vector<std::int64_t>& shape) {
   std::ostringstream os;
@@ -388,6 +458,10 @@ Problem ValidateInputs(const TensorView& query, const TensorView& key, const Ten
     for (int d = 0; d < 4; ++d) p.mask.stride[d] = m.shape[d] == 1 ? 0 : m.stride[d];
   }
   ValidateVariants(options, p);
+  p.interrupt = options.interrupt ? &options.interrupt : nullptr;
+  p.max_flops = ResolveLimit("options.max_flops", options.max_flops, "SDPA_MAX_FLOPS", 1e17);
+  p.max_bytes =
+      ResolveLimit("options.max_bytes", options.max_bytes, "SDPA_MAX_BYTES", PhysicalMemoryBytes());
   return p;
 }
 

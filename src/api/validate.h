@@ -4,33 +4,16 @@
 #pragma once
 
 #include <cstdint>
-#include <sstream>
 #include <string>
 #include <vector>
 
-#include "api/problem.h"
+#include "core/fail.h"
+#include "core/problem.h"
 #include "sdpa/error.h"
 #include "sdpa/options.h"
 #include "sdpa/tensor.h"
 
 namespace sdpa::internal {
-
-// Builds "sdpa: " + the streamed parts.
-template <typename... Parts>
-std::string Message(const Parts&... parts) {
-  std::ostringstream os;
-  os << "sdpa: ";
-  (os << ... << parts);
-  return os.str();
-}
-template <typename... Parts>
-[[noreturn]] void Fail(const Parts&... parts) {
-  throw Error(Message(parts...));
-}
-template <typename... Parts>
-[[noreturn]] void FailDType(const Parts&... parts) {
-  throw DTypeError(Message(parts...));
-}
 
 // "[2, 3, 4]"
 std::string ShapeString(const Layout& layout);
@@ -48,6 +31,17 @@ void CheckView(const char* name, const void* data, DType dtype, const Layout& la
 // Checks query, key, value and options; returns the problem without outputs attached.
 Problem ValidateInputs(const TensorView& query, const TensorView& key, const TensorView& value,
                        const Options& options);
+
+// What a call costs, for the work limits (options.h max_flops / max_bytes): its floating-point
+// operations and the bytes the library allocates for it (returned tensors when `owned_outputs`,
+// and scratch).
+struct Work {
+  double flops = 0, bytes = 0;
+};
+Work ForwardWork(const Problem& problem, bool owned_outputs);
+Work BackwardWork(const Problem& problem, bool owned_outputs);
+// Throws sdpa::Error saying what was asked when `work` exceeds the problem's limits.
+void CheckWork(const Problem& problem, const Work& work);
 
 // Expected output shapes for a validated problem, in the query's rank: out [.., Lq, Dv] and
 // lse [.., Lq] (one rank lower).

@@ -44,7 +44,8 @@
 #include <utility>
 #include <vector>
 
-#include "api/problem.h"
+#include "core/interrupt.h"
+#include "core/problem.h"
 #include "cpu/exp2-inl.h"
 #include "cpu/micro_kernels-inl.h"
 #include "cpu/parallel.h"
@@ -73,6 +74,16 @@ struct BackwardShared {
            (((t.split * p.batch + t.batch) * p.kv_heads + t.kv_head) * rows + first) * dkp;
   }
 };
+
+// True when a row of query head h with this forward lse saw no key: lse = -inf, or with a
+// sink, lse = the sink (the forward starts the row at m = sink, l = 1 and adds nothing). A row
+// whose keys carry less than a rounding error of the sink's weight has that lse too; its
+// gradients are below rounding as well, and it is treated alike (docs/semantics.md §13.5).
+template <typename T>
+bool RowIsEmpty(const internal::Problem& p, std::int64_t h, T lse) {
+  if (lse == -std::numeric_limits<T>::infinity()) return true;
+  return !p.sinks.empty() && lse == static_cast<T>(p.sinks[static_cast<std::size_t>(h)]);
+}
 
 // Rows [first, last) of a sequence's group list (i-major, see schedule.h) whose key ranges reach
 // keys [j0, j0 + keys) (packed). Both range ends grow with the row, so two binary searches.
@@ -106,8 +117,9 @@ class BackwardTask {
   using V = hn::Vec<D>;
 
   BackwardTask(const BackwardProblem& bp, const Schedule& s, const Task& t,
-               const BackwardShared<T>& shared, Arena<T>& arena, std::vector<RowRef<T>>& rows)
-      : bp_(bp), p_(bp.forward), s_(s), t_(t), shared_(shared), rows_(rows) {
+               const BackwardShared<T>& shared, internal::StopFlag& stop, Arena<T>& arena,
+               std::vector<RowRef<T>>& rows)
+      : bp_(bp), p_(bp.forward), s_(s), t_(t), shared_(shared), stop_(stop), rows_(rows) {
     n_ = static_cast<std::int64_t>(hn::Lanes(d_));
     rp_ = RoundUp(s.q_tile, 2 * n_);
     dkp_ = shared.dkp;
@@ -146,6 +158,7 @@ class BackwardTask {
       std::fill(dv_, dv_ + keys * dvp_, T(0));
       const auto [first_row, last_row] = RowsSeeing(p_, seq, s_.group, j0, keys);
       for (std::int64_t r0 = first_row; r0 < last_row; r0 += s_.q_tile) {
+        if (stop_.Stopped()) return;  // the caller throws sdpa::Interrupted
         const std::int64_t rows = std::min(s_.q_tile, last_row - r0);
         DescribeRows(p_, s_.group, seq, t_.kv_head, r0, r0 + rows, rows_);
         const BlockKind kind = ClassifyTile(p_, seq, rows_, s_.group, j0, keys);
@@ -204,9 +217,10 @@ class BackwardTask {
       const RowRef<T>& row = rows_[static_cast<std::size_t>(r)];
       lse_[r] = *internal::As<T>(p_.lse).Row(t_.batch, row.head, row.pos);
       delta_[r] = shared_.delta[static_cast<std::size_t>(row.global_row)];
-      if (lse_[r] == -std::numeric_limits<T>::infinity()) {
+      if (RowIsEmpty(p_, row.head, lse_[r])) {
         // No visible key: the row contributes nothing, even when its q or dO is not finite
         // (padding rows); its P is 0 and 0·NaN in dK or dV would leak, so pack zeros.
+        lse_[r] = -std::numeric_limits<T>::infinity();
         std::fill(q_rows_ + r * dkp_, q_rows_ + (r + 1) * dkp_, T(0));
         std::fill(do_rows_ + r * dvp_, do_rows_ + (r + 1) * dvp_, T(0));
       }
@@ -314,6 +328,7 @@ class BackwardTask {
   const Schedule& s_;
   const Task& t_;
   const BackwardShared<T>& shared_;
+  internal::StopFlag& stop_;
   std::vector<RowRef<T>>& rows_;
   ScoreSteps<T> steps_;
   D d_;
@@ -324,7 +339,9 @@ class BackwardTask {
     *lse_ = nullptr, *delta_ = nullptr, *slope_ = nullptr, *z_ = nullptr;
 };
 
-// grad_sinks[h] = -Σ_{b, i} exp(sink_h - lse_bhi)·Δ_bhi, in float64 and a fixed order.
+// grad_sinks[h] = -Σ_{b, i} exp(sink_h - lse_bhi)·Δ_bhi, in float64 and a fixed order, over the
+// rows that saw a key: an empty row's output is 0 whatever the sink, so it adds nothing (and
+// its grad_out, which may be anything, is never read).
 template <typename T>
 void StoreSinkGradients(const BackwardProblem& bp, const std::vector<T>& delta) {
   const internal::Problem& p = bp.forward;
@@ -333,7 +350,9 @@ void StoreSinkGradients(const BackwardProblem& bp, const std::vector<T>& delta) 
     double sum = 0;
     for (std::int64_t b = 0; b < p.batch && sink != -std::numeric_limits<double>::infinity(); ++b) {
       for (std::int64_t i = 0; i < p.q_len; ++i) {
-        const double lse = static_cast<double>(*internal::As<T>(p.lse).Row(b, h, i));
+        const T row_lse = *internal::As<T>(p.lse).Row(b, h, i);
+        if (RowIsEmpty(p, h, row_lse)) continue;
+        const double lse = static_cast<double>(row_lse);
         const auto row = static_cast<std::size_t>((b * p.heads + h) * p.q_len + i);
         sum -= std::exp(sink - lse) * static_cast<double>(delta[row]);
       }
@@ -389,7 +408,7 @@ void StoreQueryGradients(const BackwardProblem& bp, const Schedule& s,
 }
 
 template <typename T>
-void RunBackwardTyped(const BackwardProblem& bp, const Schedule& s) {
+void RunBackwardTyped(const BackwardProblem& bp, const Schedule& s, internal::StopFlag& stop) {
   const internal::Problem& p = bp.forward;
   BackwardShared<T> shared;
   shared.dkp = RoundUp(p.head_dim, 2 * static_cast<std::int64_t>(hn::Lanes(hn::ScalableTag<T>())));
@@ -401,18 +420,20 @@ void RunBackwardTyped(const BackwardProblem& bp, const Schedule& s) {
   ParallelFor(static_cast<std::int64_t>(s.tasks.size()), s.threads, [&](std::int64_t index, int) {
     static thread_local Arena<T> arena;
     static thread_local std::vector<RowRef<T>> rows;
-    BackwardTask<T>(bp, s, s.tasks[static_cast<std::size_t>(index)], shared, arena, rows).Run();
+    BackwardTask<T>(bp, s, s.tasks[static_cast<std::size_t>(index)], shared, stop, arena, rows)
+        .Run();
   });
+  stop.ThrowIfStopped();
   StoreQueryGradients(bp, s, shared);
   if (bp.grad_sinks.data != nullptr) StoreSinkGradients(bp, shared.delta);
 }
 
 // The per-target entry point (HWY_EXPORT-ed by backward.cc).
-inline void RunBackward(const BackwardProblem& bp, const Schedule& s) {
+inline void RunBackward(const BackwardProblem& bp, const Schedule& s, internal::StopFlag& stop) {
   if (bp.forward.dtype == DType::kFloat64) {
-    RunBackwardTyped<double>(bp, s);
+    RunBackwardTyped<double>(bp, s, stop);
   } else {
-    RunBackwardTyped<float>(bp, s);
+    RunBackwardTyped<float>(bp, s, stop);
   }
 }
 

@@ -18,7 +18,8 @@ HWY_EXPORT(RunBackward);
 void Backward(const internal::BackwardProblem& problem, int threads) {
   ApplySimdTargetFromEnvironment();
   const Schedule schedule = MakeBackwardSchedule(problem.forward, threads);
-  HWY_DYNAMIC_DISPATCH(RunBackward)(problem, schedule);
+  internal::StopFlag stop(problem.forward.interrupt);
+  HWY_DYNAMIC_DISPATCH(RunBackward)(problem, schedule, stop);
 }
 
 }  // namespace sdpa::cpu

@@ -1,7 +1,7 @@
 // The CPU engine's backward pass: schedule, then the tiled kernel on the active SIMD target.
 #pragma once
 
-#include "api/problem.h"
+#include "core/problem.h"
 
 namespace sdpa::cpu {
 

@@ -52,7 +52,8 @@
 #include <limits>
 #include <vector>
 
-#include "api/problem.h"
+#include "core/interrupt.h"
+#include "core/problem.h"
 #include "cpu/exp2-inl.h"
 #include "cpu/micro_kernels-inl.h"
 #include "cpu/parallel.h"
@@ -72,9 +73,9 @@ class ForwardTask {
   using D = hn::ScalableTag<T>;
   using V = hn::Vec<D>;
 
-  ForwardTask(const Problem& p, const Schedule& s, const Task& t, Arena<T>& arena,
-              std::vector<RowRef<T>>& rows)
-      : p_(p), s_(s), t_(t), rows_(rows) {
+  ForwardTask(const Problem& p, const Schedule& s, const Task& t, internal::StopFlag& stop,
+              Arena<T>& arena, std::vector<RowRef<T>>& rows)
+      : p_(p), s_(s), t_(t), stop_(stop), rows_(rows) {
     n_ = static_cast<std::int64_t>(hn::Lanes(d_));
     br_ = t.row_end - t.row_begin;
     rp_ = RoundUp(br_, 2 * n_);
@@ -111,6 +112,7 @@ class ForwardTask {
     const std::int64_t start = std::max(t_.kv_begin, rows_[0].begin);
     const std::int64_t stop = std::min(t_.kv_end, rows_[static_cast<std::size_t>(br_ - 1)].end);
     for (std::int64_t j0 = start; j0 < stop; j0 += s_.kv_tile) {
+      if (stop_.Stopped()) return;  // the caller throws sdpa::Interrupted
       const std::int64_t keys = std::min(s_.kv_tile, stop - j0);
       const BlockKind kind = ClassifyTile(p_, seq, rows_, s_.group, j0, keys);
       if (kind == BlockKind::kEmpty) continue;
@@ -389,6 +391,7 @@ class ForwardTask {
   const Problem& p_;
   const Schedule& s_;
   const Task& t_;
+  internal::StopFlag& stop_;
   std::vector<RowRef<T>>& rows_;
   ScoreSteps<T> steps_;
   D d_;
@@ -445,15 +448,16 @@ void MergePartials(const Problem& p, const Schedule& s, const Partials<T>& parti
 }
 
 template <typename T>
-void RunForwardTyped(const Problem& p, const Schedule& s) {
+void RunForwardTyped(const Problem& p, const Schedule& s, internal::StopFlag& stop) {
   Partials<T> partials;
   if (s.split()) partials.Allocate(s.kv_splits, p.batch * p.heads * p.q_len, p.v_dim);
   ParallelFor(static_cast<std::int64_t>(s.tasks.size()), s.threads, [&](std::int64_t index, int) {
     static thread_local Arena<T> arena;
     static thread_local std::vector<RowRef<T>> rows;
-    ForwardTask<T> task(p, s, s.tasks[static_cast<std::size_t>(index)], arena, rows);
+    ForwardTask<T> task(p, s, s.tasks[static_cast<std::size_t>(index)], stop, arena, rows);
     task.Run(s.split() ? &partials : nullptr);
   });
+  stop.ThrowIfStopped();
   if (s.split()) MergePartials(p, s, partials);
 }
 
@@ -472,11 +476,11 @@ inline void Exp2ArrayF32(const float* x, float* y, std::int64_t n) { Exp2Array(x
 inline void Exp2ArrayF64(const double* x, double* y, std::int64_t n) { Exp2Array(x, y, n); }
 
 // The per-target entry point (HWY_EXPORT-ed by forward.cc).
-inline void RunForward(const Problem& p, const Schedule& s) {
+inline void RunForward(const Problem& p, const Schedule& s, internal::StopFlag& stop) {
   if (p.dtype == DType::kFloat64) {
-    RunForwardTyped<double>(p, s);
+    RunForwardTyped<double>(p, s, stop);
   } else {
-    RunForwardTyped<float>(p, s);
+    RunForwardTyped<float>(p, s, stop);
   }
 }
 

@@ -42,7 +42,8 @@ Plan ExplainForward(const internal::Problem& problem, int threads) {
 void Forward(const internal::Problem& problem, int threads) {
   ApplySimdTargetFromEnvironment();
   const Schedule schedule = MakeSchedule(problem, threads);
-  HWY_DYNAMIC_DISPATCH(RunForward)(problem, schedule);
+  internal::StopFlag stop(problem.interrupt);
+  HWY_DYNAMIC_DISPATCH(RunForward)(problem, schedule, stop);
 }
 
 }  // namespace sdpa::cpu

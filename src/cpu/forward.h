@@ -3,7 +3,7 @@
 
 #include <cstdint>
 
-#include "api/problem.h"
+#include "core/problem.h"
 #include "cpu/schedule.h"
 #include "sdpa/attention.h"
 

@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "api/problem.h"
+#include "core/problem.h"
 
 namespace sdpa::cpu {
 

@@ -24,7 +24,7 @@ int FloatLanes() {
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
-#include "api/validate.h"
+#include "core/fail.h"
 
 namespace sdpa::cpu {
 

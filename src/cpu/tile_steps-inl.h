@@ -19,8 +19,8 @@
 #include <limits>
 #include <vector>
 
-#include "api/dropout.h"
-#include "api/problem.h"
+#include "core/dropout.h"
+#include "core/problem.h"
 #include "cpu/micro_kernels-inl.h"
 #include "hwy/contrib/math/math-inl.h"
 

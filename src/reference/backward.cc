@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/interrupt.h"
 #include "reference/scores.h"
 
 namespace sdpa::reference {
@@ -99,11 +100,15 @@ void BackwardTyped(const BackwardProblem& bp) {
   a.dv.assign(keys * static_cast<std::size_t>(p.v_dim), 0.0);
   a.dq.assign(static_cast<std::size_t>(p.head_dim), 0.0);
   a.dsinks.assign(static_cast<std::size_t>(p.heads), 0.0);
+  internal::StopFlag stop(p.interrupt);
   for (std::int64_t s = 0; s < p.num_sequences(); ++s) {
     RowAt row;
     row.seq = p.Seq(s);
     for (row.head = 0; row.head < p.heads; ++row.head) {
-      for (row.pos = 0; row.pos < row.seq.q_len; ++row.pos) Row<T>(bp, row, a);
+      for (row.pos = 0; row.pos < row.seq.q_len; ++row.pos) {
+        if (stop.Stopped()) stop.ThrowIfStopped();
+        Row<T>(bp, row, a);
+      }
     }
   }
   Store<T>(a.dk, p, p.head_dim, bp.grad_k);

@@ -3,7 +3,7 @@
 // and lse), so it checks the fast backward independently of the forward.
 #pragma once
 
-#include "api/problem.h"
+#include "core/problem.h"
 
 namespace sdpa::reference {
 

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/interrupt.h"
 #include "reference/scores.h"
 
 namespace sdpa::reference {
@@ -41,12 +42,16 @@ void Row(const Problem& p, const RowAt& row, std::vector<double>& probs,
 
 template <typename T>
 void ForwardTyped(const Problem& p) {
+  internal::StopFlag stop(p.interrupt);
   std::vector<double> probs, factor, acc(static_cast<std::size_t>(p.v_dim));
   for (std::int64_t s = 0; s < p.num_sequences(); ++s) {
     RowAt row;
     row.seq = p.Seq(s);
     for (row.head = 0; row.head < p.heads; ++row.head) {
-      for (row.pos = 0; row.pos < row.seq.q_len; ++row.pos) Row<T>(p, row, probs, factor, acc);
+      for (row.pos = 0; row.pos < row.seq.q_len; ++row.pos) {
+        if (stop.Stopped()) stop.ThrowIfStopped();
+        Row<T>(p, row, probs, factor, acc);
+      }
     }
   }
 }

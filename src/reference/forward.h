@@ -2,7 +2,7 @@
 // float64. It is the oracle every fast path is tested against and is never optimised.
 #pragma once
 
-#include "api/problem.h"
+#include "core/problem.h"
 
 namespace sdpa::reference {
 

@@ -7,8 +7,8 @@
 #include <limits>
 #include <vector>
 
-#include "api/dropout.h"
-#include "api/problem.h"
+#include "core/dropout.h"
+#include "core/problem.h"
 
 namespace sdpa::reference {
 

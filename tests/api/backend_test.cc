@@ -166,14 +166,15 @@ TEST_F(Threads, InvalidEnvironmentVariableIsAnError) {
     EXPECT_TRUE(
         sdpa_test::ThrowsError([] { sdpa::GetNumThreads(); },
                                std::string("sdpa: environment variable SDPA_NUM_THREADS is '") +
-                                   bad + "' but must be an integer from 1 to 4096"));
+                                   bad + "' but must be an integer from 1 to 1024"));
   }
 }
 
 TEST_F(Threads, NegativeCountIsRejected) {
   sdpa::SetNumThreads(3);
   EXPECT_TRUE(sdpa_test::ThrowsError([] { sdpa::SetNumThreads(-1); },
-                                     "sdpa: num_threads is -1 but must be >= 0 (0 = all cores)"));
+                                     "sdpa: num_threads is -1 but must be in [0, 1024] "
+                                     "(0 = all hardware threads)"));
   EXPECT_EQ(sdpa::GetNumThreads(), 3) << "a rejected call changed the setting";
 }
 

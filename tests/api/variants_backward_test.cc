@@ -31,8 +31,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "api/dropout.h"
 #include "api/validate.h"
+#include "core/dropout.h"
 #include "cpu/schedule.h"
 #include "sdpa/sdpa.h"
 #include "testing/expect.h"

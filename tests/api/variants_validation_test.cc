@@ -204,17 +204,15 @@ std::vector<BadCall> BadCalls() {
          c.options.cu_seqlens_k = {0, 4, 8};
        },
        "sdpa: options.cu_seqlens_k[2] is 8 but must be 7 (kv_len)"},
-      // Dropout: p in [0, 1).
+      // Dropout: p in [0, 1] (1 drops everything, as in PyTorch).
       {"dropout_negative", [](Call& c, Memory&) { c.options.dropout_p = -0.1; },
-       "sdpa: options.dropout_p is -0.1 but must be in [0, 1)"},
-      {"dropout_one", [](Call& c, Memory&) { c.options.dropout_p = 1.0; },
-       "sdpa: options.dropout_p is 1 but must be in [0, 1)"},
+       "sdpa: options.dropout_p is -0.1 but must be in [0, 1]"},
       {"dropout_above_one", [](Call& c, Memory&) { c.options.dropout_p = 1.5; },
-       "sdpa: options.dropout_p is 1.5 but must be in [0, 1)"},
+       "sdpa: options.dropout_p is 1.5 but must be in [0, 1]"},
       {"dropout_nan", [](Call& c, Memory&) { c.options.dropout_p = kNaN; },
-       "sdpa: options.dropout_p is nan but must be in [0, 1)"},
+       "sdpa: options.dropout_p is nan but must be in [0, 1]"},
       {"dropout_inf", [](Call& c, Memory&) { c.options.dropout_p = kInf; },
-       "sdpa: options.dropout_p is inf but must be in [0, 1)"},
+       "sdpa: options.dropout_p is inf but must be in [0, 1]"},
       // Custom functions: a CustomScore filled by hand with one type's function missing.
       {"custom_incomplete",
        [](Call& c, Memory&) {

@@ -7,7 +7,7 @@
 //   * a broadcast mask dimension has stride 0, so mask(b, h, i, j) is always addressable;
 //   * out and lse overlap no input and do not overlap themselves;
 //   * variants (options.h) are checked: window sides >= 0, one finite ALiBi slope and one sink
-//     (not NaN or +inf) per query head, softcap > 0, dropout_p in [0, 1), varlen offsets
+//     (not NaN or +inf) per query head, softcap > 0, dropout_p in [0, 1], varlen offsets
 //     start at 0, never decrease and end at q_len / kv_len, with batch 1.
 //
 // Which keys a query row sees is the one rule every backend and the schedule share: Visible().
@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -78,6 +79,8 @@ struct Problem {
   double dropout_p = 0;
   std::uint64_t seed = 0;
   const CustomScore* custom = nullptr;
+  const std::function<bool()>* interrupt = nullptr;  // Options::interrupt; null when empty
+  double max_flops = 0, max_bytes = 0;               // resolved limits (options.h), > 0
 
   std::int64_t group_size() const { return heads / kv_heads; }
   std::int64_t KvHead(std::int64_t h) const { return h / group_size(); }
