@@ -12,7 +12,7 @@ Only what Python must decide is checked here, with messages naming the Python ke
   * the seed rule: seed=None with dropout_p > 0 draws a fresh seed from secrets.randbits(64) in
     a forward call, and is an error in a backward call (which must regenerate the forward's mask).
 Values (window sides >= 0, slopes finite, sinks not +inf/NaN, offsets consistent with the
-lengths, dropout_p in [0, 1)) are the library's to check; its messages name the fields
+lengths, dropout_p in [0, 1]) are the library's to check; its messages name the fields
 `options.window.left`, `options.alibi_slopes[h]`, ... of sdpa::Options.
 """
 

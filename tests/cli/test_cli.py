@@ -656,8 +656,8 @@ VARIANT_FAILURES = [
      r"options\.cu_seqlens_k\[1\] is 7 but must be 6 \(kv_len\)$"),
     ("cu_one_value", lambda d: ["--cu-seqlens-q", "0", "--cu-seqlens-k", "0"],
      r"options\.cu_seqlens_q has 1 values but must have at least 2"),
-    ("dropout_one", lambda d: ["--dropout", "1"],
-     r"^sdpa: options\.dropout_p is 1 but must be in \[0, 1\)$"),
+    ("dropout_above_one", lambda d: ["--dropout", "1.5"],
+     r"^sdpa: options\.dropout_p is 1\.5 but must be in \[0, 1\]$"),
     ("dropout_negative", lambda d: ["--dropout", "-0.1"], r"options\.dropout_p is -0\.1"),
     # @FILE lists: the file's problems name the flag and the file.
     ("alibi_file_missing", lambda d: ["--alibi-slopes", "@" + str(d / "in_nothere.npy")],

@@ -138,7 +138,7 @@ def test_threads_setting():
     try:
         sdpa.set_num_threads(1)
         assert sdpa.get_num_threads() == 1
-        with pytest.raises(ValueError, match=r"^sdpa: num_threads is -1 but must be >= 0"):
+        with pytest.raises(ValueError, match=r"^sdpa: num_threads is -1 but must be in \[0, 1024\]"):
             sdpa.set_num_threads(-1)
         with pytest.raises(TypeError, match=r"^sdpa: n is 1.5 but must be an int"):
             sdpa.set_num_threads(1.5)

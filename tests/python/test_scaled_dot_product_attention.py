@@ -277,7 +277,7 @@ KV2 = np.ones((2, 2, 5, 8))
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(dropout_p=1.0), ValueError, r"^sdpa: options.dropout_p is 1 but must be in \[0, 1\)"),
+    (dict(dropout_p=1.5), ValueError, r"^sdpa: options.dropout_p is 1.5 but must be in \[0, 1\]"),
     (dict(dropout_p=0.1, seed=-1), ValueError, r"^sdpa: seed is -1 but must be in \[0, 2\*\*64\)"),
     (dict(attn_mask=np.ones((3, 2), bool), is_causal=True), ValueError,
      r"^sdpa: attn_mask is given and is_causal is True; PyTorch refuses"),

@@ -678,7 +678,7 @@ def _arguments():
     (dict(query=np.ones((2, 3, 4, 8)), key=np.ones((2, 3, 5, 8)), value=np.ones((2, 3, 5, 2)),
           cu_seqlens_q=[0, 4], cu_seqlens_k=[0, 5]), ValueError,
      r"^sdpa: query.shape batch is 2 but must be 1 with options.cu_seqlens_q"),
-    (dict(dropout_p=1.0), ValueError, r"^sdpa: options.dropout_p is 1 but must be in \[0, 1\)"),
+    (dict(dropout_p=1.5), ValueError, r"^sdpa: options.dropout_p is 1.5 but must be in \[0, 1\]"),
     (dict(dropout_p=-0.1), ValueError, r"^sdpa: options.dropout_p is -0.1 but must be in"),
     (dict(dropout_p=np.nan), ValueError, r"^sdpa: options.dropout_p is nan but must be in"),
     (dict(dropout_p="0.1"), TypeError, r"^sdpa: dropout_p is '0.1' but must be a number"),
@@ -710,8 +710,8 @@ def test_backward_errors(rng):
 
 def test_sdpa_errors():
     x = np.ones((2, 3, 4))
-    with pytest.raises(ValueError, match=r"^sdpa: options.dropout_p is 1 but must be in"):
-        sdpa.scaled_dot_product_attention(x, x, x, dropout_p=1)
+    with pytest.raises(ValueError, match=r"^sdpa: options.dropout_p is 2 but must be in"):
+        sdpa.scaled_dot_product_attention(x, x, x, dropout_p=2)
     with pytest.raises(ValueError, match=r"^sdpa: seed is -5 but must be in \[0, 2\*\*64\)"):
         sdpa.scaled_dot_product_attention(x, x, x, dropout_p=0.5, seed=-5)
     with pytest.raises(ValueError, match=r"^sdpa: options.alibi_slopes has 3 values but must "

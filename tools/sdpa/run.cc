@@ -68,7 +68,7 @@ constexpr const char* kHelp =
     "                    packed sequences (batch 1): sequence s is query rows [q[s], q[s+1]) and\n"
     "                    keys [k[s], k[s+1]) and attends only within itself; give both, each\n"
     "                    from 0 to q_len (kv_len), non-decreasing, sequences + 1 values\n"
-    "  --dropout P       zero each attention probability with probability P in [0, 1) and\n"
+    "  --dropout P       zero each attention probability with probability P in [0, 1] and\n"
     "                    scale the rest by 1 / (1 - P); default 0\n"
     "  --seed S          dropout's seed, an integer in [0, 2^64 - 1]; default 0. A seed drops\n"
     "                    the same probabilities for any thread count and backend\n"
