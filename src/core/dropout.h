@@ -51,7 +51,7 @@ class Dropout {
   }
   // Kept probabilities are multiplied by this: 1 / (1 - p).
   double scale() const { return scale_; }
-  // For vectorised generators (cpu/tile_steps-inl.h) that must match Words() and Kept().
+  // For vectorised generators (cpu/dropout-inl.h) that must match Words() and Kept().
   std::uint32_t key0() const { return key0_; }
   std::uint32_t key1() const { return key1_; }
   std::uint64_t threshold() const { return threshold_; }

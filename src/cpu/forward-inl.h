@@ -54,12 +54,16 @@
 
 #include "core/interrupt.h"
 #include "core/problem.h"
+#include "cpu/arena.h"
+#include "cpu/dropout-inl.h"
 #include "cpu/exp2-inl.h"
 #include "cpu/micro_kernels-inl.h"
+#include "cpu/pack-inl.h"
 #include "cpu/parallel.h"
 #include "cpu/partials.h"
+#include "cpu/rows-inl.h"
 #include "cpu/schedule.h"
-#include "cpu/tile_steps-inl.h"
+#include "cpu/score_steps-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace sdpa::cpu {

@@ -75,7 +75,7 @@ double AddTasks(const internal::Problem& p, std::int64_t rows_per_task, Schedule
   return work;
 }
 
-// Names the per-score steps the tile loop adds (tile_steps-inl.h), if any.
+// Names the per-score steps the tile loop adds (score_steps-inl.h), if any.
 void DescribeScoreSteps(const internal::Problem& p, std::ostringstream& why) {
   std::vector<const char*> steps;
   if (p.softcap > 0) steps.push_back("softcap");

@@ -461,7 +461,7 @@ std::vector<Sequence> Sequences(const NaiveProblem& p, const sdpa::Options& o) {
 //   P = softmax over {s_j} ∪ {sink_h}; Z_j the dropout factor (kept: 1 / (1 - p), else 0);
 //   dP_j = dO·v_j, Δ = Σ_j P_j Z_j dP_j, dS_j = P_j (Z_j dP_j - Δ) σ_j;
 //   dq += scale Σ_j dS_j k_j, dk_j += scale dS_j q, dv_j += P_j Z_j dO, dsink_h -= P_sink Δ.
-// The dropout decisions come from the library's Philox rule (api/dropout.h): this is a
+// The dropout decisions come from the library's Philox rule (core/dropout.h): this is a
 // yardstick of rounding, not an oracle for them. The custom functions are called through the
 // public type-erased CustomScore, one element at a time.
 // With `magnitudes`, every sum adds the absolute values of its terms instead (|dP_j| = Σ|dO v|,

@@ -77,7 +77,7 @@ def assert_close(actual, expected, atol=None, rtol=None, what="out"):
 
 # ---------------------------------------------------------------------------------------------
 # The attention variants of issue 7 (window, ALiBi, softcap, sinks, packed varlen, dropout),
-# written from their definitions in include/sdpa/options.h and src/api/dropout.h, dense and in
+# written from their definitions in include/sdpa/options.h and src/core/dropout.h, dense and in
 # float64. Each score goes through
 #   s = scale·q·k → softcap c·tanh(s/c) → + ALiBi −slope[h]·|i + Lk − Lq − j| → + additive mask
 #   → removed outside causal / window / its sequence / the bool mask

@@ -3,7 +3,7 @@ variable-length batches and dropout, through sdpa.attention, attention_backward,
 scaled_dot_product_attention and sdpa.torch.attention.
 
 The oracle is sdpa_reference.variant_attention / variant_backward: numpy float64 written from the
-definitions (include/sdpa/options.h, src/api/dropout.h), with its own Philox4x32-10 checked
+definitions (include/sdpa/options.h, src/core/dropout.h), with its own Philox4x32-10 checked
 against Random123's known answers, so dropout is compared element by element too. Finite
 differences of sdpa.attention check the gradients of softcap, ALiBi and sinks independently of
 any hand-written backward. With PyTorch installed, the variants are rebuilt as an explicit float
@@ -475,7 +475,7 @@ def uniform_attention(heads=4, q_len=256, kv_len=64, dtype=np.float64):
 def test_dropout_keep_rate_and_scaling(p, backend):
     """Each weight is kept with probability 1 - p (within 5 standard deviations over 65536
     weights), kept weights are scaled by exactly 1 / (1 - p), and which ones are kept is the
-    Philox rule of src/api/dropout.h, element by element."""
+    Philox rule of src/core/dropout.h, element by element."""
     q, k, v = uniform_attention()
     seed = 0x0123456789ABCDEF
     out = sdpa.attention(q, k, v, dropout_p=p, seed=seed, backend=backend)

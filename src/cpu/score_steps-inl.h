@@ -1,17 +1,16 @@
-// Steps shared by the forward and backward kernels: per-thread scratch, the rows of a task, and
-// the tile operations both passes apply to Sᵀ (scores, masking) and to K/V tiles.
-//
-// Layouts (see forward-inl.h for the legend): a task's rows are described by RowRef; score tiles
-// are transposed, Sᵀ[key][row] with row stride rp (a multiple of the 2N panel width).
+// What both passes do to a tile of scores Sᵀ[key][row] (row stride rp, a multiple of the 2N
+// panel width; see forward-inl.h for the legend): compute it (ScoreTile), apply the variants'
+// per-score steps (ScoreSteps: softcap, ALiBi, score_mod), and mask it (ApplyMask: key ranges,
+// bool and additive masks; ApplyMaskMod). AllFinite guards the products against NaN/Inf in
+// masked V or K rows.
 
-#if defined(SDPA_CPU_TILE_STEPS_INL_H_) == defined(HWY_TARGET_TOGGLE)
-#ifdef SDPA_CPU_TILE_STEPS_INL_H_
-#undef SDPA_CPU_TILE_STEPS_INL_H_
+#if defined(SDPA_CPU_SCORE_STEPS_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef SDPA_CPU_SCORE_STEPS_INL_H_
+#undef SDPA_CPU_SCORE_STEPS_INL_H_
 #else
-#define SDPA_CPU_TILE_STEPS_INL_H_
+#define SDPA_CPU_SCORE_STEPS_INL_H_
 #endif
 
-#include <hwy/aligned_allocator.h>
 #include <hwy/highway.h>
 
 #include <algorithm>
@@ -19,9 +18,9 @@
 #include <limits>
 #include <vector>
 
-#include "core/dropout.h"
 #include "core/problem.h"
 #include "cpu/micro_kernels-inl.h"
+#include "cpu/rows-inl.h"
 #include "hwy/contrib/math/math-inl.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -33,143 +32,6 @@ using internal::MaskKind;
 using internal::Problem;
 
 inline constexpr double kLog2e = 1.442695040888963407359924681001892137;
-
-inline std::int64_t RoundUp(std::int64_t x, std::int64_t multiple) {
-  return (x + multiple - 1) / multiple * multiple;
-}
-
-// Per-thread buffers, grown on demand and kept for the next call.
-template <typename T>
-class Arena {
- public:
-  // Returns `count` elements, 64-byte aligned, valid until the next Reset.
-  T* Take(std::int64_t count) {
-    T* p = base_.get() + used_;
-    used_ += RoundUp(count, 64 / static_cast<std::int64_t>(sizeof(T)));
-    return p;
-  }
-  void Reset(std::int64_t total) {
-    if (total > capacity_) {
-      base_ = hwy::AllocateAligned<T>(static_cast<std::size_t>(total));
-      capacity_ = total;
-    }
-    used_ = 0;
-  }
-  // Elements Take(count) consumes.
-  static std::int64_t Footprint(std::int64_t count) {
-    return RoundUp(count, 64 / static_cast<std::int64_t>(sizeof(T)));
-  }
-
- private:
-  hwy::AlignedFreeUniquePtr<T[]> base_;
-  std::int64_t capacity_ = 0, used_ = 0;
-};
-
-// One query row of a task: where it reads, and which keys it may see.
-template <typename T>
-struct RowRef {
-  const T* q;
-  const void* mask;         // mask(b, h, i, 0), nullptr without a mask
-  std::int64_t head;        // query head h
-  std::int64_t pos;         // packed query position (= local without varlen)
-  std::int64_t local;       // query position within its sequence
-  std::int64_t begin, end;  // keys [begin, end) (packed) pass the causal, window, sequence rules
-  std::int64_t global_row;  // (b·H + h)·Lq + pos, the row's index in [B, H, Lq] arrays
-};
-
-// Rows [row_begin, row_end) of the query rows of `seq` sharing kv head `kv_head` (schedule.h):
-// row r is position i = r / G (within the sequence) of head h = kv_head·G + r % G. Both key-range
-// ends are non-decreasing along the rows.
-template <typename T>
-void DescribeRows(const Problem& p, std::int64_t group, const internal::Sequence& seq,
-                  std::int64_t kv_head, std::int64_t row_begin, std::int64_t row_end,
-                  std::vector<RowRef<T>>& rows) {
-  rows.resize(static_cast<std::size_t>(row_end - row_begin));
-  const auto mask_elem =
-      static_cast<std::int64_t>(p.mask_kind == MaskKind::kBool ? sizeof(bool) : sizeof(T));
-  const std::int64_t b = seq.batch;
-  for (std::int64_t row = row_begin; row < row_end; ++row) {
-    const std::int64_t local = row / group, i = seq.q_begin + local;
-    const std::int64_t h = kv_head * group + row % group;
-    RowRef<T>& ref = rows[static_cast<std::size_t>(row - row_begin)];
-    ref.q = internal::As<T>(p.q).Row(b, h, i);
-    ref.mask =
-        p.mask_kind == MaskKind::kNone
-            ? nullptr
-            : static_cast<const char*>(p.mask.data) +
-                  (b * p.mask.stride[0] + h * p.mask.stride[1] + i * p.mask.stride[2]) * mask_elem;
-    ref.head = h;
-    ref.pos = i;
-    ref.local = local;
-    const internal::KeyRange range = p.Visible(seq, local);
-    ref.begin = seq.k_begin + range.begin;
-    ref.end = seq.k_begin + range.end;
-    ref.global_row = (b * p.heads + h) * p.q_len + i;
-  }
-}
-
-// What a custom block_mask says about keys [j0, j0 + keys) (packed) for the task's rows: kEmpty
-// only if empty for every head among the rows, kFull only if full for all; kPartial without a
-// block_mask or mask_mod.
-template <typename T>
-BlockKind ClassifyTile(const Problem& p, const internal::Sequence& seq,
-                       const std::vector<RowRef<T>>& rows, std::int64_t group, std::int64_t j0,
-                       std::int64_t keys) {
-  if (!p.has_mask_mod()) return BlockKind::kFull;
-  if (p.custom->block == nullptr || rows.empty()) return BlockKind::kPartial;
-  const std::int64_t heads = std::min<std::int64_t>(group, static_cast<std::int64_t>(rows.size()));
-  const std::int64_t q_begin = rows.front().local, q_end = rows.back().local + 1;
-  const std::int64_t k_begin = j0 - seq.k_begin;
-  bool all_empty = true, all_full = true;
-  for (std::int64_t r = 0; r < heads; ++r) {
-    const BlockKind kind = p.custom->block(p.custom->context, seq.index, rows[r].head, q_begin,
-                                           q_end, k_begin, k_begin + keys);
-    all_empty = all_empty && kind == BlockKind::kEmpty;
-    all_full = all_full && kind == BlockKind::kFull;
-  }
-  return all_empty ? BlockKind::kEmpty : all_full ? BlockKind::kFull : BlockKind::kPartial;
-}
-
-// True when some score of the tile [j0, j0 + keys) needs masking for the task's rows: a mask,
-// a mask_mod the block hint did not settle, or a key outside some row's range (the first row
-// has the smallest range end, the last row the largest begin).
-template <typename T>
-bool TileNeedsMask(const Problem& p, const std::vector<RowRef<T>>& rows, BlockKind kind,
-                   std::int64_t j0, std::int64_t keys) {
-  return p.mask_kind != MaskKind::kNone || kind == BlockKind::kPartial || j0 < rows.back().begin ||
-         j0 + keys > rows.front().end;
-}
-
-// Transposed panels of `count` rows: dst[panel][k][x] = row(panel·width + x)[k·stride] · factor
-// for k < depth; rows count..rp-1 are 0. dst holds rp·depth elements.
-template <typename T, class RowPtr>
-void PackPanels(std::int64_t count, std::int64_t rp, std::int64_t width, std::int64_t depth,
-                std::int64_t stride, T factor, const RowPtr& row, T* dst) {
-  std::fill(dst, dst + rp * depth, T(0));
-  for (std::int64_t r = 0; r < count; ++r) {
-    const T* src = row(r);
-    T* col = dst + (r / width) * depth * width + r % width;
-    for (std::int64_t k = 0; k < depth; ++k) col[k * width] = src[k * stride] * factor;
-  }
-}
-
-// Rows [0, count) of `width` elements, gathered with element stride `stride` from rows `ld`
-// apart, into dst [count][padded] with zeros after `width`.
-template <typename T>
-void PackRows(const T* src, std::int64_t ld, std::int64_t stride, std::int64_t count,
-              std::int64_t width, std::int64_t padded, T* dst) {
-  for (std::int64_t c = 0; c < count; ++c) {
-    T* row = dst + c * padded;
-    for (std::int64_t x = 0; x < width; ++x) row[x] = src[c * ld + x * stride];
-    std::fill(row + width, row + padded, T(0));
-  }
-}
-
-// The keys [from, to) of a tile that a group of rows needs computed: none outside them is
-// visible to any of those rows.
-struct TileKeys {
-  std::int64_t from = 0, to = 0;
-};
 
 // Sᵀ[c][r] = A[c] · panels[:, r] for all rp rows (panels of 2N) and the keys each panel needs,
 // keys_for(first row, end row) -> TileKeys within [0, keys): the scores K·Qᵀ (forward and
@@ -402,74 +264,6 @@ void ApplyMask(D d, const Problem& p, const std::vector<RowRef<T>>& rows, std::i
   }
 }
 
-// Philox4x32-10 (api/dropout.h) for a vector of rows at once: u64 lanes hold the 32-bit words,
-// so that MulEven gives each lane's full 64-bit product (Highway 1.0 has no 32-bit MulHigh).
-template <class D64, class V64 = hn::Vec<D64>>
-void PhiloxRows(D64 d64, V64 (&c)[4], std::uint32_t key0, std::uint32_t key1) {
-#if HWY_TARGET == HWY_SCALAR  // one lane, and no 32-bit view of it: the scalar generator
-  const internal::PhiloxWords words = internal::Philox4x32(
-      {static_cast<std::uint32_t>(hn::GetLane(c[0])), static_cast<std::uint32_t>(hn::GetLane(c[1])),
-       static_cast<std::uint32_t>(hn::GetLane(c[2])),
-       static_cast<std::uint32_t>(hn::GetLane(c[3]))},
-      key0, key1);
-  for (int w = 0; w < 4; ++w) c[w] = hn::Set(d64, words[static_cast<std::size_t>(w)]);
-#else
-  const hn::Repartition<std::uint32_t, D64> d32;
-  const V64 mul0 = hn::Set(d64, 0xD2511F53u), mul1 = hn::Set(d64, 0xCD9E8D57u);
-  const V64 low = hn::Set(d64, 0xFFFFFFFFu);
-  for (int round = 0; round < 10; ++round) {
-    const V64 p0 = hn::MulEven(hn::BitCast(d32, mul0), hn::BitCast(d32, c[0]));
-    const V64 p1 = hn::MulEven(hn::BitCast(d32, mul1), hn::BitCast(d32, c[2]));
-    const V64 k0 = hn::Set(d64, key0), k1 = hn::Set(d64, key1);
-    c[0] = hn::Xor(hn::Xor(hn::ShiftRight<32>(p1), c[1]), k0);
-    c[1] = hn::And(p1, low);
-    c[2] = hn::Xor(hn::Xor(hn::ShiftRight<32>(p0), c[3]), k1);
-    c[3] = hn::And(p0, low);
-    key0 += 0x9E3779B9u;
-    key1 += 0xBB67AE85u;
-  }
-#endif
-}
-
-// z[c][r] = 1 / (1 - p) where dropout keeps element (row r, key j0 + c) and 0 where it drops it
-// (api/dropout.h); padded rows get 0. One vector Philox call decides 4 keys for a vector of rows.
-template <typename T>
-void DropoutTile(const Problem& p, const internal::Sequence& seq,
-                 const std::vector<RowRef<T>>& rows, std::int64_t j0, std::int64_t keys, T* z,
-                 std::int64_t rp) {
-  const hn::ScalableTag<std::uint64_t> d64;
-  using V64 = hn::Vec<decltype(d64)>;
-  const auto n = static_cast<std::int64_t>(hn::Lanes(d64));
-  const internal::Dropout dropout(p.dropout_p, p.seed);
-  const T kept = static_cast<T>(dropout.scale());
-  const std::uint64_t threshold = dropout.threshold();
-  std::fill(z, z + keys * rp, T(0));
-  HWY_ALIGN std::uint64_t pos[HWY_MAX_BYTES / 8];
-  HWY_ALIGN std::uint64_t head[HWY_MAX_BYTES / 8];
-  HWY_ALIGN std::uint64_t words[4][HWY_MAX_BYTES / 8];
-  const auto count = static_cast<std::int64_t>(rows.size());
-  for (std::int64_t r0 = 0; r0 < count; r0 += n) {
-    const std::int64_t lanes = std::min(n, count - r0);
-    for (std::int64_t x = 0; x < n; ++x) {
-      const RowRef<T>& row = rows[static_cast<std::size_t>(r0 + std::min(x, lanes - 1))];
-      pos[x] = static_cast<std::uint32_t>(row.local);
-      head[x] = static_cast<std::uint32_t>(row.head);
-    }
-    for (std::int64_t c = 0; c < keys; ++c) {
-      const std::int64_t j = j0 - seq.k_begin + c;
-      if (c == 0 || (j & 3) == 0) {
-        V64 counter[4] = {hn::Set(d64, static_cast<std::uint32_t>(j >> 2)), hn::Load(d64, pos),
-                          hn::Load(d64, head), hn::Set(d64, static_cast<std::uint32_t>(seq.index))};
-        PhiloxRows(d64, counter, dropout.key0(), dropout.key1());
-        for (int w = 0; w < 4; ++w) hn::Store(counter[w], d64, words[w]);
-      }
-      const std::uint64_t* word = words[j & 3];
-      T* zc = z + c * rp + r0;
-      for (std::int64_t x = 0; x < lanes; ++x) zc[x] = word[x] >= threshold ? kept : T(0);
-    }
-  }
-}
-
 // True when rows [0, keys) of `width` elements (a multiple of N), `ld` apart, are all finite.
 template <class D, typename T = hn::TFromD<D>>
 bool AllFinite(D d, const T* x, std::int64_t ld, std::int64_t keys, std::int64_t width) {
@@ -488,4 +282,4 @@ bool AllFinite(D d, const T* x, std::int64_t ld, std::int64_t keys, std::int64_t
 }  // namespace sdpa::cpu
 HWY_AFTER_NAMESPACE();
 
-#endif  // SDPA_CPU_TILE_STEPS_INL_H_
+#endif  // SDPA_CPU_SCORE_STEPS_INL_H_
