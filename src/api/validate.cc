@@ -276,7 +276,7 @@ double PhysicalMemoryBytes() {
 Work ForwardWork(const Problem& p, bool owned_outputs) {
   const double rows =
       static_cast<double>(p.batch) * static_cast<double>(p.heads) * static_cast<double>(p.q_len);
-  const double elem = p.dtype == DType::kFloat64 ? 8.0 : 4.0;
+  const auto elem = static_cast<double>(DTypeSize(p.storage));
   Work w;
   w.flops = 2.0 * rows * static_cast<double>(p.kv_len) * static_cast<double>(p.head_dim + p.v_dim);
   // The forward's scratch is per thread and per tile, except split-KV partials, which exist only
@@ -286,7 +286,7 @@ Work ForwardWork(const Problem& p, bool owned_outputs) {
 }
 
 Work BackwardWork(const Problem& p, bool owned_outputs) {
-  const double elem = p.dtype == DType::kFloat64 ? 8.0 : 4.0;
+  const auto elem = static_cast<double>(DTypeSize(p.storage));
   const double q_rows =
       static_cast<double>(p.batch) * static_cast<double>(p.heads) * static_cast<double>(p.q_len);
   const double kv_rows = static_cast<double>(p.batch) * static_cast<double>(p.kv_heads) *
@@ -404,7 +404,8 @@ Problem ValidateInputs(const TensorView& query, const TensorView& key, const Ten
   }
 
   Problem p;
-  p.dtype = query.dtype;
+  p.storage = query.dtype;
+  p.compute = query.dtype;  // float32 computes in float32, float64 in float64
   p.batch = q.shape[0];
   p.heads = heads;
   p.kv_heads = kv_heads;
@@ -413,11 +414,11 @@ Problem ValidateInputs(const TensorView& query, const TensorView& key, const Ten
   p.head_dim = q.shape[3];
   p.v_dim = v.shape[3];
   p.q.data = query.data;
-  p.k.data = key.data;
-  p.v.data = value.data;
+  p.kv.k.data = key.data;
+  p.kv.v.data = value.data;
   std::copy(q.stride, q.stride + 4, p.q.stride);
-  std::copy(k.stride, k.stride + 4, p.k.stride);
-  std::copy(v.stride, v.stride + 4, p.v.stride);
+  std::copy(k.stride, k.stride + 4, p.kv.k.stride);
+  std::copy(v.stride, v.stride + 4, p.kv.v.stride);
 
   const int causal = static_cast<int>(options.causal);
   if (causal < 0 || causal > static_cast<int>(Causal::kBottomRight)) {
@@ -483,9 +484,9 @@ bool Overlaps(const void* a_data, DType a_dtype, const Layout& a, const void* b_
 
 void CheckBackwardInputs(const Problem& p, int query_rank, const TensorView& out,
                          const TensorView& lse, const TensorView& grad_out) {
-  CheckShaped("out", out.data, out.dtype, out.layout, p.dtype, OutShape(p, query_rank));
-  CheckShaped("lse", lse.data, lse.dtype, lse.layout, p.dtype, LseShape(p, query_rank));
-  CheckShaped("grad_out", grad_out.data, grad_out.dtype, grad_out.layout, p.dtype,
+  CheckShaped("out", out.data, out.dtype, out.layout, p.storage, OutShape(p, query_rank));
+  CheckShaped("lse", lse.data, lse.dtype, lse.layout, p.compute, LseShape(p, query_rank));
+  CheckShaped("grad_out", grad_out.data, grad_out.dtype, grad_out.layout, p.storage,
               OutShape(p, query_rank));
 }
 
@@ -507,15 +508,15 @@ BackwardProblem ValidateBackward(Problem problem, int query_rank,
   std::vector<const char*> grad_names = {"grad_query", "grad_key", "grad_value"};
   if (grad_sinks != nullptr) {
     if (p.sinks.empty()) Fail("grad_sinks is given but options.sinks is not set");
-    CheckOutput("grad_sinks", *grad_sinks, p.dtype, {p.heads});
+    CheckOutput("grad_sinks", *grad_sinks, p.storage, {p.heads});
     grads.push_back(grad_sinks);
     grad_names.push_back("grad_sinks");
   }
-  CheckOutput("grad_query", grad_query, p.dtype,
+  CheckOutput("grad_query", grad_query, p.storage,
               Trailing({p.batch, p.heads, p.q_len, p.head_dim}, query_rank));
-  CheckOutput("grad_key", grad_key, p.dtype,
+  CheckOutput("grad_key", grad_key, p.storage,
               Trailing({p.batch, p.kv_heads, p.kv_len, p.head_dim}, query_rank));
-  CheckOutput("grad_value", grad_value, p.dtype,
+  CheckOutput("grad_value", grad_value, p.storage,
               Trailing({p.batch, p.kv_heads, p.kv_len, p.v_dim}, query_rank));
 
   std::vector<TensorView> inputs = forward_inputs;
@@ -561,8 +562,8 @@ BackwardProblem ValidateBackward(Problem problem, int query_rank,
 void AttachOutputs(Problem& p, int query_rank, const MutableTensorView& out,
                    const MutableTensorView* lse, const std::vector<TensorView>& inputs,
                    const std::vector<const char*>& input_names) {
-  CheckOutput("out", out, p.dtype, OutShape(p, query_rank));
-  if (lse) CheckOutput("lse", *lse, p.dtype, LseShape(p, query_rank));
+  CheckOutput("out", out, p.storage, OutShape(p, query_rank));
+  if (lse) CheckOutput("lse", *lse, p.compute, LseShape(p, query_rank));
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     const TensorView& in = inputs[i];
     if (Overlaps(out.data, out.dtype, out.layout, in.data, in.dtype, in.layout)) {

@@ -48,23 +48,48 @@ struct Sequence {
   std::int64_t k_begin = 0, k_len = 0;  // its keys [k_begin, k_begin + k_len)
 };
 
+inline constexpr std::int64_t kUnbounded = std::numeric_limits<std::int64_t>::max() / 4;
+
 // Keys [begin, end), as positions within the sequence; empty when begin >= end.
 struct KeyRange {
   std::int64_t begin = 0, end = 0;
 };
 
-inline constexpr std::int64_t kUnbounded = std::numeric_limits<std::int64_t>::max() / 4;
+// Where the key and value rows of each (batch, kv head) are, for every kernel and the reference:
+// they find K/V rows only through KeyRow / ValueRow. Strided operands today; keys
+// [j, RunEnd(b, j)) are rows k.stride[2] (v.stride[2]) apart, so a tile inside one run may be
+// read in place and one that crosses runs is gathered run by run (a paged cache has one run per
+// page).
+struct KvSource {
+  Operand<const void> k, v;  // k [B, Hkv, Lkv, D], v [B, Hkv, Lkv, Dv]
+
+  template <typename S>
+  const S* KeyRow(std::int64_t b, std::int64_t h, std::int64_t j) const {
+    return static_cast<const S*>(k.data) + b * k.stride[0] + h * k.stride[1] + j * k.stride[2];
+  }
+  template <typename S>
+  const S* ValueRow(std::int64_t b, std::int64_t h, std::int64_t j) const {
+    return static_cast<const S*>(v.data) + b * v.stride[0] + h * v.stride[1] + j * v.stride[2];
+  }
+  std::int64_t key_ld() const { return k.stride[2]; }  // between consecutive keys of a run
+  std::int64_t value_ld() const { return v.stride[2]; }
+  std::int64_t key_step() const { return k.stride[3]; }  // between elements of a row
+  std::int64_t value_step() const { return v.stride[3]; }
+  std::int64_t RunEnd(std::int64_t /*b*/, std::int64_t /*j*/) const { return kUnbounded; }
+};
 
 struct Problem {
-  DType dtype = DType::kFloat32;  // of q, k, v, out, lse (and an additive mask)
+  DType storage = DType::kFloat32;  // of q, k, v, out, grad_* and an additive mask (core/types.h)
+  DType compute = DType::kFloat32;  // of the kernels' arithmetic and of lse
   std::int64_t batch = 0, heads = 0, kv_heads = 0;
   std::int64_t q_len = 0, kv_len = 0, head_dim = 0, v_dim = 0;
 
-  Operand<const void> q, k, v;
+  Operand<const void> q;
+  KvSource kv;
   Operand<void> out;
   Operand<void> lse;  // data == nullptr when not requested; stride[3] unused
   MaskKind mask_kind = MaskKind::kNone;
-  Operand<const void> mask;  // bool or dtype
+  Operand<const void> mask;  // bool or the storage type
 
   double scale = 1.0;
   Causal causal = Causal::kNone;

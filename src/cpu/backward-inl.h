@@ -46,6 +46,7 @@
 
 #include "core/interrupt.h"
 #include "core/problem.h"
+#include "core/types.h"
 #include "cpu/arena.h"
 #include "cpu/dropout-inl.h"
 #include "cpu/exp2-inl.h"
@@ -114,7 +115,8 @@ inline std::pair<std::int64_t, std::int64_t> RowsSeeing(const internal::Problem&
   return {first * group, std::max(first, last) * group};
 }
 
-template <typename T>
+// S is the operands' storage type, T the compute type (core/types.h).
+template <typename S, typename T>
 class BackwardTask {
  public:
   using D = hn::ScalableTag<T>;
@@ -122,7 +124,7 @@ class BackwardTask {
 
   BackwardTask(const BackwardProblem& bp, const Schedule& s, const Task& t,
                const BackwardShared<T>& shared, internal::StopFlag& stop, Arena<T>& arena,
-               std::vector<RowRef<T>>& rows)
+               std::vector<RowRef<S>>& rows)
       : bp_(bp), p_(bp.forward), s_(s), t_(t), shared_(shared), stop_(stop), rows_(rows) {
     n_ = static_cast<std::int64_t>(hn::Lanes(d_));
     rp_ = RoundUp(s.q_tile, 2 * n_);
@@ -198,10 +200,8 @@ class BackwardTask {
   // K and V rows of the tile, packed and zero-padded to Dkp / Dvp (both are B operands of
   // MulAddMicroTile, which reads whole 2N-wide vectors).
   void LoadKvTile(std::int64_t j0, std::int64_t keys) {
-    const T* k = internal::As<T>(p_.k).Row(t_.batch, t_.kv_head, j0);
-    const T* v = internal::As<T>(p_.v).Row(t_.batch, t_.kv_head, j0);
-    PackRows(k, p_.k.stride[2], p_.k.stride[3], keys, p_.head_dim, dkp_, k_rows_);
-    PackRows(v, p_.v.stride[2], p_.v.stride[3], keys, p_.v_dim, dvp_, v_rows_);
+    GatherKvRows<S>(p_.kv, false, t_.batch, t_.kv_head, j0, keys, p_.head_dim, dkp_, k_rows_);
+    GatherKvRows<S>(p_.kv, true, t_.batch, t_.kv_head, j0, keys, p_.v_dim, dvp_, v_rows_);
   }
 
   // Qᵀ (scaled) and dOᵀ panels, Q and dO rows, and each row's lse and Δ. Padded rows get
@@ -209,8 +209,8 @@ class BackwardTask {
   void LoadQueryTile(std::int64_t rows) {
     const auto q_row = [&](std::int64_t r) { return rows_[static_cast<std::size_t>(r)].q; };
     const auto do_row = [&](std::int64_t r) {
-      const RowRef<T>& row = rows_[static_cast<std::size_t>(r)];
-      return internal::As<T>(bp_.grad_out).Row(t_.batch, row.head, row.pos);
+      const RowRef<S>& row = rows_[static_cast<std::size_t>(r)];
+      return internal::As<S>(bp_.grad_out).Row(t_.batch, row.head, row.pos);
     };
     PackPanels(rows, rp_, 2 * n_, p_.head_dim, p_.q.stride[3], static_cast<T>(p_.scale), q_row,
                qt_);
@@ -218,7 +218,7 @@ class BackwardTask {
     for (std::int64_t r = 0; r < rows; ++r) {
       PackRows(q_row(r), 0, p_.q.stride[3], 1, p_.head_dim, dkp_, q_rows_ + r * dkp_);
       PackRows(do_row(r), 0, bp_.grad_out.stride[3], 1, p_.v_dim, dvp_, do_rows_ + r * dvp_);
-      const RowRef<T>& row = rows_[static_cast<std::size_t>(r)];
+      const RowRef<S>& row = rows_[static_cast<std::size_t>(r)];
       lse_[r] = *internal::As<T>(p_.lse).Row(t_.batch, row.head, row.pos);
       delta_[r] = shared_.delta[static_cast<std::size_t>(row.global_row)];
       if (RowIsEmpty(p_, row.head, lse_[r])) {
@@ -318,12 +318,14 @@ class BackwardTask {
   void StoreKeyGradients(std::int64_t j0, std::int64_t keys) {
     const T scale = static_cast<T>(p_.scale);
     for (std::int64_t c = 0; c < keys; ++c) {
-      T* gk = internal::As<T>(bp_.grad_k).Row(t_.batch, t_.kv_head, j0 + c);
-      T* gv = internal::As<T>(bp_.grad_v).Row(t_.batch, t_.kv_head, j0 + c);
+      S* gk = internal::As<S>(bp_.grad_k).Row(t_.batch, t_.kv_head, j0 + c);
+      S* gv = internal::As<S>(bp_.grad_v).Row(t_.batch, t_.kv_head, j0 + c);
       for (std::int64_t x = 0; x < p_.head_dim; ++x) {
-        gk[x * bp_.grad_k.stride[3]] = scale * dk_[c * dkp_ + x];
+        gk[x * bp_.grad_k.stride[3]] = Narrow<S>(scale * dk_[c * dkp_ + x]);
       }
-      for (std::int64_t x = 0; x < p_.v_dim; ++x) gv[x * bp_.grad_v.stride[3]] = dv_[c * dvp_ + x];
+      for (std::int64_t x = 0; x < p_.v_dim; ++x) {
+        gv[x * bp_.grad_v.stride[3]] = Narrow<S>(dv_[c * dvp_ + x]);
+      }
     }
   }
 
@@ -333,7 +335,7 @@ class BackwardTask {
   const Task& t_;
   const BackwardShared<T>& shared_;
   internal::StopFlag& stop_;
-  std::vector<RowRef<T>>& rows_;
+  std::vector<RowRef<S>>& rows_;
   ScoreSteps<T> steps_;
   D d_;
   std::int64_t n_ = 0, rp_ = 0, dkp_ = 0, dvp_ = 0;
@@ -346,7 +348,7 @@ class BackwardTask {
 // grad_sinks[h] = -Σ_{b, i} exp(sink_h - lse_bhi)·Δ_bhi, in float64 and a fixed order, over the
 // rows that saw a key: an empty row's output is 0 whatever the sink, so it adds nothing (and
 // its grad_out, which may be anything, is never read).
-template <typename T>
+template <typename S, typename T>
 void StoreSinkGradients(const BackwardProblem& bp, const std::vector<T>& delta) {
   const internal::Problem& p = bp.forward;
   for (std::int64_t h = 0; h < p.heads; ++h) {
@@ -361,12 +363,12 @@ void StoreSinkGradients(const BackwardProblem& bp, const std::vector<T>& delta) 
         sum -= std::exp(sink - lse) * static_cast<double>(delta[row]);
       }
     }
-    static_cast<T*>(bp.grad_sinks.data)[h * bp.grad_sinks.stride[0]] = static_cast<T>(sum);
+    static_cast<S*>(bp.grad_sinks.data)[h * bp.grad_sinks.stride[0]] = Narrow<S>(sum);
   }
 }
 
 // Δ_i = Σ_e dO_ie·O_ie for every output row, in float64.
-template <typename T>
+template <typename S, typename T>
 void ComputeDelta(const BackwardProblem& bp, const Schedule& s, std::vector<T>& delta) {
   const internal::Problem& p = bp.forward;
   const std::int64_t rows = p.batch * p.heads * p.q_len, per_task = 1024;
@@ -375,8 +377,8 @@ void ComputeDelta(const BackwardProblem& bp, const Schedule& s, std::vector<T>& 
     for (std::int64_t row = task * per_task; row < std::min(rows, (task + 1) * per_task); ++row) {
       const std::int64_t i = row % p.q_len, h = (row / p.q_len) % p.heads,
                          b = row / (p.q_len * p.heads);
-      const T* o = internal::As<T>(p.out).Row(b, h, i);
-      const T* g = internal::As<T>(bp.grad_out).Row(b, h, i);
+      const S* o = internal::As<S>(p.out).Row(b, h, i);
+      const S* g = internal::As<S>(bp.grad_out).Row(b, h, i);
       double sum = 0;
       for (std::int64_t e = 0; e < p.v_dim; ++e) {
         sum += static_cast<double>(o[e * p.out.stride[3]]) *
@@ -388,7 +390,7 @@ void ComputeDelta(const BackwardProblem& bp, const Schedule& s, std::vector<T>& 
 }
 
 // grad_q = scale·Σ_chunks dQ, chunks summed in order, mapped from group rows to (h, i).
-template <typename T>
+template <typename S, typename T>
 void StoreQueryGradients(const BackwardProblem& bp, const Schedule& s,
                          const BackwardShared<T>& shared) {
   const internal::Problem& p = bp.forward;
@@ -398,47 +400,46 @@ void StoreQueryGradients(const BackwardProblem& bp, const Schedule& s,
     const std::int64_t b = pair / p.kv_heads, kvh = pair % p.kv_heads;
     for (std::int64_t row = 0; row < group_rows; ++row) {
       const std::int64_t i = row / s.group, h = kvh * s.group + row % s.group;
-      T* out = internal::As<T>(bp.grad_q).Row(b, h, i);
+      S* out = internal::As<S>(bp.grad_q).Row(b, h, i);
       for (std::int64_t x = 0; x < p.head_dim; ++x) {
         T sum = 0;
         for (std::int64_t chunk = 0; chunk < s.kv_splits; ++chunk) {
           sum += shared.dq[static_cast<std::size_t>(
               (((chunk * p.batch + b) * p.kv_heads + kvh) * group_rows + row) * shared.dkp + x)];
         }
-        out[x * bp.grad_q.stride[3]] = scale * sum;
+        out[x * bp.grad_q.stride[3]] = Narrow<S>(scale * sum);
       }
     }
   });
 }
 
-template <typename T>
+template <typename S, typename T>
 void RunBackwardTyped(const BackwardProblem& bp, const Schedule& s, internal::StopFlag& stop) {
   const internal::Problem& p = bp.forward;
   BackwardShared<T> shared;
   shared.dkp = RoundUp(p.head_dim, 2 * static_cast<std::int64_t>(hn::Lanes(hn::ScalableTag<T>())));
-  ComputeDelta(bp, s, shared.delta);
+  ComputeDelta<S>(bp, s, shared.delta);
   const std::int64_t dq_size = s.kv_splits * p.batch * p.heads * p.q_len * shared.dkp;
   // Zeroed here, not per task: rows of a problem without keys have no task but need dQ = 0.
   shared.dq = hwy::AllocateAligned<T>(static_cast<std::size_t>(std::max<std::int64_t>(dq_size, 1)));
   std::fill(shared.dq.get(), shared.dq.get() + dq_size, T(0));
   ParallelFor(static_cast<std::int64_t>(s.tasks.size()), s.threads, [&](std::int64_t index, int) {
     static thread_local Arena<T> arena;
-    static thread_local std::vector<RowRef<T>> rows;
-    BackwardTask<T>(bp, s, s.tasks[static_cast<std::size_t>(index)], shared, stop, arena, rows)
+    static thread_local std::vector<RowRef<S>> rows;
+    BackwardTask<S, T>(bp, s, s.tasks[static_cast<std::size_t>(index)], shared, stop, arena, rows)
         .Run();
   });
   stop.ThrowIfStopped();
-  StoreQueryGradients(bp, s, shared);
-  if (bp.grad_sinks.data != nullptr) StoreSinkGradients(bp, shared.delta);
+  StoreQueryGradients<S>(bp, s, shared);
+  if (bp.grad_sinks.data != nullptr) StoreSinkGradients<S>(bp, shared.delta);
 }
 
 // The per-target entry point (HWY_EXPORT-ed by backward.cc).
 inline void RunBackward(const BackwardProblem& bp, const Schedule& s, internal::StopFlag& stop) {
-  if (bp.forward.dtype == DType::kFloat64) {
-    RunBackwardTyped<double>(bp, s, stop);
-  } else {
-    RunBackwardTyped<float>(bp, s, stop);
-  }
+  internal::WithTypes(bp.forward, [&](auto types) {
+    using Types = decltype(types);
+    RunBackwardTyped<typename Types::Storage, typename Types::Compute>(bp, s, stop);
+  });
 }
 
 }  // namespace HWY_NAMESPACE

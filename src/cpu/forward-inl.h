@@ -50,10 +50,12 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "core/interrupt.h"
 #include "core/problem.h"
+#include "core/types.h"
 #include "cpu/arena.h"
 #include "cpu/dropout-inl.h"
 #include "cpu/exp2-inl.h"
@@ -70,15 +72,16 @@ namespace sdpa::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// One task: a block of query rows of one (batch, kv head) against a range of keys.
-template <typename T>
+// One task: a block of query rows of one (batch, kv head) against a range of keys. S is the
+// operands' storage type, T the compute type (core/types.h).
+template <typename S, typename T>
 class ForwardTask {
  public:
   using D = hn::ScalableTag<T>;
   using V = hn::Vec<D>;
 
   ForwardTask(const Problem& p, const Schedule& s, const Task& t, internal::StopFlag& stop,
-              Arena<T>& arena, std::vector<RowRef<T>>& rows)
+              Arena<T>& arena, std::vector<RowRef<S>>& rows)
       : p_(p), s_(s), t_(t), stop_(stop), rows_(rows) {
     n_ = static_cast<std::int64_t>(hn::Lanes(d_));
     br_ = t.row_end - t.row_begin;
@@ -86,8 +89,10 @@ class ForwardTask {
     dvp_ = RoundUp(p.v_dim, 2 * n_);
     dot_form_ = br_ < n_;
     dp_ = dot_form_ ? RoundUp(p.head_dim, n_) : p.head_dim;
-    k_unit_ = p.k.stride[3] == 1 && dp_ == p.head_dim;
-    v_unit_ = p.v.stride[3] == 1 && p.v_dim % (2 * n_) == 0;
+    // K/V rows are read in place when they already are compute-typed, unit-stride rows.
+    constexpr bool kInPlace = std::is_same_v<S, T>;
+    k_unit_ = kInPlace && p.kv.key_step() == 1 && dp_ == p.head_dim;
+    v_unit_ = kInPlace && p.kv.value_step() == 1 && p.v_dim % (2 * n_) == 0;
     dropout_ = p.dropout_p > 0;
     arena.Reset(Arena<T>::Footprint(rp_ * dp_) + Arena<T>::Footprint(s.kv_tile * rp_) +
                 Arena<T>::Footprint(rp_ * dvp_) + 3 * Arena<T>::Footprint(rp_) +
@@ -133,10 +138,9 @@ class ForwardTask {
   // row (or a mask applies); `mask_mod`: the custom mask_mod must be evaluated.
   void Tile(const internal::Sequence& seq, std::int64_t j0, std::int64_t keys, bool partial,
             bool mask_mod) {
-    const T* k = KeyTile(j0, keys);
-    const T* v = ValueTile(j0, keys);
-    const std::int64_t ldk = k_unit_ ? p_.k.stride[2] : dp_;
-    const std::int64_t ldv = v_unit_ ? p_.v.stride[2] : dvp_;
+    std::int64_t ldk = 0, ldv = 0;
+    const T* k = KeyTile(j0, keys, ldk);
+    const T* v = ValueTile(j0, keys, ldv);
     if (dot_form_) {
       ScoreTileByDots(k, ldk, keys);
     } else {
@@ -201,7 +205,7 @@ class ForwardTask {
     return [this, j0, keys](std::int64_t begin, std::int64_t end) {
       const std::int64_t last = std::min(end, br_) - 1;
       if (last < begin) return TileKeys{0, 0};
-      const RowRef<T>& first_row = rows_[static_cast<std::size_t>(std::min(begin, br_ - 1))];
+      const RowRef<S>& first_row = rows_[static_cast<std::size_t>(std::min(begin, br_ - 1))];
       const std::int64_t from =
           dot_form_ ? 0 : std::clamp<std::int64_t>(first_row.begin - j0, 0, keys);
       return TileKeys{
@@ -222,24 +226,37 @@ class ForwardTask {
     const std::int64_t qs = p_.q.stride[3];
     std::fill(qt_, qt_ + br_ * dp_, T(0));
     for (std::int64_t r = 0; r < br_; ++r) {
-      const T* q = rows_[static_cast<std::size_t>(r)].q;
-      for (std::int64_t k = 0; k < p_.head_dim; ++k) qt_[r * dp_ + k] = q[k * qs] * factor;
+      const S* q = rows_[static_cast<std::size_t>(r)].q;
+      for (std::int64_t k = 0; k < p_.head_dim; ++k) {
+        qt_[r * dp_ + k] = static_cast<T>(q[k * qs]) * factor;
+      }
     }
   }
 
-  // K rows of the tile with unit element stride: in place, or packed (and padded to Dp).
-  const T* KeyTile(std::int64_t j0, std::int64_t keys) {
-    const T* k = internal::As<T>(p_.k).Row(t_.batch, t_.kv_head, j0);
-    if (k_unit_) return k;
-    PackRows(k, p_.k.stride[2], p_.k.stride[3], keys, p_.head_dim, dp_, k_pack_);
+  // K rows of the tile with unit element stride, `ld` apart: in place when they are compute-typed
+  // rows of one run of the K/V source, else packed (converted, and padded to Dp).
+  const T* KeyTile(std::int64_t j0, std::int64_t keys, std::int64_t& ld) {
+    if constexpr (std::is_same_v<S, T>) {
+      if (k_unit_ && p_.kv.RunEnd(t_.batch, j0) >= j0 + keys) {
+        ld = p_.kv.key_ld();
+        return p_.kv.KeyRow<S>(t_.batch, t_.kv_head, j0);
+      }
+    }
+    GatherKvRows<S>(p_.kv, false, t_.batch, t_.kv_head, j0, keys, p_.head_dim, dp_, k_pack_);
+    ld = dp_;
     return k_pack_;
   }
 
   // V rows of the tile, Dv a multiple of 2N: in place, or packed and zero-padded to Dvp.
-  const T* ValueTile(std::int64_t j0, std::int64_t keys) {
-    const T* v = internal::As<T>(p_.v).Row(t_.batch, t_.kv_head, j0);
-    if (v_unit_) return v;
-    PackRows(v, p_.v.stride[2], p_.v.stride[3], keys, p_.v_dim, dvp_, v_pack_);
+  const T* ValueTile(std::int64_t j0, std::int64_t keys, std::int64_t& ld) {
+    if constexpr (std::is_same_v<S, T>) {
+      if (v_unit_ && p_.kv.RunEnd(t_.batch, j0) >= j0 + keys) {
+        ld = p_.kv.value_ld();
+        return p_.kv.ValueRow<S>(t_.batch, t_.kv_head, j0);
+      }
+    }
+    GatherKvRows<S>(p_.kv, true, t_.batch, t_.kv_head, j0, keys, p_.v_dim, dvp_, v_pack_);
+    ld = dvp_;
     return v_pack_;
   }
 
@@ -367,14 +384,16 @@ class ForwardTask {
   // (m = -inf) get out = 0 and lse = -inf.
   void FinalizeRows() {
     for (std::int64_t r = 0; r < br_; ++r) {
-      const RowRef<T>& row = rows_[static_cast<std::size_t>(r)];
+      const RowRef<S>& row = rows_[static_cast<std::size_t>(r)];
       const T m = m_[r], l = l_[r];
       const bool empty = m == -std::numeric_limits<T>::infinity();
       const T inv = empty ? T(0) : T(1) / l;
       const T* o = o_ + r * dvp_;
-      T* out = internal::As<T>(p_.out).Row(t_.batch, row.head, row.pos);
+      S* out = internal::As<S>(p_.out).Row(t_.batch, row.head, row.pos);
       const std::int64_t os = p_.out.stride[3];
-      for (std::int64_t x = 0; x < p_.v_dim; ++x) out[x * os] = empty ? T(0) : o[x] * inv;
+      for (std::int64_t x = 0; x < p_.v_dim; ++x) {
+        out[x * os] = Narrow<S>(empty ? T(0) : o[x] * inv);
+      }
       if (p_.lse.data != nullptr) {
         *internal::As<T>(p_.lse).Row(t_.batch, row.head, row.pos) =
             empty ? m : static_cast<T>(static_cast<double>(m) + std::log(static_cast<double>(l)));
@@ -396,7 +415,7 @@ class ForwardTask {
   const Schedule& s_;
   const Task& t_;
   internal::StopFlag& stop_;
-  std::vector<RowRef<T>>& rows_;
+  std::vector<RowRef<S>>& rows_;
   ScoreSteps<T> steps_;
   D d_;
   std::int64_t n_ = 0, br_ = 0, rp_ = 0, dp_ = 0, dvp_ = 0;
@@ -409,7 +428,7 @@ class ForwardTask {
 // Combines the key chunks of every row in split order: M = max_s m_s, L = Σ_s l_s·exp(m_s - M),
 // out = Σ_s O_s·exp(m_s - M) / L, lse = M + ln L; the row's sink joins as one more chunk with
 // m = sink, l = 1, O = 0.
-template <typename T>
+template <typename S, typename T>
 void MergePartials(const Problem& p, const Schedule& s, const Partials<T>& partials) {
   const std::int64_t rows = p.batch * p.heads * p.q_len;
   const std::int64_t per_task = 256;
@@ -425,7 +444,7 @@ void MergePartials(const Problem& p, const Schedule& s, const Partials<T>& parti
       for (std::int64_t split = 0; split < s.kv_splits; ++split) {
         big_m = std::max(big_m, static_cast<double>(*partials.M(split, row)));
       }
-      T* out = internal::As<T>(p.out).Row(b, h, i);
+      S* out = internal::As<S>(p.out).Row(b, h, i);
       const std::int64_t os = p.out.stride[3];
       const bool empty = big_m == -std::numeric_limits<double>::infinity();
       double big_l =
@@ -441,7 +460,7 @@ void MergePartials(const Problem& p, const Schedule& s, const Partials<T>& parti
           acc[static_cast<std::size_t>(x)] += w * static_cast<double>(o[x]);
       }
       for (std::int64_t x = 0; x < p.v_dim; ++x) {
-        out[x * os] = empty ? T(0) : static_cast<T>(acc[static_cast<std::size_t>(x)] / big_l);
+        out[x * os] = Narrow<S>(empty ? 0.0 : acc[static_cast<std::size_t>(x)] / big_l);
       }
       if (p.lse.data != nullptr) {
         *internal::As<T>(p.lse).Row(b, h, i) =
@@ -451,18 +470,18 @@ void MergePartials(const Problem& p, const Schedule& s, const Partials<T>& parti
   });
 }
 
-template <typename T>
+template <typename S, typename T>
 void RunForwardTyped(const Problem& p, const Schedule& s, internal::StopFlag& stop) {
   Partials<T> partials;
   if (s.split()) partials.Allocate(s.kv_splits, p.batch * p.heads * p.q_len, p.v_dim);
   ParallelFor(static_cast<std::int64_t>(s.tasks.size()), s.threads, [&](std::int64_t index, int) {
     static thread_local Arena<T> arena;
-    static thread_local std::vector<RowRef<T>> rows;
-    ForwardTask<T> task(p, s, s.tasks[static_cast<std::size_t>(index)], stop, arena, rows);
+    static thread_local std::vector<RowRef<S>> rows;
+    ForwardTask<S, T> task(p, s, s.tasks[static_cast<std::size_t>(index)], stop, arena, rows);
     task.Run(s.split() ? &partials : nullptr);
   });
   stop.ThrowIfStopped();
-  if (s.split()) MergePartials(p, s, partials);
+  if (s.split()) MergePartials<S>(p, s, partials);
 }
 
 // y[i] = Exp2(x[i]) for n values (whole vectors plus a scalar tail), so tests can measure the
@@ -481,11 +500,10 @@ inline void Exp2ArrayF64(const double* x, double* y, std::int64_t n) { Exp2Array
 
 // The per-target entry point (HWY_EXPORT-ed by forward.cc).
 inline void RunForward(const Problem& p, const Schedule& s, internal::StopFlag& stop) {
-  if (p.dtype == DType::kFloat64) {
-    RunForwardTyped<double>(p, s, stop);
-  } else {
-    RunForwardTyped<float>(p, s, stop);
-  }
+  internal::WithTypes(p, [&](auto types) {
+    using Types = decltype(types);
+    RunForwardTyped<typename Types::Storage, typename Types::Compute>(p, s, stop);
+  });
 }
 
 }  // namespace HWY_NAMESPACE

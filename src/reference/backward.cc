@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/interrupt.h"
+#include "core/types.h"
 #include "reference/scores.h"
 
 namespace sdpa::reference {
@@ -24,28 +25,27 @@ struct Accumulators {
 //   dq += scale Σ_j dS_j slope_j k_j;  dk_j += scale dS_j slope_j q;  dv_j += P_j Z_j dO;
 //   dsink -= P_sink Δ with P_sink = exp(sink - lse).
 // A row with no visible key and no sink adds nothing (its dq stays 0).
-template <typename T>
+template <typename S, typename T>
 void Row(const BackwardProblem& bp, const RowAt& row, Accumulators& a) {
   const Problem& p = bp.forward;
   const internal::Sequence& seq = row.seq;
   const std::int64_t kvh = p.KvHead(row.head), D = p.head_dim, Dv = p.v_dim;
   const std::int64_t gi = seq.q_begin + row.pos;
-  RowScores<T>(p, row, a.probs, &a.slope);
+  RowScores<S>(p, row, a.probs, &a.slope);
   const double lse = Softmax(a.probs, Sink(p, row.head));
   DropoutFactors(p, row, a.factor);
   std::fill(a.dq.begin(), a.dq.end(), 0.0);
-  const T* dout = internal::As<T>(bp.grad_out).Row(seq.batch, row.head, gi);
-  const T* q = internal::As<T>(p.q).Row(seq.batch, row.head, gi);
+  const S* dout = internal::As<S>(bp.grad_out).Row(seq.batch, row.head, gi);
+  const S* q = internal::As<S>(p.q).Row(seq.batch, row.head, gi);
   a.dp.assign(a.probs.size(), 0.0);
   double delta = 0.0;
   for (std::size_t j = 0; j < a.probs.size(); ++j) {
     if (a.probs[j] == 0.0) continue;
-    const T* v =
-        internal::As<T>(p.v).Row(seq.batch, kvh, seq.k_begin + static_cast<std::int64_t>(j));
+    const S* v = p.kv.ValueRow<S>(seq.batch, kvh, seq.k_begin + static_cast<std::int64_t>(j));
     double acc = 0.0;
     for (std::int64_t e = 0; e < Dv; ++e) {
       acc += static_cast<double>(dout[e * bp.grad_out.stride[3]]) *
-             static_cast<double>(v[e * p.v.stride[3]]);
+             static_cast<double>(v[e * p.kv.value_step()]);
     }
     a.dp[j] = acc;
     delta += a.probs[j] * a.factor[j] * acc;
@@ -55,10 +55,11 @@ void Row(const BackwardProblem& bp, const RowAt& row, Accumulators& a) {
     if (prob == 0.0) continue;
     const double dx = prob * (a.factor[j] * a.dp[j] - delta) * a.slope[j];
     const std::int64_t gj = seq.k_begin + static_cast<std::int64_t>(j);
-    const T* k = internal::As<T>(p.k).Row(seq.batch, kvh, gj);
+    const S* k = p.kv.KeyRow<S>(seq.batch, kvh, gj);
     const auto key = static_cast<std::size_t>((seq.batch * p.kv_heads + kvh) * p.kv_len + gj);
     for (std::int64_t d = 0; d < D; ++d) {
-      a.dq[static_cast<std::size_t>(d)] += p.scale * dx * static_cast<double>(k[d * p.k.stride[3]]);
+      a.dq[static_cast<std::size_t>(d)] +=
+          p.scale * dx * static_cast<double>(k[d * p.kv.key_step()]);
       a.dk[key * static_cast<std::size_t>(D) + static_cast<std::size_t>(d)] +=
           p.scale * dx * static_cast<double>(q[d * p.q.stride[3]]);
     }
@@ -69,9 +70,9 @@ void Row(const BackwardProblem& bp, const RowAt& row, Accumulators& a) {
   }
   const double sink = Sink(p, row.head);
   if (sink != kNegInf) a.dsinks[static_cast<std::size_t>(row.head)] -= std::exp(sink - lse) * delta;
-  T* out = internal::As<T>(bp.grad_q).Row(seq.batch, row.head, gi);
+  S* out = internal::As<S>(bp.grad_q).Row(seq.batch, row.head, gi);
   for (std::int64_t d = 0; d < D; ++d) {
-    out[d * bp.grad_q.stride[3]] = static_cast<T>(a.dq[static_cast<std::size_t>(d)]);
+    out[d * bp.grad_q.stride[3]] = static_cast<S>(a.dq[static_cast<std::size_t>(d)]);
   }
 }
 
@@ -91,7 +92,7 @@ void Store(const std::vector<double>& acc, const Problem& p, std::int64_t width,
   }
 }
 
-template <typename T>
+template <typename S, typename T>
 void BackwardTyped(const BackwardProblem& bp) {
   const Problem& p = bp.forward;
   const auto keys = static_cast<std::size_t>(p.batch * p.kv_heads * p.kv_len);
@@ -107,16 +108,16 @@ void BackwardTyped(const BackwardProblem& bp) {
     for (row.head = 0; row.head < p.heads; ++row.head) {
       for (row.pos = 0; row.pos < row.seq.q_len; ++row.pos) {
         if (stop.Stopped()) stop.ThrowIfStopped();
-        Row<T>(bp, row, a);
+        Row<S, T>(bp, row, a);
       }
     }
   }
-  Store<T>(a.dk, p, p.head_dim, bp.grad_k);
-  Store<T>(a.dv, p, p.v_dim, bp.grad_v);
+  Store<S>(a.dk, p, p.head_dim, bp.grad_k);
+  Store<S>(a.dv, p, p.v_dim, bp.grad_v);
   if (bp.grad_sinks.data != nullptr) {
-    T* out = static_cast<T*>(bp.grad_sinks.data);
+    S* out = static_cast<S*>(bp.grad_sinks.data);
     for (std::int64_t h = 0; h < p.heads; ++h) {
-      out[h * bp.grad_sinks.stride[0]] = static_cast<T>(a.dsinks[static_cast<std::size_t>(h)]);
+      out[h * bp.grad_sinks.stride[0]] = static_cast<S>(a.dsinks[static_cast<std::size_t>(h)]);
     }
   }
 }
@@ -124,11 +125,10 @@ void BackwardTyped(const BackwardProblem& bp) {
 }  // namespace
 
 void Backward(const BackwardProblem& problem) {
-  if (problem.forward.dtype == DType::kFloat64) {
-    BackwardTyped<double>(problem);
-  } else {
-    BackwardTyped<float>(problem);
-  }
+  internal::WithTypes(problem.forward, [&](auto types) {
+    using Types = decltype(types);
+    BackwardTyped<typename Types::Storage, typename Types::Compute>(problem);
+  });
 }
 
 }  // namespace sdpa::reference

@@ -25,7 +25,7 @@ struct RowAt {
 // non-null, slope[j] = d score[j] / d (scale·q·k_j) (softcap and score_mod change it).
 // Removed keys are decided before K is read where possible; later steps overwrite the score
 // with -inf, so NaN/Inf in masked K rows cannot reach the result either way.
-template <typename T>
+template <typename S>
 void RowScores(const internal::Problem& p, const RowAt& row, std::vector<double>& score,
                std::vector<double>* slope) {
   using internal::MaskKind;
@@ -34,7 +34,7 @@ void RowScores(const internal::Problem& p, const RowAt& row, std::vector<double>
   score.assign(static_cast<std::size_t>(seq.k_len), kNegInf);
   if (slope != nullptr) slope->assign(score.size(), 0.0);
   const internal::KeyRange visible = p.Visible(seq, i);
-  const T* q = internal::As<T>(p.q).Row(seq.batch, h, gi);
+  const S* q = internal::As<S>(p.q).Row(seq.batch, h, gi);
   for (std::int64_t j = visible.begin; j < visible.end; ++j) {
     const std::int64_t gj = seq.k_begin + j;
     double bias = 0.0;
@@ -42,13 +42,14 @@ void RowScores(const internal::Problem& p, const RowAt& row, std::vector<double>
       if (!internal::As<bool>(p.mask).Row(seq.batch, h, gi)[gj * p.mask.stride[3]]) continue;
     } else if (p.mask_kind == MaskKind::kAdditive) {
       bias =
-          static_cast<double>(internal::As<T>(p.mask).Row(seq.batch, h, gi)[gj * p.mask.stride[3]]);
+          static_cast<double>(internal::As<S>(p.mask).Row(seq.batch, h, gi)[gj * p.mask.stride[3]]);
       if (bias == kNegInf) continue;
     }
-    const T* k = internal::As<T>(p.k).Row(seq.batch, p.KvHead(h), gj);
+    const S* k = p.kv.KeyRow<S>(seq.batch, p.KvHead(h), gj);
     double dot = 0.0;
     for (std::int64_t d = 0; d < p.head_dim; ++d) {
-      dot += static_cast<double>(q[d * p.q.stride[3]]) * static_cast<double>(k[d * p.k.stride[3]]);
+      dot +=
+          static_cast<double>(q[d * p.q.stride[3]]) * static_cast<double>(k[d * p.kv.key_step()]);
     }
     double s = p.scale * dot, ds = 1.0;
     if (p.softcap > 0) {
