@@ -6,7 +6,7 @@ import operator
 from . import _sdpa
 from ._arrays import as_mask, as_operand
 from ._broadcast import to_engine
-from ._variants import heads_of, make_variants
+from ._options import make_options, with_variants
 
 
 _INT_MAX = 2**31 - 1  # the C++ int of sdpa::SetNumThreads
@@ -18,35 +18,6 @@ def _public(function):
     return function
 
 
-def _causal_name(causal):
-    if causal is None:
-        return "none"
-    if not isinstance(causal, str):
-        raise TypeError(
-            f"sdpa: causal is {causal!r} but must be None, 'top_left' or 'bottom_right' "
-            "(PyTorch's is_causal=True is 'top_left')"
-        )
-    return causal
-
-
-def _backend_name(backend):
-    if backend is None:
-        return "auto"
-    if not isinstance(backend, str):
-        raise TypeError(
-            f"sdpa: backend is {backend!r} but must be None, 'auto', 'cpu' or 'reference'")
-    return backend
-
-
-def _scale(scale):
-    if scale is None:
-        return None
-    try:
-        return float(scale)
-    except (TypeError, ValueError):
-        raise TypeError(f"sdpa: scale is {scale!r} but must be a number or None") from None
-
-
 def _operands(query, key, value, mask):
     q = as_operand("query", query)
     k = as_operand("key", key)
@@ -56,9 +27,10 @@ def _operands(query, key, value, mask):
 
 
 @_public
+@with_variants(omit=("cu_seqlens_q", "cu_seqlens_k"))
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                  is_causal=False, scale=None, enable_gqa=False, *, seed=None,
-                                 window=None, alibi_slopes=None, softcap=None, sinks=None):
+                                 **variants):
     """PyTorch's ``torch.nn.functional.scaled_dot_product_attention`` on numpy arrays.
 
     ``out = softmax(scale * query @ key.T + bias) @ value`` for every batch index, with
@@ -121,19 +93,17 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
             "sdpa.attention(..., mask=..., causal='top_left')")
     q, k, v, m = _operands(query, key, value, None)
     m = None if attn_mask is None else as_mask("attn_mask", attn_mask, q.dtype)
-    per_head = alibi_slopes is not None or sinks is not None
+    per_head = variants.get("alibi_slopes") is not None or variants.get("sinks") is not None
     q, k, v, m, out_shape = to_engine(q, k, v, m, bool(enable_gqa), heads_last=per_head)
-    variants = make_variants(heads_of(q), window=window, alibi_slopes=alibi_slopes,
-                             softcap=softcap, sinks=sinks, dropout_p=dropout_p, seed=seed)
-    out = _sdpa.forward(q, k, v, m, "top_left" if is_causal else "none", _scale(scale), False,
-                        "auto", variants)
-    return out.reshape(out_shape)
+    options = make_options(q, mask=m, causal="top_left" if is_causal else None, scale=scale,
+                           dropout_p=dropout_p, seed=seed, **variants)
+    return _sdpa.forward(q, k, v, options, False).reshape(out_shape)
 
 
 @_public
+@with_variants()
 def attention(query, key, value, *, mask=None, causal=None, scale=None, return_lse=False,
-              backend=None, window=None, alibi_slopes=None, softcap=None, sinks=None,
-              cu_seqlens_q=None, cu_seqlens_k=None, dropout_p=0.0, seed=None):
+              backend=None, **variants):
     """The engine's attention in ``(batch, heads, seq, dim)`` layout; returns ``out`` or
     ``(out, lse)``.
 
@@ -218,18 +188,14 @@ def attention(query, key, value, *, mask=None, causal=None, scale=None, return_l
     [1.098612 0.      ]
     """
     q, k, v, m = _operands(query, key, value, mask)
-    variants = make_variants(heads_of(q), window=window, alibi_slopes=alibi_slopes,
-                             softcap=softcap, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
-                             cu_seqlens_k=cu_seqlens_k, dropout_p=dropout_p, seed=seed)
-    return _sdpa.forward(q, k, v, m, _causal_name(causal), _scale(scale), bool(return_lse),
-                         _backend_name(backend), variants)
+    options = make_options(q, mask=m, causal=causal, scale=scale, backend=backend, **variants)
+    return _sdpa.forward(q, k, v, options, bool(return_lse))
 
 
 @_public
+@with_variants()
 def attention_backward(grad_out, query, key, value, out, lse, *, mask=None, causal=None,
-                       scale=None, backend=None, window=None, alibi_slopes=None, softcap=None,
-                       sinks=None, cu_seqlens_q=None, cu_seqlens_k=None, dropout_p=0.0,
-                       seed=None):
+                       scale=None, backend=None, **variants):
     """Gradients of ``attention``: returns ``(grad_query, grad_key, grad_value)``, the
     derivatives of a loss ``L`` with respect to ``query``, ``key`` and ``value`` given
     ``grad_out = dL/d(out)``, and ``grad_sinks`` (shaped ``(H,)``, summed over batch and rows)
@@ -272,18 +238,14 @@ def attention_backward(grad_out, query, key, value, out, lse, *, mask=None, caus
     o = as_operand("out", out)
     l = as_operand("lse", lse)
     m = None if mask is None else as_mask("mask", mask, q.dtype)
-    variants = make_variants(heads_of(q), window=window, alibi_slopes=alibi_slopes,
-                             softcap=softcap, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
-                             cu_seqlens_k=cu_seqlens_k, dropout_p=dropout_p, seed=seed,
-                             backward=True)
-    return _sdpa.backward(dout, q, k, v, o, l, m, _causal_name(causal), _scale(scale),
-                          _backend_name(backend), variants)
+    options = make_options(q, mask=m, causal=causal, scale=scale, backend=backend,
+                           backward=True, **variants)
+    return _sdpa.backward(dout, q, k, v, o, l, options)
 
 
 @_public
-def explain(query, key, value, *, mask=None, causal=None, scale=None, backend=None, window=None,
-            alibi_slopes=None, softcap=None, sinks=None, cu_seqlens_q=None, cu_seqlens_k=None,
-            dropout_p=0.0, seed=None):
+@with_variants()
+def explain(query, key, value, *, mask=None, causal=None, scale=None, backend=None, **variants):
     """What ``attention(query, key, value, ...)`` would do, as text: the backend, the kernel path,
     its tiles, the SIMD target and the threads, with the reason for each choice. Takes the
     keywords of ``attention`` except ``return_lse`` and validates like it (same errors; the seed
@@ -295,12 +257,10 @@ def explain(query, key, value, *, mask=None, causal=None, scale=None, backend=No
     sdpa plan: backend=... path=...
     """
     q, k, v, m = _operands(query, key, value, mask)
-    variants = make_variants(heads_of(q), window=window, alibi_slopes=alibi_slopes,
-                             softcap=softcap, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
-                             cu_seqlens_k=cu_seqlens_k, dropout_p=dropout_p,
-                             seed=0 if seed is None else seed)
-    return _sdpa.explain(q, k, v, m, _causal_name(causal), _scale(scale), _backend_name(backend),
-                         variants)
+    if variants.get("seed") is None:
+        variants["seed"] = 0  # the plan does not depend on it: draw none
+    options = make_options(q, mask=m, causal=causal, scale=scale, backend=backend, **variants)
+    return _sdpa.explain(q, k, v, options)
 
 
 @_public

@@ -1,10 +1,17 @@
-"""The keywords of the attention variants (issue 7), checked for type and converted into the
-extension's Variants struct (sdpa::Options' variant fields).
+"""The options of one call: the keywords of the attention functions, checked for type and
+converted into the extension's Options (sdpa::Options field by field, include/sdpa/options.h).
+
+make_options() is the one place that does it, for every entry point (sdpa.attention,
+attention_backward, explain, scaled_dot_product_attention and sdpa.torch.attention). The variant
+keywords (VARIANTS) reach it as **variants; with_variants() gives each function's signature
+those keywords explicitly. A new option of sdpa::Options is therefore: a def_rw in
+python/src/sdpa_ext.cc (and its line in _sdpa.pyi), an entry in VARIANTS with its line in
+make_options, and its type in the Variants TypedDict of _typing.py.
 
 Only what Python must decide is checked here, with messages naming the Python keyword:
   * types: window a pair of ints or None, alibi_slopes and sinks real numbers, cu_seqlens
     integers (a float array is a TypeError, never truncated), softcap and dropout_p numbers,
-    seed an int;
+    seed an int, causal and backend names;
   * shapes numpy would otherwise flatten or guess: per-head values and offsets must be 1-D, and an
     empty alibi_slopes/sinks is refused instead of meaning "none" (as it does in C++);
   * ranges that a C++ integer cannot hold: seed in [0, 2**64); a window side above 2**63 - 1 is
@@ -12,10 +19,12 @@ Only what Python must decide is checked here, with messages naming the Python ke
   * the seed rule: seed=None with dropout_p > 0 draws a fresh seed from secrets.randbits(64) in
     a forward call, and is an error in a backward call (which must regenerate the forward's mask).
 Values (window sides >= 0, slopes finite, sinks not +inf/NaN, offsets consistent with the
-lengths, dropout_p in [0, 1)) are the library's to check; its messages name the fields
-`options.window.left`, `options.alibi_slopes[h]`, ... of sdpa::Options.
+lengths, dropout_p in [0, 1), a finite scale) are the library's to check; its messages name the
+fields `options.window.left`, `options.alibi_slopes[h]`, ... of sdpa::Options.
 """
 
+import functools
+import inspect
 import operator
 import secrets
 
@@ -26,6 +35,72 @@ from ._arrays import to_ndarray
 
 _INT64_MAX = 2**63 - 1
 _SEED_LIMIT = 2**64
+
+# The variant keywords of sdpa.attention, attention_backward, explain and sdpa.torch.attention
+# (scaled_dot_product_attention takes all but the cu_seqlens), with their defaults.
+VARIANTS = {
+    "window": None,
+    "alibi_slopes": None,
+    "softcap": None,
+    "sinks": None,
+    "cu_seqlens_q": None,
+    "cu_seqlens_k": None,
+    "dropout_p": 0.0,
+    "seed": None,
+}
+
+
+def with_variants(omit=()):
+    """Decorator for `function(..., **variants)`: the keywords of VARIANTS (except `omit` and
+    those `function` names itself) become keyword-only parameters of its signature (help(),
+    inspect.signature), and any other keyword is refused as Python would refuse it."""
+
+    def decorate(function):
+        signature = inspect.signature(function)
+        own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        taken = {p.name for p in own}
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+                 for name, default in VARIANTS.items() if name not in taken and name not in omit]
+        accepted = frozenset(p.name for p in extra)
+
+        @functools.wraps(function)
+        def call(*args, **kwargs):
+            for name in kwargs:
+                if name not in accepted and name not in taken:
+                    raise TypeError(
+                        f"{function.__name__}() got an unexpected keyword argument '{name}'")
+            return function(*args, **kwargs)
+
+        call.__signature__ = signature.replace(parameters=own + extra)
+        return call
+
+    return decorate
+
+
+def _causal(causal):
+    if causal is None:
+        return _sdpa.Causal.none
+    if not isinstance(causal, str):
+        raise TypeError(
+            f"sdpa: causal is {causal!r} but must be None, 'top_left' or 'bottom_right' "
+            "(PyTorch's is_causal=True is 'top_left')"
+        )
+    if causal not in ("none", "top_left", "bottom_right"):
+        raise ValueError(
+            f"sdpa: causal is {causal!r} but must be None, 'top_left' or 'bottom_right'")
+    return getattr(_sdpa.Causal, causal)
+
+
+def _backend(backend):
+    if backend is None:
+        return _sdpa.Backend.auto
+    if not isinstance(backend, str):
+        raise TypeError(
+            f"sdpa: backend is {backend!r} but must be None, 'auto', 'cpu' or 'reference'")
+    if backend not in ("auto", "cpu", "reference"):
+        raise ValueError(
+            f"sdpa: backend is {backend!r} but must be None, 'auto', 'cpu' or 'reference'")
+    return getattr(_sdpa.Backend, backend)
 
 
 def _window(window):
@@ -57,7 +132,7 @@ def _window(window):
         if value < -_INT64_MAX:
             raise ValueError(f"sdpa: window {name} side is {value} but must be >= 0")
         result.append(min(value, _INT64_MAX))  # beyond every sequence: unbounded
-    return tuple(result)
+    return _sdpa.Window(*result)
 
 
 def _real_vector(name, values, heads):
@@ -93,7 +168,8 @@ def _offsets(name, values):
     return a.astype(np.int64).tolist()
 
 
-def _number(name, value, allow_none):
+def number(name, value, allow_none):
+    """scale, softcap or dropout_p as a Python float."""
     if value is None and allow_none:
         return None
     what = "a number or None" if allow_none else "a number"
@@ -105,10 +181,18 @@ def _number(name, value, allow_none):
         raise TypeError(f"sdpa: {name} is {value!r} but must be {what}") from None
 
 
+def _scale(scale):
+    if scale is None:
+        return None
+    try:
+        return float(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"sdpa: scale is {scale!r} but must be a number or None") from None
+
+
 def seed_for(seed, dropout_p, backward=False):
     """The uint64 seed of a call: the caller's, or with dropout and seed=None a fresh one from
     secrets.randbits(64) (forward) or an error (backward)."""
-    dropout_p = _number("dropout_p", dropout_p, allow_none=False)
     if seed is None:
         if dropout_p > 0:
             if backward:
@@ -134,17 +218,24 @@ def heads_of(query):
     return query.shape[-3] if query.ndim >= 3 else 1
 
 
-def make_variants(heads, *, window=None, alibi_slopes=None, softcap=None, sinks=None,
-                  cu_seqlens_q=None, cu_seqlens_k=None, dropout_p=0.0, seed=None,
-                  backward=False):
-    """An _sdpa.Variants for a call whose query has `heads` heads."""
-    variants = _sdpa.Variants()
-    variants.window = _window(window)
-    variants.alibi_slopes = _real_vector("alibi_slopes", alibi_slopes, heads)
-    variants.softcap = _number("softcap", softcap, allow_none=True)
-    variants.sinks = _real_vector("sinks", sinks, heads)
-    variants.cu_seqlens_q = _offsets("cu_seqlens_q", cu_seqlens_q)
-    variants.cu_seqlens_k = _offsets("cu_seqlens_k", cu_seqlens_k)
-    variants.dropout_p = _number("dropout_p", dropout_p, allow_none=False)
-    variants.seed = seed_for(seed, variants.dropout_p, backward)
-    return variants
+def make_options(query, *, mask=None, causal=None, scale=None, backend=None, backward=False,
+                 **variants):
+    """The _sdpa.Options of a call whose engine query is `query` (its heads size the per-head
+    variants); `mask` an array the library can read (see _arrays.as_mask); `variants` keywords
+    of VARIANTS (the others take their defaults). `backward`: a backward call (seed rule)."""
+    v = dict(VARIANTS, **variants)
+    heads = heads_of(query)
+    options = _sdpa.Options()
+    options.scale = _scale(scale)
+    options.causal = _causal(causal)
+    options.mask = mask
+    options.backend = _backend(backend)
+    options.window = _window(v["window"])
+    options.alibi_slopes = _real_vector("alibi_slopes", v["alibi_slopes"], heads)
+    options.softcap = number("softcap", v["softcap"], allow_none=True)
+    options.sinks = _real_vector("sinks", v["sinks"], heads)
+    options.cu_seqlens_q = _offsets("cu_seqlens_q", v["cu_seqlens_q"])
+    options.cu_seqlens_k = _offsets("cu_seqlens_k", v["cu_seqlens_k"])
+    options.dropout_p = number("dropout_p", v["dropout_p"], allow_none=False)
+    options.seed = seed_for(v["seed"], options.dropout_p, backward)
+    return options
