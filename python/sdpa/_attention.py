@@ -3,13 +3,17 @@ its gradients, attention_backward()."""
 
 import operator
 
+import numpy as np
+
 from . import _sdpa
 from ._arrays import as_mask, as_operand
 from ._broadcast import to_engine
-from ._options import make_options, with_variants
+from ._errors import python_names
+from ._options import boolean, make_options, with_variants
 
-
-_INT_MAX = 2**31 - 1  # the C++ int of sdpa::SetNumThreads
+# sdpa::SetNumThreads takes at most this many threads (a thread pool of 1024 is already far above
+# any CPU this library runs on; larger requests are mistakes).
+_MAX_THREADS = 1024
 
 
 def _public(function):
@@ -27,6 +31,7 @@ def _operands(query, key, value, mask):
 
 
 @_public
+@python_names({"options.mask": "attn_mask", "options.causal": "is_causal"})
 @with_variants(omit=("cu_seqlens_q", "cu_seqlens_k"))
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                  is_causal=False, scale=None, enable_gqa=False, *, seed=None,
@@ -86,6 +91,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     >>> bool(np.allclose(masked, out))
     True
     """
+    is_causal = boolean("is_causal", is_causal)
+    enable_gqa = boolean("enable_gqa", enable_gqa)
     if attn_mask is not None and is_causal:
         raise ValueError(
             "sdpa: attn_mask is given and is_causal is True; PyTorch refuses this combination "
@@ -94,13 +101,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     q, k, v, m = _operands(query, key, value, None)
     m = None if attn_mask is None else as_mask("attn_mask", attn_mask, q.dtype)
     per_head = variants.get("alibi_slopes") is not None or variants.get("sinks") is not None
-    q, k, v, m, out_shape = to_engine(q, k, v, m, bool(enable_gqa), heads_last=per_head)
+    q, k, v, m, out_shape = to_engine(q, k, v, m, enable_gqa, heads_last=per_head)
     options = make_options(q, mask=m, causal="top_left" if is_causal else None, scale=scale,
                            dropout_p=dropout_p, seed=seed, **variants)
     return _sdpa.forward(q, k, v, options, False).reshape(out_shape)
 
 
 @_public
+@python_names()
 @with_variants()
 def attention(query, key, value, *, mask=None, causal=None, scale=None, return_lse=False,
               backend=None, **variants):
@@ -189,10 +197,11 @@ def attention(query, key, value, *, mask=None, causal=None, scale=None, return_l
     """
     q, k, v, m = _operands(query, key, value, mask)
     options = make_options(q, mask=m, causal=causal, scale=scale, backend=backend, **variants)
-    return _sdpa.forward(q, k, v, options, bool(return_lse))
+    return _sdpa.forward(q, k, v, options, boolean("return_lse", return_lse))
 
 
 @_public
+@python_names()
 @with_variants()
 def attention_backward(grad_out, query, key, value, out, lse, *, mask=None, causal=None,
                        scale=None, backend=None, **variants):
@@ -240,10 +249,21 @@ def attention_backward(grad_out, query, key, value, out, lse, *, mask=None, caus
     m = None if mask is None else as_mask("mask", mask, q.dtype)
     options = make_options(q, mask=m, causal=causal, scale=scale, backend=backend,
                            backward=True, **variants)
-    return _sdpa.backward(dout, q, k, v, o, l, options)
+    return gradients((dout, q, k, v, o, l), options, with_sinks=variants.get("sinks") is not None)
+
+
+def gradients(arrays, options, with_sinks):
+    """_sdpa.backward(*arrays, options), with grad_sinks after the three gradients whenever
+    sinks were given: the library leaves it out when options.sinks is empty, which with zero query
+    heads is one sink per head."""
+    grads = _sdpa.backward(*arrays, options)
+    if with_sinks and len(grads) == 3:
+        grads += (np.zeros(0, grads[0].dtype),)
+    return grads
 
 
 @_public
+@python_names()
 @with_variants()
 def explain(query, key, value, *, mask=None, causal=None, scale=None, backend=None, **variants):
     """What ``attention(query, key, value, ...)`` would do, as text: the backend, the kernel path,
@@ -264,9 +284,11 @@ def explain(query, key, value, *, mask=None, causal=None, scale=None, backend=No
 
 
 @_public
+@python_names()
 def set_num_threads(n):
-    """Sets the threads the CPU engine uses; 0 (the default) means all hardware threads, or the
-    ``SDPA_NUM_THREADS`` environment variable when it is set. Results do not depend on it.
+    """Sets the threads the CPU engine uses: an int in ``[0, 1024]``; 0 (the default) means all
+    hardware threads, or the ``SDPA_NUM_THREADS`` environment variable when it is set. Results do
+    not depend on it.
 
     >>> import sdpa
     >>> sdpa.set_num_threads(1)
@@ -274,13 +296,16 @@ def set_num_threads(n):
     1
     >>> sdpa.set_num_threads(0)  # back to the default
     """
+    what = f"[0, {_MAX_THREADS}] (0 = all hardware threads)"
     try:
-        n = operator.index(n)
+        if isinstance(n, (bool, np.bool_)):
+            raise TypeError
+        count = operator.index(n)
     except TypeError:
-        raise TypeError(f"sdpa: n is {n!r} but must be an int (0 = all hardware threads)") from None
-    if n > _INT_MAX:
-        raise ValueError(f"sdpa: n is {n} but must be at most {_INT_MAX}")
-    _sdpa.set_num_threads(n)
+        raise TypeError(f"sdpa: n is {n!r} but must be an int in {what}") from None
+    if not 0 <= count <= _MAX_THREADS:
+        raise ValueError(f"sdpa: n is {count} but must be in {what}")
+    _sdpa.set_num_threads(count)
 
 
 @_public

@@ -51,16 +51,24 @@ def broadcast_batch(named_shapes, hint_last=""):
     return tuple(result)
 
 
-def _check_mask_batch(mask, scores_batch):
+def _check_mask(mask, scores_batch, q_len, kv_len):
     """PyTorch adds attn_mask to the scores (*scores_batch, L, S) in place: the mask may not
-    enlarge them."""
-    mask_batch = mask.shape[:-2]
-    if len(mask_batch) > len(scores_batch):
+    enlarge them. Checked here, on the caller's mask, because the library sees it with its batch
+    dims merged (and would index those)."""
+    if mask.ndim > len(scores_batch) + 2:
         raise ValueError(
             f"sdpa: attn_mask has rank {mask.ndim} but the attention scores have rank "
             f"{len(scores_batch) + 2} (shape {(*scores_batch, 'L', 'S')}); attn_mask must "
             "broadcast to them without adding dimensions"
         )
+    for pos, size, what in ((-2, q_len, "q_len"), (-1, kv_len, "kv_len")):
+        if mask.ndim >= -pos and mask.shape[pos] not in (1, size):
+            raise ValueError(
+                f"sdpa: attn_mask.shape[{mask.ndim + pos}] is {mask.shape[pos]} but must be 1 or "
+                f"{size} ({what}) to broadcast to the scores' shape "
+                f"{(*scores_batch, q_len, kv_len)}"
+            )
+    mask_batch = mask.shape[:-2]
     for pos in range(-len(mask_batch), 0):
         if mask_batch[pos] not in (1, scores_batch[pos]):
             raise ValueError(
@@ -148,10 +156,8 @@ def to_engine(query, key, value, mask, enable_gqa, heads_last=False):
     value = np.broadcast_to(value, kv_batch + value.shape[-2:])
     out_shape = batch + (query.shape[-2], value.shape[-1])
 
-    padded_mask = None
     if mask is not None:
-        padded_mask = mask.reshape((1,) * (2 - mask.ndim) + mask.shape)
-        _check_mask_batch(padded_mask, scores_batch)
+        _check_mask(mask, scores_batch, query.shape[-2], key.shape[-2])
 
     n = len(batch)
     if n <= 2:
@@ -160,6 +166,7 @@ def to_engine(query, key, value, mask, enable_gqa, heads_last=False):
         return query, key, value, mask, out_shape
 
     if mask is not None:
+        padded_mask = mask.reshape((1,) * (2 - mask.ndim) + mask.shape)
         mask = np.broadcast_to(padded_mask, batch + padded_mask.shape[-2:])
     operands = [a for a in (query, key, value, mask) if a is not None]
     candidates = [n - 1]

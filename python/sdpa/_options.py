@@ -9,22 +9,28 @@ python/src/sdpa_ext.cc (and its line in _sdpa.pyi), an entry in VARIANTS with it
 make_options, and its type in the Variants TypedDict of _typing.py.
 
 Only what Python must decide is checked here, with messages naming the Python keyword:
-  * types: window a pair of ints or None, alibi_slopes and sinks real numbers, cu_seqlens
-    integers (a float array is a TypeError, never truncated), softcap and dropout_p numbers,
-    seed an int, causal and backend names;
+  * types: booleans (is_causal, enable_gqa, return_lse) are bool or numpy.bool_ (boolean());
+    numbers (scale, softcap, dropout_p) are real (real_number(): int, float, numpy real scalars,
+    0-d real arrays; never str, bytes, bool or complex); window a pair of ints or None,
+    alibi_slopes and sinks real numbers, cu_seqlens integers (a float array is a TypeError,
+    never truncated), seed an int, causal and backend names;
   * shapes numpy would otherwise flatten or guess: per-head values and offsets must be 1-D, and an
     empty alibi_slopes/sinks is refused instead of meaning "none" (as it does in C++);
-  * ranges that a C++ integer cannot hold: seed in [0, 2**64); a window side above 2**63 - 1 is
-    unbounded anyway and is clamped;
+  * ranges that a C++ number cannot hold: seed in [0, 2**64), cu_seqlens in int64, scale,
+    softcap and dropout_p in float64; a window side above 2**63 - 1 is unbounded anyway and is
+    clamped;
   * the seed rule: seed=None with dropout_p > 0 draws a fresh seed from secrets.randbits(64) in
     a forward call, and is an error in a backward call (which must regenerate the forward's mask).
 Values (window sides >= 0, slopes finite, sinks not +inf/NaN, offsets consistent with the
 lengths, dropout_p in [0, 1), a finite scale) are the library's to check; its messages name the
-fields `options.window.left`, `options.alibi_slopes[h]`, ... of sdpa::Options.
+fields `options.window.left`, `options.alibi_slopes[h]`, ... of sdpa::Options, which _errors.py
+renames to the Python arguments (`window[0]`, `alibi_slopes[h]`, ...).
 """
 
+import collections.abc
 import functools
 import inspect
+import numbers
 import operator
 import secrets
 
@@ -108,7 +114,7 @@ def _window(window):
         return None
     message = (f"sdpa: window is {window!r} but must be None or a pair (left, right) of ints or "
                "None (None = unbounded on that side)")
-    if isinstance(window, (str, bytes)):
+    if isinstance(window, (str, bytes, collections.abc.Mapping, collections.abc.Set)):
         raise TypeError(message)
     try:
         sides = tuple(window)
@@ -118,7 +124,7 @@ def _window(window):
         raise ValueError(f"sdpa: window has {len(sides)} values but must be a pair "
                          "(left, right)")
     result = []
-    for side, name in zip(sides, ("left", "right")):
+    for index, side in enumerate(sides):
         if side is None:
             result.append(None)
             continue
@@ -127,10 +133,10 @@ def _window(window):
                 raise TypeError
             value = operator.index(side)
         except TypeError:
-            raise TypeError(f"sdpa: window {name} side is {side!r} but must be an int >= 0 or "
-                            "None (unbounded)") from None
+            raise TypeError(f"sdpa: window[{index}] is {side!r} but must be an int >= 0 or None "
+                            "(unbounded)") from None
         if value < -_INT64_MAX:
-            raise ValueError(f"sdpa: window {name} side is {value} but must be >= 0")
+            raise ValueError(f"sdpa: window[{index}] is {value} but must be >= 0")
         result.append(min(value, _INT64_MAX))  # beyond every sequence: unbounded
     return _sdpa.Window(*result)
 
@@ -160,34 +166,50 @@ def _offsets(name, values):
         raise ValueError(f"sdpa: {name} has shape {a.shape} but must be 1-D (sequences + 1)")
     if a.size == 0:
         raise ValueError(f"sdpa: {name} has 0 values but must have at least 2 (sequences + 1)")
-    if a.dtype.kind not in "iu":
+    if a.dtype.kind in "iu":
+        offsets = a.tolist()
+    elif isinstance(values, (list, tuple)) and all(
+            isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+            for x in values):
+        offsets = [int(x) for x in values]  # ints beyond int64: numpy made float64 or objects
+    else:
         raise TypeError(f"sdpa: {name}.dtype is {a.dtype} but must be an integer dtype "
                         "(cumulative sequence offsets)")
-    if a.dtype.kind == "u" and int(a.max()) > _INT64_MAX:
-        raise ValueError(f"sdpa: {name} has the value {int(a.max())}, above 2**63 - 1")
-    return a.astype(np.int64).tolist()
+    for s, offset in enumerate(offsets):
+        if not -_INT64_MAX - 1 <= offset <= _INT64_MAX:
+            raise ValueError(f"sdpa: {name}[{s}] is {offset} but must be in [0, 2**63)")
+    return offsets
 
 
-def number(name, value, allow_none):
-    """scale, softcap or dropout_p as a Python float."""
+def boolean(name, value):
+    """is_causal, enable_gqa or return_lse as a Python bool: a bool or numpy.bool_, nothing that
+    is merely truthy (is_causal="False" would be)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"sdpa: {name} is {value!r} but must be a bool (True or False)")
+    return bool(value)
+
+
+def real_number(name, value, allow_none):
+    """scale, softcap or dropout_p as a Python float: an int, float, numpy real scalar or 0-d
+    real array (a 0-d tensor through DLPack too); never str, bytes, bool or complex."""
     if value is None and allow_none:
         return None
-    what = "a number or None" if allow_none else "a number"
-    if isinstance(value, (str, bytes, bool, np.bool_)):
-        raise TypeError(f"sdpa: {name} is {value!r} but must be {what}")
-    try:  # ints, floats, numpy scalars, 0-d arrays and tensors
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"sdpa: {name} is {value!r} but must be {what}") from None
-
-
-def _scale(scale):
-    if scale is None:
-        return None
+    number = value
+    if not isinstance(value, numbers.Number) and (isinstance(value, np.ndarray)
+                                                  or hasattr(value, "__dlpack__")):
+        a = to_ndarray(name, value)
+        if a.ndim == 0 and a.dtype.kind in "iuf":
+            number = a[()]  # a numpy scalar
+    if not isinstance(number, numbers.Real) or isinstance(number, (bool, np.bool_)):
+        or_none = " or None" if allow_none else ""
+        raise TypeError(f"sdpa: {name} is {value!r} but must be a real number{or_none} (int, "
+                        "float, a numpy real scalar or a 0-d real array)")
     try:
-        return float(scale)
-    except (TypeError, ValueError):
-        raise TypeError(f"sdpa: scale is {scale!r} but must be a number or None") from None
+        return float(number)
+    except OverflowError:  # an int or fraction beyond float64's 1.8e308
+        digits = len(str(abs(int(number))))
+        raise ValueError(f"sdpa: {name} is an int of {digits} digits but must be finite (a "
+                         "float64 ends near 1.8e308)") from None
 
 
 def seed_for(seed, dropout_p, backward=False):
@@ -226,16 +248,16 @@ def make_options(query, *, mask=None, causal=None, scale=None, backend=None, bac
     v = dict(VARIANTS, **variants)
     heads = heads_of(query)
     options = _sdpa.Options()
-    options.scale = _scale(scale)
+    options.scale = real_number("scale", scale, allow_none=True)
     options.causal = _causal(causal)
     options.mask = mask
     options.backend = _backend(backend)
     options.window = _window(v["window"])
     options.alibi_slopes = _real_vector("alibi_slopes", v["alibi_slopes"], heads)
-    options.softcap = number("softcap", v["softcap"], allow_none=True)
+    options.softcap = real_number("softcap", v["softcap"], allow_none=True)
     options.sinks = _real_vector("sinks", v["sinks"], heads)
     options.cu_seqlens_q = _offsets("cu_seqlens_q", v["cu_seqlens_q"])
     options.cu_seqlens_k = _offsets("cu_seqlens_k", v["cu_seqlens_k"])
-    options.dropout_p = number("dropout_p", v["dropout_p"], allow_none=False)
+    options.dropout_p = real_number("dropout_p", v["dropout_p"], allow_none=False)
     options.seed = seed_for(v["seed"], options.dropout_p, backward)
     return options

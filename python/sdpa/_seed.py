@@ -3,9 +3,11 @@
 from . import _sdpa
 from ._arrays import as_operand
 from ._attention import _public
+from ._errors import python_names
 
 
 @_public
+@python_names({"query": "Q", "key": "K", "value": "V"})
 def self_attention(Q, K, V):
     """Scaled dot-product self-attention: ``softmax(Q @ K.T / sqrt(d_k)) @ V``, row by row.
 
@@ -32,6 +34,7 @@ def self_attention(Q, K, V):
 
 
 @_public
+@python_names()
 def compute_qkv(X, W_q, W_k, W_v):
     """Query, key and value matrices ``(X @ W_q, X @ W_k, X @ W_v)`` from the input ``X``.
 

@@ -28,6 +28,8 @@ from torch.autograd.function import once_differentiable
 
 from . import _sdpa
 from ._arrays import as_mask, as_operand
+from ._attention import gradients
+from ._errors import python_names
 from ._options import make_options, with_variants
 
 __all__ = ["attention"]
@@ -82,6 +84,7 @@ class _Attention(torch.autograd.Function):
         inputs = [x for x in (m, s) if isinstance(x, torch.Tensor)]
         ctx.save_for_backward(q, k, v, out, lse, *inputs)
         ctx.sinks_dtype = sinks.dtype if isinstance(sinks, torch.Tensor) else None
+        ctx.with_sinks = sinks is not None
         ctx.options = options
         return out
 
@@ -93,15 +96,17 @@ class _Attention(torch.autograd.Function):
         needs_sinks = ctx.needs_input_grad[4]
         if not (any(needs) or needs_sinks):
             return (None,) * 6
-        arrays = [as_operand(name, x) for name, x in (
-            ("grad_out", grad_out.detach()), ("query", q), ("key", k), ("value", v),
-            ("out", out.detach()), ("lse", lse))]
-        grads = _sdpa.backward(*arrays, ctx.options)
+        with python_names():
+            arrays = [as_operand(name, x) for name, x in (
+                ("grad_out", grad_out.detach()), ("query", q), ("key", k), ("value", v),
+                ("out", out.detach()), ("lse", lse))]
+            grads = gradients(arrays, ctx.options, ctx.with_sinks)
         grad_sinks = torch.from_numpy(grads[3]).to(ctx.sinks_dtype) if needs_sinks else None
         grads = [torch.from_numpy(g) if need else None for g, need in zip(grads[:3], needs)]
         return (*grads, None, grad_sinks, None)
 
 
+@python_names()
 @with_variants()
 def attention(query, key, value, *, mask=None, causal=None, scale=None, backend=None,
               **variants):

@@ -109,7 +109,7 @@ struct Options : sdpa::Options {
 
 void SetMask(Options& options, std::optional<InArray> mask) {
   if (mask) {
-    options.mask = ToView("mask", *mask);
+    options.mask = ToView("options.mask", *mask);
   } else {
     options.mask.reset();
   }
