@@ -16,8 +16,8 @@ mask with numpy broadcasting. So here:
   2. up to two batch dims, that already is the library's rank-2/3/4 form: nothing is reshaped and
      the library's messages index the caller's dims; the mask goes as it is;
   3. more batch dims are merged into two, (batch, heads), at a split where every operand's strides
-     allow a view (with GQA, ALiBi slopes or sinks the split is before the heads dim);
-     np.reshape copies only an operand for which no split does.
+     allow a view (with GQA, ALiBi slopes or sinks the split is before the heads dim); an operand
+     for which no split does is copied, of its distinct values only (_merge).
 """
 
 import math
@@ -112,10 +112,28 @@ def _split(arrays, batch_ndim, candidates):
     return candidates[0]
 
 
+def _merged_shape(shape, batch_ndim, p):
+    return (math.prod(shape[:p]), math.prod(shape[p:batch_ndim])) + shape[batch_ndim:]
+
+
 def _merge(array, batch_ndim, p):
-    shape = array.shape
-    return array.reshape((math.prod(shape[:p]), math.prod(shape[p:batch_ndim]))
-                         + shape[batch_ndim:])
+    """Dims [0, p) and [p, batch_ndim) of `array` merged into one each: a view when the strides
+    allow. Otherwise a copy, but of the distinct values only: a group of dims that is broadcast
+    as a whole (all stride 0) and the broadcast dims after the batch are copied at size 1 and
+    broadcast again (stride 0), so a mask broadcast over most batch dims is not materialised."""
+    merged = _merged_shape(array.shape, batch_ndim, p)
+    if _mergeable(array, 0, p) and _mergeable(array, p, batch_ndim):
+        return array.reshape(merged)
+    shape, strides = array.shape, array.strides
+    distinct = [slice(None)] * array.ndim
+    for lo, hi in ((0, p), (p, batch_ndim)):
+        if all(strides[d] == 0 or shape[d] == 1 for d in range(lo, hi)):
+            distinct[lo:hi] = [slice(0, 1)] * (hi - lo)
+    for d in range(batch_ndim, array.ndim):
+        if strides[d] == 0 and shape[d] > 1:
+            distinct[d] = slice(0, 1)
+    core = array[tuple(distinct)]
+    return np.broadcast_to(core.reshape(_merged_shape(core.shape, batch_ndim, p)), merged)
 
 
 def to_engine(query, key, value, mask, enable_gqa, heads_last=False):
