@@ -1,22 +1,33 @@
 """The attention functions: PyTorch's scaled_dot_product_attention, the engine's attention() and
 its gradients, attention_backward()."""
 
+from __future__ import annotations  # the annotations name types only type checkers import
+
 import operator
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, SupportsIndex, Tuple, TypeVar
+from typing import Union, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _sdpa
 from ._arrays import as_mask, as_operand
 from ._broadcast import to_engine
 from ._errors import python_names
 from ._options import boolean, make_options, with_variants
+from ._typing import Backend, Bool, Causal, FloatArray, Real, SdpaVariants, Seed, Variants
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 # sdpa::SetNumThreads takes at most this many threads (a thread pool of 1024 is already far above
 # any CPU this library runs on; larger requests are mistakes).
 _MAX_THREADS = 1024
 
 
-def _public(function):
+def _public(function: _F) -> _F:
     """Shows the function as sdpa.<name> (help(), reprs, doctest discovery)."""
     function.__module__ = "sdpa"
     return function
@@ -33,9 +44,11 @@ def _operands(query, key, value, mask):
 @_public
 @python_names({"options.mask": "attn_mask", "options.causal": "is_causal"})
 @with_variants(omit=("cu_seqlens_q", "cu_seqlens_k"))
-def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
-                                 is_causal=False, scale=None, enable_gqa=False, *, seed=None,
-                                 **variants):
+def scaled_dot_product_attention(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike,
+                                 attn_mask: Optional[npt.ArrayLike] = None, dropout_p: Real = 0.0,
+                                 is_causal: Bool = False, scale: Optional[Real] = None,
+                                 enable_gqa: Bool = False, *, seed: Optional[Seed] = None,
+                                 **variants: Unpack[SdpaVariants]) -> FloatArray:
     """PyTorch's ``torch.nn.functional.scaled_dot_product_attention`` on numpy arrays.
 
     ``out = softmax(scale * query @ key.T + bias) @ value`` for every batch index, with
@@ -107,11 +120,32 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     return _sdpa.forward(q, k, v, options, False).reshape(out_shape)
 
 
+@overload
+def attention(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
+              mask: Optional[npt.ArrayLike] = ..., causal: Causal = ...,
+              scale: Optional[Real] = ..., return_lse: Literal[False] = ...,
+              backend: Backend = ..., **variants: Unpack[Variants]) -> FloatArray: ...
+@overload
+def attention(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
+              mask: Optional[npt.ArrayLike] = ..., causal: Causal = ...,
+              scale: Optional[Real] = ..., return_lse: Literal[True],
+              backend: Backend = ...,
+              **variants: Unpack[Variants]) -> Tuple[FloatArray, FloatArray]: ...
+@overload
+def attention(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
+              mask: Optional[npt.ArrayLike] = ..., causal: Causal = ...,
+              scale: Optional[Real] = ..., return_lse: Bool = ..., backend: Backend = ...,
+              **variants: Unpack[Variants]) -> Union[FloatArray, Tuple[FloatArray, FloatArray]]:
+    ...
+
+
 @_public
 @python_names()
 @with_variants()
-def attention(query, key, value, *, mask=None, causal=None, scale=None, return_lse=False,
-              backend=None, **variants):
+def attention(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
+              mask: Optional[npt.ArrayLike] = None, causal: Causal = None,
+              scale: Optional[Real] = None, return_lse: Bool = False, backend: Backend = None,
+              **variants: Unpack[Variants]) -> Union[FloatArray, Tuple[FloatArray, FloatArray]]:
     """The engine's attention in ``(batch, heads, seq, dim)`` layout; returns ``out`` or
     ``(out, lse)``.
 
@@ -203,8 +237,11 @@ def attention(query, key, value, *, mask=None, causal=None, scale=None, return_l
 @_public
 @python_names()
 @with_variants()
-def attention_backward(grad_out, query, key, value, out, lse, *, mask=None, causal=None,
-                       scale=None, backend=None, **variants):
+def attention_backward(grad_out: npt.ArrayLike, query: npt.ArrayLike, key: npt.ArrayLike,
+                       value: npt.ArrayLike, out: npt.ArrayLike, lse: npt.ArrayLike, *,
+                       mask: Optional[npt.ArrayLike] = None, causal: Causal = None,
+                       scale: Optional[Real] = None, backend: Backend = None,
+                       **variants: Unpack[Variants]) -> Tuple[FloatArray, ...]:
     """Gradients of ``attention``: returns ``(grad_query, grad_key, grad_value)``, the
     derivatives of a loss ``L`` with respect to ``query``, ``key`` and ``value`` given
     ``grad_out = dL/d(out)``, and ``grad_sinks`` (shaped ``(H,)``, summed over batch and rows)
@@ -252,11 +289,13 @@ def attention_backward(grad_out, query, key, value, out, lse, *, mask=None, caus
     return gradients((dout, q, k, v, o, l), options, with_sinks=variants.get("sinks") is not None)
 
 
-def gradients(arrays, options, with_sinks):
-    """_sdpa.backward(*arrays, options), with grad_sinks after the three gradients whenever
-    sinks were given: the library leaves it out when options.sinks is empty, which with zero query
-    heads is one sink per head."""
-    grads = _sdpa.backward(*arrays, options)
+def gradients(arrays: Tuple[npt.NDArray[Any], ...], options: _sdpa.Options,
+              with_sinks: bool) -> Tuple[FloatArray, ...]:
+    """_sdpa.backward for arrays (grad_out, query, key, value, out, lse), with grad_sinks after
+    the three gradients whenever sinks were given: the library leaves it out when options.sinks
+    is empty, which with zero query heads is one sink per head."""
+    grad_out, query, key, value, out, lse = arrays
+    grads = _sdpa.backward(grad_out, query, key, value, out, lse, options)
     if with_sinks and len(grads) == 3:
         grads += (np.zeros(0, grads[0].dtype),)
     return grads
@@ -265,7 +304,10 @@ def gradients(arrays, options, with_sinks):
 @_public
 @python_names()
 @with_variants()
-def explain(query, key, value, *, mask=None, causal=None, scale=None, backend=None, **variants):
+def explain(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
+            mask: Optional[npt.ArrayLike] = None, causal: Causal = None,
+            scale: Optional[Real] = None, backend: Backend = None,
+            **variants: Unpack[Variants]) -> str:
     """What ``attention(query, key, value, ...)`` would do, as text: the backend, the kernel path,
     its tiles, the SIMD target and the threads, with the reason for each choice. Takes the
     keywords of ``attention`` except ``return_lse`` and validates like it (same errors; the seed
@@ -285,7 +327,7 @@ def explain(query, key, value, *, mask=None, causal=None, scale=None, backend=No
 
 @_public
 @python_names()
-def set_num_threads(n):
+def set_num_threads(n: SupportsIndex) -> None:
     """Sets the threads the CPU engine uses: an int in ``[0, 1024]``; 0 (the default) means all
     hardware threads, or the ``SDPA_NUM_THREADS`` environment variable when it is set. Results do
     not depend on it.
@@ -309,7 +351,7 @@ def set_num_threads(n):
 
 
 @_public
-def get_num_threads():
+def get_num_threads() -> int:
     """The threads the CPU engine uses (see ``set_num_threads``); at least 1.
 
     >>> import sdpa

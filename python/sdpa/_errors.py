@@ -17,6 +17,7 @@ plus each function's own renames, e.g. {"options.mask": "attn_mask"} or, for sel
 
 import contextlib
 import re
+from typing import Dict, Iterator, Optional
 
 _COMMON = {
     "options.window.left": "window[0]",
@@ -32,11 +33,11 @@ _LIBRARY_NAME = re.compile(
     r"|(?:num_threads|query|key|value)(?=[.\[]| has | is ))")
 
 
-def rename(message, renames=None):
+def rename(message: str, renames: Optional[Dict[str, str]] = None) -> str:
     """`message` with the library's names replaced by the Python arguments."""
     renames = renames or {}
 
-    def python_name(match):
+    def python_name(match: "re.Match[str]") -> str:
         name = match.group(1)
         if name in renames:
             return renames[name]
@@ -48,7 +49,7 @@ def rename(message, renames=None):
 
 
 @contextlib.contextmanager
-def python_names(renames=None):
+def python_names(renames: Optional[Dict[str, str]] = None) -> Iterator[None]:
     """Context manager and decorator: sdpa errors raised inside name the Python arguments."""
     try:
         yield

@@ -6,7 +6,7 @@ attention_backward, explain, scaled_dot_product_attention and sdpa.torch.attenti
 keywords (VARIANTS) reach it as **variants; with_variants() gives each function's signature
 those keywords explicitly. A new option of sdpa::Options is therefore: a def_rw in
 python/src/sdpa_ext.cc (and its line in _sdpa.pyi), an entry in VARIANTS with its line in
-make_options, and its type in the Variants TypedDict of _typing.py.
+make_options, and its type in the Variants (or SdpaVariants) TypedDict of _typing.py.
 
 Only what Python must decide is checked here, with messages naming the Python keyword:
   * types: booleans (is_causal, enable_gqa, return_lse) are bool or numpy.bool_ (boolean());
@@ -34,10 +34,14 @@ import numbers
 import operator
 import secrets
 
+from typing import Any, Callable, Tuple, TypeVar, cast
+
 import numpy as np
 
 from . import _sdpa
 from ._arrays import to_ndarray
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 _INT64_MAX = 2**63 - 1
 _SEED_LIMIT = 2**64
@@ -56,12 +60,12 @@ VARIANTS = {
 }
 
 
-def with_variants(omit=()):
+def with_variants(omit: Tuple[str, ...] = ()) -> Callable[[_F], _F]:
     """Decorator for `function(..., **variants)`: the keywords of VARIANTS (except `omit` and
     those `function` names itself) become keyword-only parameters of its signature (help(),
     inspect.signature), and any other keyword is refused as Python would refuse it."""
 
-    def decorate(function):
+    def decorate(function: _F) -> _F:
         signature = inspect.signature(function)
         own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
         taken = {p.name for p in own}
@@ -70,15 +74,15 @@ def with_variants(omit=()):
         accepted = frozenset(p.name for p in extra)
 
         @functools.wraps(function)
-        def call(*args, **kwargs):
+        def call(*args: Any, **kwargs: Any) -> Any:
             for name in kwargs:
                 if name not in accepted and name not in taken:
                     raise TypeError(
                         f"{function.__name__}() got an unexpected keyword argument '{name}'")
             return function(*args, **kwargs)
 
-        call.__signature__ = signature.replace(parameters=own + extra)
-        return call
+        call.__signature__ = signature.replace(parameters=own + extra)  # type: ignore[attr-defined]
+        return cast(_F, call)
 
     return decorate
 

@@ -16,6 +16,8 @@ This module imports PyTorch; the rest of the package never does. Importing it wi
 installed raises ImportError.
 """
 
+from __future__ import annotations  # the annotations name types only type checkers import
+
 try:
     import torch
 except ImportError as e:
@@ -24,6 +26,9 @@ except ImportError as e:
         f"({e}); install it with `pip install torch`. The rest of sdpa works without it."
     ) from e
 
+from typing import TYPE_CHECKING, Optional, Union
+
+import numpy.typing as npt
 from torch.autograd.function import once_differentiable
 
 from . import _sdpa
@@ -31,6 +36,10 @@ from ._arrays import as_mask, as_operand
 from ._attention import gradients
 from ._errors import python_names
 from ._options import make_options, with_variants
+from ._typing import Backend, Causal, Real, Variants
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["attention"]
 
@@ -97,9 +106,9 @@ class _Attention(torch.autograd.Function):
         if not (any(needs) or needs_sinks):
             return (None,) * 6
         with python_names():
-            arrays = [as_operand(name, x) for name, x in (
+            arrays = tuple(as_operand(name, x) for name, x in (
                 ("grad_out", grad_out.detach()), ("query", q), ("key", k), ("value", v),
-                ("out", out.detach()), ("lse", lse))]
+                ("out", out.detach()), ("lse", lse)))
             grads = gradients(arrays, ctx.options, ctx.with_sinks)
         grad_sinks = torch.from_numpy(grads[3]).to(ctx.sinks_dtype) if needs_sinks else None
         grads = [torch.from_numpy(g) if need else None for g, need in zip(grads[:3], needs)]
@@ -108,8 +117,10 @@ class _Attention(torch.autograd.Function):
 
 @python_names()
 @with_variants()
-def attention(query, key, value, *, mask=None, causal=None, scale=None, backend=None,
-              **variants):
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
+              mask: Optional[Union[torch.Tensor, npt.ArrayLike]] = None, causal: Causal = None,
+              scale: Optional[Real] = None, backend: Backend = None,
+              **variants: Unpack[Variants]) -> torch.Tensor:
     """``sdpa.attention`` on CPU torch tensors, differentiable in ``query``, ``key``, ``value``
     and ``sinks``.
 
