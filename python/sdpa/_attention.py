@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-# sdpa::SetNumThreads takes at most this many threads (a thread pool of 1024 is already far above
-# any CPU this library runs on; larger requests are mistakes).
+# The most threads sdpa::SetNumThreads takes (far above the CPUs this library runs on: larger
+# values are mistakes). Checked here too, so that the message names n.
 _MAX_THREADS = 1024
 
 
@@ -80,8 +80,10 @@ def scaled_dot_product_attention(query: npt.ArrayLike, key: npt.ArrayLike, value
     never modified. Objects with ``__dlpack__`` (PyTorch CPU tensors) are accepted; the result is
     always a numpy array.
 
-    Raises ValueError for shapes and options the library refuses (the message names the argument,
-    the expected and the actual value) and TypeError for unsupported dtypes.
+    Raises ValueError for shapes and values the library refuses and TypeError for unsupported
+    dtypes and argument types (``is_causal`` and ``enable_gqa`` are bool or numpy.bool_,
+    ``scale`` and ``dropout_p`` real numbers); the message names the argument as written here
+    (``attn_mask``, ``window[0]``, ...), the expected and the actual value.
 
     >>> import numpy as np, sdpa
     >>> rng = np.random.default_rng(0)
