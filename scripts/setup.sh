@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing sdpa needs, and nothing that is already there:
 #   Debian packages (apt-get): Highway, GoogleTest, Google Benchmark, clang/clang-format (lint and
-#   fuzzing); Python packages (pip): numpy, pytest, nanobind, scikit-build-core.
+#   fuzzing); Python packages (pip): numpy, pytest, nanobind, scikit-build-core, mypy (the typing test).
 # Usage: scripts/setup.sh [--minimal]   (--minimal: only what the library and CLI need)
 set -euo pipefail
 
@@ -36,6 +36,7 @@ if [[ $minimal == 0 ]]; then
   "$python" -c "import pytest" 2> /dev/null || pips+=(pytest)
   "$python" -c "import nanobind" 2> /dev/null || pips+=(nanobind)
   "$python" -c "import scikit_build_core" 2> /dev/null || pips+=(scikit-build-core)
+  "$python" -c "import mypy" 2> /dev/null || pips+=(mypy)
 fi
 if ((${#pips[@]})); then
   echo "setup: installing Python packages: ${pips[*]}" >&2

@@ -35,8 +35,10 @@ torch.autograd.Function whose forward and backward are computed here::
     sdpa.torch.attention(query, key, value, *, mask=None, causal=None, scale=None, backend=None,
                          **variants)
 
-Errors: ValueError for shapes and options (the message names the argument, the expected and the
-actual value), TypeError for dtypes.
+Errors: ValueError for shapes and values, TypeError for dtypes and argument types; the message
+starts with "sdpa: " and names the argument as the caller wrote it, the expected and the actual
+value. Arguments are strict: booleans are bool or numpy.bool_, numbers are real (int, float,
+numpy real scalars, 0-d real arrays), never str, bytes, bool or complex.
 
 >>> import sdpa
 >>> sdpa.self_attention([[1, 0], [0, 1]], [[1, 0], [0, 1]], [[1, 2], [3, 4]]).round(6)

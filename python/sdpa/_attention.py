@@ -1,50 +1,36 @@
 """The attention functions: PyTorch's scaled_dot_product_attention, the engine's attention() and
 its gradients, attention_backward()."""
 
+from __future__ import annotations  # the annotations name types only type checkers import
+
 import operator
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, SupportsIndex, Tuple, TypeVar
+from typing import Union, overload
+
+import numpy as np
+import numpy.typing as npt
 
 from . import _sdpa
 from ._arrays import as_mask, as_operand
 from ._broadcast import to_engine
-from ._variants import heads_of, make_variants
+from ._errors import python_names
+from ._options import boolean, make_options, with_variants
+from ._typing import Backend, Bool, Causal, FloatArray, Real, SdpaVariants, Seed, Variants
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+# The most threads sdpa::SetNumThreads takes (far above the CPUs this library runs on: larger
+# values are mistakes). Checked here too, so that the message names n.
+_MAX_THREADS = 1024
 
 
-_INT_MAX = 2**31 - 1  # the C++ int of sdpa::SetNumThreads
-
-
-def _public(function):
+def _public(function: _F) -> _F:
     """Shows the function as sdpa.<name> (help(), reprs, doctest discovery)."""
     function.__module__ = "sdpa"
     return function
-
-
-def _causal_name(causal):
-    if causal is None:
-        return "none"
-    if not isinstance(causal, str):
-        raise TypeError(
-            f"sdpa: causal is {causal!r} but must be None, 'top_left' or 'bottom_right' "
-            "(PyTorch's is_causal=True is 'top_left')"
-        )
-    return causal
-
-
-def _backend_name(backend):
-    if backend is None:
-        return "auto"
-    if not isinstance(backend, str):
-        raise TypeError(
-            f"sdpa: backend is {backend!r} but must be None, 'auto', 'cpu' or 'reference'")
-    return backend
-
-
-def _scale(scale):
-    if scale is None:
-        return None
-    try:
-        return float(scale)
-    except (TypeError, ValueError):
-        raise TypeError(f"sdpa: scale is {scale!r} but must be a number or None") from None
 
 
 def _operands(query, key, value, mask):
@@ -56,9 +42,13 @@ def _operands(query, key, value, mask):
 
 
 @_public
-def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
-                                 is_causal=False, scale=None, enable_gqa=False, *, seed=None,
-                                 window=None, alibi_slopes=None, softcap=None, sinks=None):
+@python_names({"options.mask": "attn_mask", "options.causal": "is_causal"})
+@with_variants(omit=("cu_seqlens_q", "cu_seqlens_k"))
+def scaled_dot_product_attention(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike,
+                                 attn_mask: Optional[npt.ArrayLike] = None, dropout_p: Real = 0.0,
+                                 is_causal: Bool = False, scale: Optional[Real] = None,
+                                 enable_gqa: Bool = False, *, seed: Optional[Seed] = None,
+                                 **variants: Unpack[SdpaVariants]) -> FloatArray:
     """PyTorch's ``torch.nn.functional.scaled_dot_product_attention`` on numpy arrays.
 
     ``out = softmax(scale * query @ key.T + bias) @ value`` for every batch index, with
@@ -90,8 +80,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     never modified. Objects with ``__dlpack__`` (PyTorch CPU tensors) are accepted; the result is
     always a numpy array.
 
-    Raises ValueError for shapes and options the library refuses (the message names the argument,
-    the expected and the actual value) and TypeError for unsupported dtypes.
+    Raises ValueError for shapes and values the library refuses and TypeError for unsupported
+    dtypes and argument types (``is_causal`` and ``enable_gqa`` are bool or numpy.bool_,
+    ``scale`` and ``dropout_p`` real numbers); the message names the argument as written here
+    (``attn_mask``, ``window[0]``, ...), the expected and the actual value.
 
     >>> import numpy as np, sdpa
     >>> rng = np.random.default_rng(0)
@@ -114,6 +106,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     >>> bool(np.allclose(masked, out))
     True
     """
+    is_causal = boolean("is_causal", is_causal)
+    enable_gqa = boolean("enable_gqa", enable_gqa)
     if attn_mask is not None and is_causal:
         raise ValueError(
             "sdpa: attn_mask is given and is_causal is True; PyTorch refuses this combination "
@@ -121,19 +115,39 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
             "sdpa.attention(..., mask=..., causal='top_left')")
     q, k, v, m = _operands(query, key, value, None)
     m = None if attn_mask is None else as_mask("attn_mask", attn_mask, q.dtype)
-    per_head = alibi_slopes is not None or sinks is not None
-    q, k, v, m, out_shape = to_engine(q, k, v, m, bool(enable_gqa), heads_last=per_head)
-    variants = make_variants(heads_of(q), window=window, alibi_slopes=alibi_slopes,
-                             softcap=softcap, sinks=sinks, dropout_p=dropout_p, seed=seed)
-    out = _sdpa.forward(q, k, v, m, "top_left" if is_causal else "none", _scale(scale), False,
-                        "auto", variants)
-    return out.reshape(out_shape)
+    per_head = variants.get("alibi_slopes") is not None or variants.get("sinks") is not None
+    q, k, v, m, out_shape = to_engine(q, k, v, m, enable_gqa, heads_last=per_head)
+    options = make_options(q, mask=m, causal="top_left" if is_causal else None, scale=scale,
+                           dropout_p=dropout_p, seed=seed, **variants)
+    return _sdpa.forward(q, k, v, options, False).reshape(out_shape)
+
+
+@overload
+def attention(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
+              mask: Optional[npt.ArrayLike] = ..., causal: Causal = ...,
+              scale: Optional[Real] = ..., return_lse: Literal[False] = ...,
+              backend: Backend = ..., **variants: Unpack[Variants]) -> FloatArray: ...
+@overload
+def attention(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
+              mask: Optional[npt.ArrayLike] = ..., causal: Causal = ...,
+              scale: Optional[Real] = ..., return_lse: Literal[True],
+              backend: Backend = ...,
+              **variants: Unpack[Variants]) -> Tuple[FloatArray, FloatArray]: ...
+@overload
+def attention(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
+              mask: Optional[npt.ArrayLike] = ..., causal: Causal = ...,
+              scale: Optional[Real] = ..., return_lse: Bool = ..., backend: Backend = ...,
+              **variants: Unpack[Variants]) -> Union[FloatArray, Tuple[FloatArray, FloatArray]]:
+    ...
 
 
 @_public
-def attention(query, key, value, *, mask=None, causal=None, scale=None, return_lse=False,
-              backend=None, window=None, alibi_slopes=None, softcap=None, sinks=None,
-              cu_seqlens_q=None, cu_seqlens_k=None, dropout_p=0.0, seed=None):
+@python_names()
+@with_variants()
+def attention(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
+              mask: Optional[npt.ArrayLike] = None, causal: Causal = None,
+              scale: Optional[Real] = None, return_lse: Bool = False, backend: Backend = None,
+              **variants: Unpack[Variants]) -> Union[FloatArray, Tuple[FloatArray, FloatArray]]:
     """The engine's attention in ``(batch, heads, seq, dim)`` layout; returns ``out`` or
     ``(out, lse)``.
 
@@ -218,18 +232,18 @@ def attention(query, key, value, *, mask=None, causal=None, scale=None, return_l
     [1.098612 0.      ]
     """
     q, k, v, m = _operands(query, key, value, mask)
-    variants = make_variants(heads_of(q), window=window, alibi_slopes=alibi_slopes,
-                             softcap=softcap, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
-                             cu_seqlens_k=cu_seqlens_k, dropout_p=dropout_p, seed=seed)
-    return _sdpa.forward(q, k, v, m, _causal_name(causal), _scale(scale), bool(return_lse),
-                         _backend_name(backend), variants)
+    options = make_options(q, mask=m, causal=causal, scale=scale, backend=backend, **variants)
+    return _sdpa.forward(q, k, v, options, boolean("return_lse", return_lse))
 
 
 @_public
-def attention_backward(grad_out, query, key, value, out, lse, *, mask=None, causal=None,
-                       scale=None, backend=None, window=None, alibi_slopes=None, softcap=None,
-                       sinks=None, cu_seqlens_q=None, cu_seqlens_k=None, dropout_p=0.0,
-                       seed=None):
+@python_names()
+@with_variants()
+def attention_backward(grad_out: npt.ArrayLike, query: npt.ArrayLike, key: npt.ArrayLike,
+                       value: npt.ArrayLike, out: npt.ArrayLike, lse: npt.ArrayLike, *,
+                       mask: Optional[npt.ArrayLike] = None, causal: Causal = None,
+                       scale: Optional[Real] = None, backend: Backend = None,
+                       **variants: Unpack[Variants]) -> Tuple[FloatArray, ...]:
     """Gradients of ``attention``: returns ``(grad_query, grad_key, grad_value)``, the
     derivatives of a loss ``L`` with respect to ``query``, ``key`` and ``value`` given
     ``grad_out = dL/d(out)``, and ``grad_sinks`` (shaped ``(H,)``, summed over batch and rows)
@@ -272,18 +286,30 @@ def attention_backward(grad_out, query, key, value, out, lse, *, mask=None, caus
     o = as_operand("out", out)
     l = as_operand("lse", lse)
     m = None if mask is None else as_mask("mask", mask, q.dtype)
-    variants = make_variants(heads_of(q), window=window, alibi_slopes=alibi_slopes,
-                             softcap=softcap, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
-                             cu_seqlens_k=cu_seqlens_k, dropout_p=dropout_p, seed=seed,
-                             backward=True)
-    return _sdpa.backward(dout, q, k, v, o, l, m, _causal_name(causal), _scale(scale),
-                          _backend_name(backend), variants)
+    options = make_options(q, mask=m, causal=causal, scale=scale, backend=backend,
+                           backward=True, **variants)
+    return gradients((dout, q, k, v, o, l), options, with_sinks=variants.get("sinks") is not None)
+
+
+def gradients(arrays: Tuple[npt.NDArray[Any], ...], options: _sdpa.Options,
+              with_sinks: bool) -> Tuple[FloatArray, ...]:
+    """_sdpa.backward for arrays (grad_out, query, key, value, out, lse), with grad_sinks after
+    the three gradients whenever sinks were given: the library leaves it out when options.sinks
+    is empty, which with zero query heads is one sink per head."""
+    grad_out, query, key, value, out, lse = arrays
+    grads = _sdpa.backward(grad_out, query, key, value, out, lse, options)
+    if with_sinks and len(grads) == 3:
+        grads += (np.zeros(0, grads[0].dtype),)
+    return grads
 
 
 @_public
-def explain(query, key, value, *, mask=None, causal=None, scale=None, backend=None, window=None,
-            alibi_slopes=None, softcap=None, sinks=None, cu_seqlens_q=None, cu_seqlens_k=None,
-            dropout_p=0.0, seed=None):
+@python_names()
+@with_variants()
+def explain(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
+            mask: Optional[npt.ArrayLike] = None, causal: Causal = None,
+            scale: Optional[Real] = None, backend: Backend = None,
+            **variants: Unpack[Variants]) -> str:
     """What ``attention(query, key, value, ...)`` would do, as text: the backend, the kernel path,
     its tiles, the SIMD target and the threads, with the reason for each choice. Takes the
     keywords of ``attention`` except ``return_lse`` and validates like it (same errors; the seed
@@ -295,18 +321,18 @@ def explain(query, key, value, *, mask=None, causal=None, scale=None, backend=No
     sdpa plan: backend=... path=...
     """
     q, k, v, m = _operands(query, key, value, mask)
-    variants = make_variants(heads_of(q), window=window, alibi_slopes=alibi_slopes,
-                             softcap=softcap, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
-                             cu_seqlens_k=cu_seqlens_k, dropout_p=dropout_p,
-                             seed=0 if seed is None else seed)
-    return _sdpa.explain(q, k, v, m, _causal_name(causal), _scale(scale), _backend_name(backend),
-                         variants)
+    if variants.get("seed") is None:
+        variants["seed"] = 0  # the plan does not depend on it: draw none
+    options = make_options(q, mask=m, causal=causal, scale=scale, backend=backend, **variants)
+    return _sdpa.explain(q, k, v, options)
 
 
 @_public
-def set_num_threads(n):
-    """Sets the threads the CPU engine uses; 0 (the default) means all hardware threads, or the
-    ``SDPA_NUM_THREADS`` environment variable when it is set. Results do not depend on it.
+@python_names()
+def set_num_threads(n: SupportsIndex) -> None:
+    """Sets the threads the CPU engine uses: an int in ``[0, 1024]``; 0 (the default) means all
+    hardware threads, or the ``SDPA_NUM_THREADS`` environment variable when it is set. Results do
+    not depend on it.
 
     >>> import sdpa
     >>> sdpa.set_num_threads(1)
@@ -314,17 +340,20 @@ def set_num_threads(n):
     1
     >>> sdpa.set_num_threads(0)  # back to the default
     """
+    what = f"[0, {_MAX_THREADS}] (0 = all hardware threads)"
     try:
-        n = operator.index(n)
+        if isinstance(n, (bool, np.bool_)):
+            raise TypeError
+        count = operator.index(n)
     except TypeError:
-        raise TypeError(f"sdpa: n is {n!r} but must be an int (0 = all hardware threads)") from None
-    if n > _INT_MAX:
-        raise ValueError(f"sdpa: n is {n} but must be at most {_INT_MAX}")
-    _sdpa.set_num_threads(n)
+        raise TypeError(f"sdpa: n is {n!r} but must be an int in {what}") from None
+    if not 0 <= count <= _MAX_THREADS:
+        raise ValueError(f"sdpa: n is {count} but must be in {what}")
+    _sdpa.set_num_threads(count)
 
 
 @_public
-def get_num_threads():
+def get_num_threads() -> int:
     """The threads the CPU engine uses (see ``set_num_threads``); at least 1.
 
     >>> import sdpa

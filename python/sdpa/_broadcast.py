@@ -16,8 +16,8 @@ mask with numpy broadcasting. So here:
   2. up to two batch dims, that already is the library's rank-2/3/4 form: nothing is reshaped and
      the library's messages index the caller's dims; the mask goes as it is;
   3. more batch dims are merged into two, (batch, heads), at a split where every operand's strides
-     allow a view (with GQA, ALiBi slopes or sinks the split is before the heads dim);
-     np.reshape copies only an operand for which no split does.
+     allow a view (with GQA, ALiBi slopes or sinks the split is before the heads dim); an operand
+     for which no split does is copied, of its distinct values only (_merge).
 """
 
 import math
@@ -51,16 +51,24 @@ def broadcast_batch(named_shapes, hint_last=""):
     return tuple(result)
 
 
-def _check_mask_batch(mask, scores_batch):
+def _check_mask(mask, scores_batch, q_len, kv_len):
     """PyTorch adds attn_mask to the scores (*scores_batch, L, S) in place: the mask may not
-    enlarge them."""
-    mask_batch = mask.shape[:-2]
-    if len(mask_batch) > len(scores_batch):
+    enlarge them. Checked here, on the caller's mask, because the library sees it with its batch
+    dims merged (and would index those)."""
+    if mask.ndim > len(scores_batch) + 2:
         raise ValueError(
             f"sdpa: attn_mask has rank {mask.ndim} but the attention scores have rank "
             f"{len(scores_batch) + 2} (shape {(*scores_batch, 'L', 'S')}); attn_mask must "
             "broadcast to them without adding dimensions"
         )
+    for pos, size, what in ((-2, q_len, "q_len"), (-1, kv_len, "kv_len")):
+        if mask.ndim >= -pos and mask.shape[pos] not in (1, size):
+            raise ValueError(
+                f"sdpa: attn_mask.shape[{mask.ndim + pos}] is {mask.shape[pos]} but must be 1 or "
+                f"{size} ({what}) to broadcast to the scores' shape "
+                f"{(*scores_batch, q_len, kv_len)}"
+            )
+    mask_batch = mask.shape[:-2]
     for pos in range(-len(mask_batch), 0):
         if mask_batch[pos] not in (1, scores_batch[pos]):
             raise ValueError(
@@ -104,10 +112,28 @@ def _split(arrays, batch_ndim, candidates):
     return candidates[0]
 
 
+def _merged_shape(shape, batch_ndim, p):
+    return (math.prod(shape[:p]), math.prod(shape[p:batch_ndim])) + shape[batch_ndim:]
+
+
 def _merge(array, batch_ndim, p):
-    shape = array.shape
-    return array.reshape((math.prod(shape[:p]), math.prod(shape[p:batch_ndim]))
-                         + shape[batch_ndim:])
+    """Dims [0, p) and [p, batch_ndim) of `array` merged into one each: a view when the strides
+    allow. Otherwise a copy, but of the distinct values only: a group of dims that is broadcast
+    as a whole (all stride 0) and the broadcast dims after the batch are copied at size 1 and
+    broadcast again (stride 0), so a mask broadcast over most batch dims is not materialised."""
+    merged = _merged_shape(array.shape, batch_ndim, p)
+    if _mergeable(array, 0, p) and _mergeable(array, p, batch_ndim):
+        return array.reshape(merged)
+    shape, strides = array.shape, array.strides
+    distinct = [slice(None)] * array.ndim
+    for lo, hi in ((0, p), (p, batch_ndim)):
+        if all(strides[d] == 0 or shape[d] == 1 for d in range(lo, hi)):
+            distinct[lo:hi] = [slice(0, 1)] * (hi - lo)
+    for d in range(batch_ndim, array.ndim):
+        if strides[d] == 0 and shape[d] > 1:
+            distinct[d] = slice(0, 1)
+    core = array[tuple(distinct)]
+    return np.broadcast_to(core.reshape(_merged_shape(core.shape, batch_ndim, p)), merged)
 
 
 def to_engine(query, key, value, mask, enable_gqa, heads_last=False):
@@ -148,10 +174,8 @@ def to_engine(query, key, value, mask, enable_gqa, heads_last=False):
     value = np.broadcast_to(value, kv_batch + value.shape[-2:])
     out_shape = batch + (query.shape[-2], value.shape[-1])
 
-    padded_mask = None
     if mask is not None:
-        padded_mask = mask.reshape((1,) * (2 - mask.ndim) + mask.shape)
-        _check_mask_batch(padded_mask, scores_batch)
+        _check_mask(mask, scores_batch, query.shape[-2], key.shape[-2])
 
     n = len(batch)
     if n <= 2:
@@ -160,6 +184,7 @@ def to_engine(query, key, value, mask, enable_gqa, heads_last=False):
         return query, key, value, mask, out_shape
 
     if mask is not None:
+        padded_mask = mask.reshape((1,) * (2 - mask.ndim) + mask.shape)
         mask = np.broadcast_to(padded_mask, batch + padded_mask.shape[-2:])
     operands = [a for a in (query, key, value, mask) if a is not None]
     candidates = [n - 1]

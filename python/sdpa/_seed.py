@@ -1,12 +1,19 @@
 """The two functions of the task that started the project (shared/seed), computed in C++."""
 
+from typing import Tuple
+
+import numpy.typing as npt
+
 from . import _sdpa
 from ._arrays import as_operand
 from ._attention import _public
+from ._errors import python_names
+from ._typing import FloatArray
 
 
 @_public
-def self_attention(Q, K, V):
+@python_names({"query": "Q", "key": "K", "value": "V"})
+def self_attention(Q: npt.ArrayLike, K: npt.ArrayLike, V: npt.ArrayLike) -> FloatArray:
     """Scaled dot-product self-attention: ``softmax(Q @ K.T / sqrt(d_k)) @ V``, row by row.
 
     Args:
@@ -32,7 +39,9 @@ def self_attention(Q, K, V):
 
 
 @_public
-def compute_qkv(X, W_q, W_k, W_v):
+@python_names()
+def compute_qkv(X: npt.ArrayLike, W_q: npt.ArrayLike, W_k: npt.ArrayLike,
+                W_v: npt.ArrayLike) -> Tuple[FloatArray, FloatArray, FloatArray]:
     """Query, key and value matrices ``(X @ W_q, X @ W_k, X @ W_v)`` from the input ``X``.
 
     Args:

@@ -4,16 +4,19 @@
               window=None, alibi_slopes=None, softcap=None, sinks=None, cu_seqlens_q=None,
               cu_seqlens_k=None, dropout_p=0.0, seed=None)
 
-The forward is ``sdpa.attention(..., return_lse=True)``; it saves ``out`` and ``lse`` (not the
-``(Lq, Lkv)`` attention weights) and the dropout seed. The backward is
-``sdpa.attention_backward``, which recomputes the weights tile by tile from ``lse``
-(FlashAttention-2) and regenerates the dropout mask from the seed. Tensors cross into the library
-through DLPack and the results come back through ``torch.from_numpy``, so neither direction copies
-(except an argument whose last dim is not contiguous, which the numpy layer copies once).
+The forward computes ``sdpa.attention(..., return_lse=True)``; it saves ``out`` and ``lse`` (not
+the ``(Lq, Lkv)`` attention weights) and the call's options, dropout seed included. The backward
+is ``sdpa.attention_backward`` with those options: it recomputes the weights tile by tile from
+``lse`` (FlashAttention-2) and regenerates the dropout mask from the seed. Tensors cross into the
+library through DLPack and the results come back through ``torch.from_numpy``, so neither
+direction copies (except an argument whose last dim is not contiguous, which the numpy layer
+copies once).
 
 This module imports PyTorch; the rest of the package never does. Importing it without PyTorch
 installed raises ImportError.
 """
+
+from __future__ import annotations  # the annotations name types only type checkers import
 
 try:
     import torch
@@ -23,11 +26,20 @@ except ImportError as e:
         f"({e}); install it with `pip install torch`. The rest of sdpa works without it."
     ) from e
 
+from typing import TYPE_CHECKING, Optional, Union
+
+import numpy.typing as npt
 from torch.autograd.function import once_differentiable
 
-from ._attention import attention as _attention
-from ._attention import attention_backward as _attention_backward
-from ._variants import seed_for as _seed_for
+from . import _sdpa
+from ._arrays import as_mask, as_operand
+from ._attention import gradients
+from ._errors import python_names
+from ._options import make_options, with_variants
+from ._typing import Backend, Causal, Real, Variants
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["attention"]
 
@@ -64,48 +76,51 @@ class _Attention(torch.autograd.Function):
     value and sinks."""
 
     @staticmethod
-    def forward(ctx, query, key, value, mask, sinks, options):
+    def forward(ctx, query, key, value, mask, sinks, keywords):
         q, k, v = _operand("query", query), _operand("key", key), _operand("value", value)
         # mask (bool or float, any dtype the numpy layer takes) and alibi_slopes get no gradient;
         # those that are not tensors (numpy arrays, lists) are the numpy layer's to read.
         m, s = _argument("mask", mask), _argument("sinks", sinks)
-        options = dict(options)
-        for name in ("alibi_slopes", "cu_seqlens_q", "cu_seqlens_k"):
-            options[name] = _argument(name, options[name])
-        # One seed for the forward and the backward: the caller's, or one drawn here.
-        options["seed"] = _seed_for(options["seed"], options["dropout_p"])
-        out, lse = _attention(q, k, v, mask=m, sinks=s, return_lse=True, **options)
+        keywords = {name: _argument(name, x) for name, x in keywords.items()}
+        arrays = [as_operand(name, x) for name, x in (("query", q), ("key", k), ("value", v))]
+        mask_array = None if m is None else as_mask("mask", m, arrays[0].dtype)
+        # One Options for the forward and the backward, with one seed: the caller's, or one drawn
+        # here.
+        options = make_options(arrays[0], mask=mask_array, sinks=s, **keywords)
+        out, lse = _sdpa.forward(*arrays, options, True)
         out, lse = torch.from_numpy(out), torch.from_numpy(lse)  # no copy: they share memory
-        # Tensors go through save_for_backward, which catches in-place changes before backward;
-        # the rest is kept on ctx.
-        args = {"mask": m, "sinks": s}
-        tensors = {name: x for name, x in args.items() if isinstance(x, torch.Tensor)}
-        ctx.save_for_backward(q, k, v, out, lse, *tensors.values())
-        ctx.tensor_names = tuple(tensors)
-        ctx.other_args = {name: x for name, x in args.items() if name not in tensors}
+        # Tensors go through save_for_backward, which catches in-place changes before backward.
+        inputs = [x for x in (m, s) if isinstance(x, torch.Tensor)]
+        ctx.save_for_backward(q, k, v, out, lse, *inputs)
         ctx.sinks_dtype = sinks.dtype if isinstance(sinks, torch.Tensor) else None
+        ctx.with_sinks = sinks is not None
         ctx.options = options
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        q, k, v, out, lse, *saved = ctx.saved_tensors
-        args = dict(ctx.other_args, **dict(zip(ctx.tensor_names, saved)))
+        q, k, v, out, lse, *_ = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         needs_sinks = ctx.needs_input_grad[4]
         if not (any(needs) or needs_sinks):
             return (None,) * 6
-        grads = _attention_backward(grad_out.detach(), q, k, v, out.detach(), lse, **args,
-                                    **ctx.options)
+        with python_names():
+            arrays = tuple(as_operand(name, x) for name, x in (
+                ("grad_out", grad_out.detach()), ("query", q), ("key", k), ("value", v),
+                ("out", out.detach()), ("lse", lse)))
+            grads = gradients(arrays, ctx.options, ctx.with_sinks)
         grad_sinks = torch.from_numpy(grads[3]).to(ctx.sinks_dtype) if needs_sinks else None
         grads = [torch.from_numpy(g) if need else None for g, need in zip(grads[:3], needs)]
         return (*grads, None, grad_sinks, None)
 
 
-def attention(query, key, value, *, mask=None, causal=None, scale=None, backend=None,
-              window=None, alibi_slopes=None, softcap=None, sinks=None, cu_seqlens_q=None,
-              cu_seqlens_k=None, dropout_p=0.0, seed=None):
+@python_names()
+@with_variants()
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
+              mask: Optional[Union[torch.Tensor, npt.ArrayLike]] = None, causal: Causal = None,
+              scale: Optional[Real] = None, backend: Backend = None,
+              **variants: Unpack[Variants]) -> torch.Tensor:
     """``sdpa.attention`` on CPU torch tensors, differentiable in ``query``, ``key``, ``value``
     and ``sinks``.
 
@@ -156,10 +171,9 @@ def attention(query, key, value, *, mask=None, causal=None, scale=None, backend=
     >>> sinks.grad.shape
     torch.Size([4])
     """
-    options = dict(causal=causal, scale=scale, backend=backend, window=window,
-                   alibi_slopes=alibi_slopes, softcap=softcap, cu_seqlens_q=cu_seqlens_q,
-                   cu_seqlens_k=cu_seqlens_k, dropout_p=dropout_p, seed=seed)
-    return _Attention.apply(query, key, value, mask, sinks, options)
+    sinks = variants.pop("sinks", None)  # an input of the Function: it has a gradient
+    keywords = dict(variants, causal=causal, scale=scale, backend=backend)
+    return _Attention.apply(query, key, value, mask, sinks, keywords)
 
 
 attention.__module__ = "sdpa.torch"

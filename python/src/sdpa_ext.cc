@@ -2,13 +2,16 @@
 //
 // This file only converts types. An incoming array becomes an sdpa::TensorView that points into the
 // caller's memory (shape and element strides copied, no data copied); a result sdpa::Tensor is
-// moved into a capsule that owns it and handed to numpy without a copy. The checks of what reaches
-// the library, and their messages, are the library's: sdpa::Error surfaces as ValueError and
-// sdpa::DTypeError as TypeError. The GIL is released while the library computes.
+// moved into a capsule that owns it and handed to numpy without a copy; the class Options is
+// sdpa::Options field by field. The checks of what reaches the library, and their messages, are
+// the library's: sdpa::Error surfaces as ValueError and sdpa::DTypeError as TypeError. The GIL is
+// released while the library computes.
 //
 // The pure-Python layer (python/sdpa/) decides dtypes (ints -> float64, ...), copies arrays whose
-// layout the library cannot take, and maps PyTorch-style batch broadcasting to the library's
-// [batch, heads, seq, dim] form; the functions here are its private back end.
+// layout the library cannot take, maps PyTorch-style batch broadcasting to the library's
+// [batch, heads, seq, dim] form, fills Options from the keywords and renames the library's
+// `options.<field>` in messages to the caller's arguments; the functions here are its private
+// back end. python/sdpa/_sdpa.pyi types them.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -97,64 +100,27 @@ OutArray ToNumpy(sdpa::Tensor&& tensor) {
                   /*strides=*/nullptr, ToDLPack(owned->dtype()));
 }
 
-sdpa::Causal ParseCausal(const std::string& causal) {
-  if (causal == "none") return sdpa::Causal::kNone;
-  if (causal == "top_left") return sdpa::Causal::kTopLeft;
-  if (causal == "bottom_right") return sdpa::Causal::kBottomRight;
-  throw sdpa::Error("sdpa: causal is '" + causal +
-                    "' but must be None, 'top_left' or 'bottom_right'");
-}
-
-sdpa::Backend ParseBackend(const std::string& backend) {
-  if (backend == "auto") return sdpa::Backend::kAuto;
-  if (backend == "cpu") return sdpa::Backend::kCpu;
-  if (backend == "reference") return sdpa::Backend::kReference;
-  throw sdpa::Error("sdpa: backend is '" + backend +
-                    "' but must be None, 'auto', 'cpu' or 'reference'");
-}
-
-// The options of issue 7's attention variants, as the Python layer (python/sdpa/_variants.py)
-// has checked and converted them: Python types only, values left for the library to validate.
-struct Variants {
-  // window=(left, right); None for a side = unbounded.
-  std::optional<std::tuple<std::optional<std::int64_t>, std::optional<std::int64_t>>> window;
-  std::vector<double> alibi_slopes;  // empty = none
-  std::optional<double> softcap;
-  std::vector<double> sinks;  // empty = none
-  std::vector<std::int64_t> cu_seqlens_q, cu_seqlens_k;
-  double dropout_p = 0.0;
-  std::uint64_t seed = 0;
+// sdpa::Options as Python sees it (the extension's class Options): its fields, and the array that
+// options.mask views, kept alive here for as long as the view points into it. The Python layer
+// (python/sdpa/_options.py) fills it from the keywords of a call; the library validates it.
+struct Options : sdpa::Options {
+  std::optional<InArray> mask_array;
 };
 
-sdpa::Options MakeOptions(const std::optional<InArray>& mask, const std::string& causal,
-                          std::optional<double> scale, const std::string& backend,
-                          const Variants& variants) {
-  sdpa::Options options;
-  options.scale = scale;
-  options.causal = ParseCausal(causal);
-  options.backend = ParseBackend(backend);
-  if (mask) options.mask = ToView("mask", *mask);
-  if (variants.window) {
-    options.window = sdpa::Window{std::get<0>(*variants.window), std::get<1>(*variants.window)};
+void SetMask(Options& options, std::optional<InArray> mask) {
+  if (mask) {
+    options.mask = ToView("options.mask", *mask);
+  } else {
+    options.mask.reset();
   }
-  options.alibi_slopes = variants.alibi_slopes;
-  options.softcap = variants.softcap;
-  options.sinks = variants.sinks;
-  options.cu_seqlens_q = variants.cu_seqlens_q;
-  options.cu_seqlens_k = variants.cu_seqlens_k;
-  options.dropout_p = variants.dropout_p;
-  options.seed = variants.seed;
-  return options;
+  options.mask_array = std::move(mask);
 }
 
 // out, or (out, lse) when return_lse.
 nb::object Forward(const InArray& query, const InArray& key, const InArray& value,
-                   const std::optional<InArray>& mask, const std::string& causal,
-                   std::optional<double> scale, bool return_lse, const std::string& backend,
-                   const Variants& variants) {
+                   const Options& options, bool return_lse) {
   const sdpa::TensorView q = ToView("query", query), k = ToView("key", key),
                          v = ToView("value", value);
-  const sdpa::Options options = MakeOptions(mask, causal, scale, backend, variants);
   if (!return_lse) {
     sdpa::Tensor out;
     {
@@ -172,16 +138,13 @@ nb::object Forward(const InArray& query, const InArray& key, const InArray& valu
 }
 
 // (grad_query, grad_key, grad_value), each the shape and dtype of its input, and grad_sinks
-// ([heads]) after them when variants.sinks is set.
+// ([heads]) after them when options.sinks is not empty.
 nb::tuple Backward(const InArray& grad_out, const InArray& query, const InArray& key,
                    const InArray& value, const InArray& out, const InArray& lse,
-                   const std::optional<InArray>& mask, const std::string& causal,
-                   std::optional<double> scale, const std::string& backend,
-                   const Variants& variants) {
+                   const Options& options) {
   const sdpa::TensorView dout = ToView("grad_out", grad_out), q = ToView("query", query),
                          k = ToView("key", key), v = ToView("value", value), o = ToView("out", out),
                          l = ToView("lse", lse);
-  const sdpa::Options options = MakeOptions(mask, causal, scale, backend, variants);
   sdpa::Gradients grads;
   {
     nb::gil_scoped_release release;
@@ -196,11 +159,8 @@ nb::tuple Backward(const InArray& grad_out, const InArray& query, const InArray&
 }
 
 std::string Explain(const InArray& query, const InArray& key, const InArray& value,
-                    const std::optional<InArray>& mask, const std::string& causal,
-                    std::optional<double> scale, const std::string& backend,
-                    const Variants& variants) {
-  return sdpa::Explain(ToView("query", query), ToView("key", key), ToView("value", value),
-                       MakeOptions(mask, causal, scale, backend, variants))
+                    const Options& options) {
+  return sdpa::Explain(ToView("query", query), ToView("key", key), ToView("value", value), options)
       .ToString();
 }
 
@@ -243,31 +203,52 @@ NB_MODULE(_sdpa, m) {
     }
   });
 
-  nb::class_<Variants>(m, "Variants",
-                       "sdpa::Options' variant fields (window, ALiBi, softcap, sinks, varlen, "
-                       "dropout); built by sdpa._variants.")
+  nb::enum_<sdpa::Causal>(m, "Causal", "sdpa::Causal.")
+      .value("none", sdpa::Causal::kNone)
+      .value("top_left", sdpa::Causal::kTopLeft)
+      .value("bottom_right", sdpa::Causal::kBottomRight);
+  nb::enum_<sdpa::Backend>(m, "Backend", "sdpa::Backend.")
+      .value("auto", sdpa::Backend::kAuto)
+      .value("reference", sdpa::Backend::kReference)
+      .value("cpu", sdpa::Backend::kCpu);
+  nb::class_<sdpa::Window>(m, "Window", "sdpa::Window: None for a side = unbounded.")
+      .def(
+          "__init__",
+          [](sdpa::Window* window, std::optional<std::int64_t> left,
+             std::optional<std::int64_t> right) {
+            new (window) sdpa::Window{left, right};
+          },
+          nb::arg("left").none() = nb::none(), nb::arg("right").none() = nb::none())
+      .def_rw("left", &sdpa::Window::left)
+      .def_rw("right", &sdpa::Window::right);
+  // One attribute per field of sdpa::Options (include/sdpa/options.h has their meaning); a new
+  // field is one more line here. `custom` (C++ callables) has no Python form.
+  nb::class_<Options>(m, "Options",
+                      "sdpa::Options, field by field; built by sdpa._options.make_options.")
       .def(nb::init<>())
-      .def_rw("window", &Variants::window)
-      .def_rw("alibi_slopes", &Variants::alibi_slopes)
-      .def_rw("softcap", &Variants::softcap)
-      .def_rw("sinks", &Variants::sinks)
-      .def_rw("cu_seqlens_q", &Variants::cu_seqlens_q)
-      .def_rw("cu_seqlens_k", &Variants::cu_seqlens_k)
-      .def_rw("dropout_p", &Variants::dropout_p)
-      .def_rw("seed", &Variants::seed);
+      .def_rw("scale", &sdpa::Options::scale)
+      .def_rw("causal", &sdpa::Options::causal)
+      .def_prop_rw(
+          "mask", [](const Options& options) { return options.mask_array; }, &SetMask,
+          nb::for_setter(nb::arg("mask").none()))
+      .def_rw("backend", &sdpa::Options::backend)
+      .def_rw("window", &sdpa::Options::window)
+      .def_rw("alibi_slopes", &sdpa::Options::alibi_slopes)
+      .def_rw("softcap", &sdpa::Options::softcap)
+      .def_rw("sinks", &sdpa::Options::sinks)
+      .def_rw("cu_seqlens_q", &sdpa::Options::cu_seqlens_q)
+      .def_rw("cu_seqlens_k", &sdpa::Options::cu_seqlens_k)
+      .def_rw("dropout_p", &sdpa::Options::dropout_p)
+      .def_rw("seed", &sdpa::Options::seed);
 
-  m.def("forward", &Forward, nb::arg("query"), nb::arg("key"), nb::arg("value"),
-        nb::arg("mask").none(), nb::arg("causal"), nb::arg("scale").none(), nb::arg("return_lse"),
-        nb::arg("backend") = "auto", nb::arg("variants") = Variants(),
+  m.def("forward", &Forward, nb::arg("query"), nb::arg("key"), nb::arg("value"), nb::arg("options"),
+        nb::arg("return_lse"),
         "sdpa::Attention / AttentionWithLse on rank 2-4 arrays; returns out or (out, lse).");
   m.def("backward", &Backward, nb::arg("grad_out"), nb::arg("query"), nb::arg("key"),
-        nb::arg("value"), nb::arg("out"), nb::arg("lse"), nb::arg("mask").none(), nb::arg("causal"),
-        nb::arg("scale").none(), nb::arg("backend") = "auto", nb::arg("variants") = Variants(),
+        nb::arg("value"), nb::arg("out"), nb::arg("lse"), nb::arg("options"),
         "sdpa::AttentionBackward on rank 2-4 arrays; returns (grad_query, grad_key, "
-        "grad_value), and grad_sinks after them when variants.sinks is set.");
-  m.def("explain", &Explain, nb::arg("query"), nb::arg("key"), nb::arg("value"),
-        nb::arg("mask").none(), nb::arg("causal"), nb::arg("scale").none(),
-        nb::arg("backend") = "auto", nb::arg("variants") = Variants(),
+        "grad_value), and grad_sinks after them when options.sinks is not empty.");
+  m.def("explain", &Explain, nb::arg("query"), nb::arg("key"), nb::arg("value"), nb::arg("options"),
         "sdpa::Explain(...).ToString(): the backend, path and threads a call would use.");
   m.def("self_attention", &SelfAttention, nb::arg("Q"), nb::arg("K"), nb::arg("V"),
         "sdpa::self_attention on rank-2 arrays.");

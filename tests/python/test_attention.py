@@ -104,11 +104,11 @@ def test_accepts_lists_views_and_read_only(rng):
     (dict(query=np.ones((2, 1, 3, 8)), key=np.ones((1, 1, 5, 8)), value=np.ones((1, 1, 5, 8))),
      ValueError, r"^sdpa: key.shape\[0\] \(batch\) is 1 but query.shape\[0\] is 2"),
     (dict(mask=np.ones((2, 3, 5), bool)), ValueError,
-     r"^sdpa: options.mask.shape\[0\] is 2 but must be 1 or 1 \(heads\)"),
+     r"^sdpa: mask.shape\[0\] is 2 but must be 1 or 1 \(heads\)"),
     (dict(mask=np.ones((1, 1, 1, 1, 5), bool)), ValueError,
      r"^sdpa: mask has rank 5 but at most 4 dimensions are supported"),
-    (dict(scale=float("-inf")), ValueError, r"^sdpa: options.scale is -inf but must be finite"),
-    (dict(scale="big"), TypeError, r"^sdpa: scale is 'big' but must be a number or None"),
+    (dict(scale=float("-inf")), ValueError, r"^sdpa: scale is -inf but must be finite"),
+    (dict(scale="big"), TypeError, r"^sdpa: scale is 'big' but must be a real number or None"),
     (dict(value=np.ones((5, 3), np.float32)), TypeError,
      r"^sdpa: value.dtype is float32 but query.dtype is float64"),
     (dict(mask=np.ones((3, 5), np.int8)), None, None),  # ints are fine: they become float64
@@ -138,11 +138,11 @@ def test_threads_setting():
     try:
         sdpa.set_num_threads(1)
         assert sdpa.get_num_threads() == 1
-        with pytest.raises(ValueError, match=r"^sdpa: num_threads is -1 but must be in \[0, 1024\]"):
+        with pytest.raises(ValueError, match=r"^sdpa: n is -1 but must be in \[0, 1024\]"):
             sdpa.set_num_threads(-1)
         with pytest.raises(TypeError, match=r"^sdpa: n is 1.5 but must be an int"):
             sdpa.set_num_threads(1.5)
-        with pytest.raises(ValueError, match=r"^sdpa: n is 4294967296 but must be at most"):
+        with pytest.raises(ValueError, match=r"^sdpa: n is 4294967296 but must be in \[0, 1024\]"):
             sdpa.set_num_threads(2**32)
         assert sdpa.get_num_threads() == 1  # a refused value changes nothing
         sdpa.set_num_threads(np.int64(2))

@@ -277,7 +277,7 @@ KV2 = np.ones((2, 2, 5, 8))
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(dropout_p=1.5), ValueError, r"^sdpa: options.dropout_p is 1.5 but must be in \[0, 1\]"),
+    (dict(dropout_p=1.5), ValueError, r"^sdpa: dropout_p is 1.5 but must be in \[0, 1\]"),
     (dict(dropout_p=0.1, seed=-1), ValueError, r"^sdpa: seed is -1 but must be in \[0, 2\*\*64\)"),
     (dict(attn_mask=np.ones((3, 2), bool), is_causal=True), ValueError,
      r"^sdpa: attn_mask is given and is_causal is True; PyTorch refuses"),
@@ -301,9 +301,9 @@ KV2 = np.ones((2, 2, 5, 8))
     (dict(enable_gqa=True), ValueError,
      r"^sdpa: enable_gqa=True needs a heads dimension at -3 but query has rank 2"),
     (dict(attn_mask=np.ones((3, 4), bool)), ValueError,
-     r"^sdpa: options.mask.shape\[1\] is 4 but must be 1 or 2 \(kv_len\)"),
+     r"^sdpa: attn_mask.shape\[1\] is 4 but must be 1 or 2 \(kv_len\)"),
     (dict(attn_mask=np.ones((5, 2), bool)), ValueError,
-     r"^sdpa: options.mask.shape\[0\] is 5 but must be 1 or 3 \(q_len\)"),
+     r"^sdpa: attn_mask.shape\[0\] is 5 but must be 1 or 3 \(q_len\)"),
     (dict(query=Q4, key=Q4, value=Q4, attn_mask=np.ones((3, 1, 3, 3), bool)), ValueError,
      r"^sdpa: attn_mask.shape\[0\] is 3 but must be 1 or 2 to broadcast to the scores' batch "
      r"shape \(2, 4\)"),
@@ -312,8 +312,8 @@ KV2 = np.ones((2, 2, 5, 8))
      r"^sdpa: attn_mask has rank 3 but the attention scores have rank 2"),
     (dict(attn_mask=np.ones((1, 3, 2), bool)), ValueError,
      r"^sdpa: attn_mask has rank 3 but the attention scores have rank 2"),
-    (dict(scale=float("inf")), ValueError, r"^sdpa: options.scale is inf but must be finite"),
-    (dict(scale=float("nan")), ValueError, r"^sdpa: options.scale is nan but must be finite"),
+    (dict(scale=float("inf")), ValueError, r"^sdpa: scale is inf but must be finite"),
+    (dict(scale=float("nan")), ValueError, r"^sdpa: scale is nan but must be finite"),
     (dict(query=np.ones((3, 8), np.float32)), TypeError,
      r"^sdpa: key.dtype is float64 but query.dtype is float32"),
     (dict(value=np.ones((2, 8), np.float32)), TypeError,
@@ -328,7 +328,7 @@ KV2 = np.ones((2, 2, 5, 8))
      r"^sdpa: attn_mask.dtype is complex128 but must be bool \(True = attend\) or a float"),
     (dict(query=np.ones((3, 8), np.float32), key=np.ones((2, 8), np.float32),
           value=np.ones((2, 8), np.float32), attn_mask=np.zeros((3, 2))), TypeError,
-     r"^sdpa: options.mask.dtype is float64 but must be bool or float32 \(the query's dtype\)"),
+     r"^sdpa: attn_mask.dtype is float64 but must be bool or float32 \(the query's dtype\)"),
     (dict(attn_mask=np.zeros((3, 2), np.float16)), TypeError,
      r"^sdpa: attn_mask.dtype is float16 but must be bool"),
     (dict(key=[[1.0] * 8, [2.0]]), ValueError, r"^sdpa: key is not a rectangular array"),

@@ -265,14 +265,14 @@ def test_no_key_visible_gives_zero_gradients():
     (dict(key=lambda t: t[:, :2]), ValueError,
      r"^sdpa: key.shape\[1\] \(head_dim\) is 2 but query.shape\[1\] is 4"),
     (dict(mask=lambda t: torch.ones(2, 3, dtype=torch.bool)), ValueError,
-     r"^sdpa: options.mask.shape\[0\] is 2 but must be 1 or 3 \(q_len\)"),
+     r"^sdpa: mask.shape\[0\] is 2 but must be 1 or 3 \(q_len\)"),
     (dict(mask=lambda t: torch.ones(3, 3, dtype=torch.complex64)), TypeError,
      r"^sdpa: mask.dtype is complex64 but must be bool"),
     (dict(causal=lambda t: True), TypeError,
      r"^sdpa: causal is True but must be None, 'top_left' or 'bottom_right'"),
     (dict(causal=lambda t: "diagonal"), ValueError, r"^sdpa: causal is 'diagonal' but must be"),
     (dict(scale=lambda t: float("inf")), ValueError,
-     r"^sdpa: options.scale is inf but must be finite"),
+     r"^sdpa: scale is inf but must be finite"),
     (dict(backend=lambda t: "gpu"), ValueError, r"^sdpa: backend is 'gpu' but must be"),
 ])
 def test_errors(arguments, error, match):

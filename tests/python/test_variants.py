@@ -590,7 +590,7 @@ def test_sdpa_per_head_extras_with_many_batch_dims(rng):
     expected = variant_attention(q.reshape(6, 4, 5, 8), np.broadcast_to(k, v.shape).reshape(
         6, 4, 6, 8), v.reshape(6, 4, 6, 8), sinks=sinks, alibi_slopes=slopes)[0]
     assert_close(out, expected.reshape(2, 3, 4, 5, 8))
-    with pytest.raises(ValueError, match=r"options.sinks has 3 values but must have one per "
+    with pytest.raises(ValueError, match=r"sinks has 3 values but must have one per "
                                          r"query head \(4\)"):
         sdpa.scaled_dot_product_attention(q, k, v, sinks=[0, 0, 0])
 
@@ -601,7 +601,7 @@ def test_explain_takes_the_variants():
                         softcap=5, sinks=[0, 0], cu_seqlens_q=[0, 6], cu_seqlens_k=[0, 6],
                         dropout_p=0.1)
     assert plan.startswith("sdpa plan: backend=")
-    with pytest.raises(ValueError, match=r"^sdpa: options.window.left is -1 but must be >= 0"):
+    with pytest.raises(ValueError, match=r"^sdpa: window\[0\] is -1 but must be >= 0"):
         sdpa.explain(x, x, x, window=(-1, 0))
 
 
@@ -616,14 +616,14 @@ def _arguments():
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(window=5), TypeError, r"^sdpa: window is 5 but must be None or a pair \(left, right\)"),
     (dict(window=(1, 2, 3)), ValueError, r"^sdpa: window has 3 values but must be a pair"),
-    (dict(window=(1.5, None)), TypeError, r"^sdpa: window left side is 1.5 but must be an int"),
-    (dict(window=(None, True)), TypeError, r"^sdpa: window right side is True but must be"),
-    (dict(window=("1", 1)), TypeError, r"^sdpa: window left side is '1' but must be an int"),
-    (dict(window=(-1, 0)), ValueError, r"^sdpa: options.window.left is -1 but must be >= 0"),
-    (dict(window=(0, -3)), ValueError, r"^sdpa: options.window.right is -3 but must be >= 0"),
-    (dict(window=(-2**70, 0)), ValueError, r"^sdpa: window left side is -\d+ but must be >= 0"),
+    (dict(window=(1.5, None)), TypeError, r"^sdpa: window\[0\] is 1.5 but must be an int"),
+    (dict(window=(None, True)), TypeError, r"^sdpa: window\[1\] is True but must be"),
+    (dict(window=("1", 1)), TypeError, r"^sdpa: window\[0\] is '1' but must be an int"),
+    (dict(window=(-1, 0)), ValueError, r"^sdpa: window\[0\] is -1 but must be >= 0"),
+    (dict(window=(0, -3)), ValueError, r"^sdpa: window\[1\] is -3 but must be >= 0"),
+    (dict(window=(-2**70, 0)), ValueError, r"^sdpa: window\[0\] is -\d+ but must be >= 0"),
     (dict(alibi_slopes=[1, 2]), ValueError,
-     r"^sdpa: options.alibi_slopes has 2 values but must have one per query head \(3\)"),
+     r"^sdpa: alibi_slopes has 2 values but must have one per query head \(3\)"),
     (dict(alibi_slopes=[]), ValueError,
      r"^sdpa: alibi_slopes has 0 values but must have one per query head \(3\)"),
     (dict(alibi_slopes=[[1, 2, 3]]), ValueError,
@@ -632,20 +632,21 @@ def _arguments():
     (dict(alibi_slopes=["a", "b", "c"]), TypeError,
      r"^sdpa: alibi_slopes.dtype is <U1 but must be a real number dtype"),
     (dict(alibi_slopes=[1, np.nan, 1]), ValueError,
-     r"^sdpa: options.alibi_slopes\[1\] is nan but must be finite"),
+     r"^sdpa: alibi_slopes\[1\] is nan but must be finite"),
     (dict(alibi_slopes=[1, 1, -np.inf]), ValueError,
-     r"^sdpa: options.alibi_slopes\[2\] is -inf but must be finite"),
-    (dict(softcap="x"), TypeError, r"^sdpa: softcap is 'x' but must be a number or None"),
-    (dict(softcap=[1.0]), TypeError, r"^sdpa: softcap is \[1.0\] but must be a number or None"),
-    (dict(softcap=0), ValueError, r"^sdpa: options.softcap is 0 but must be finite and > 0"),
-    (dict(softcap=-2.5), ValueError, r"^sdpa: options.softcap is -2.5 but must be finite"),
-    (dict(softcap=np.inf), ValueError, r"^sdpa: options.softcap is inf but must be finite"),
+     r"^sdpa: alibi_slopes\[2\] is -inf but must be finite"),
+    (dict(softcap="x"), TypeError, r"^sdpa: softcap is 'x' but must be a real number or None"),
+    (dict(softcap=[1.0]), TypeError,
+     r"^sdpa: softcap is \[1.0\] but must be a real number or None"),
+    (dict(softcap=0), ValueError, r"^sdpa: softcap is 0 but must be finite and > 0"),
+    (dict(softcap=-2.5), ValueError, r"^sdpa: softcap is -2.5 but must be finite"),
+    (dict(softcap=np.inf), ValueError, r"^sdpa: softcap is inf but must be finite"),
     (dict(sinks=[0, np.inf, 0]), ValueError,
-     r"^sdpa: options.sinks\[1\] is inf but must be finite or -inf"),
+     r"^sdpa: sinks\[1\] is inf but must be finite or -inf"),
     (dict(sinks=[0, 0, np.nan]), ValueError,
-     r"^sdpa: options.sinks\[2\] is nan but must be finite or -inf"),
+     r"^sdpa: sinks\[2\] is nan but must be finite or -inf"),
     (dict(sinks=[0, 0]), ValueError,
-     r"^sdpa: options.sinks has 2 values but must have one per query head \(3\)"),
+     r"^sdpa: sinks has 2 values but must have one per query head \(3\)"),
     (dict(sinks=np.ones(3, complex)), TypeError, r"^sdpa: sinks.dtype is complex128 but must"),
     (dict(cu_seqlens_q=[0.0, 4.0], cu_seqlens_k=[0, 5]), TypeError,
      r"^sdpa: cu_seqlens_q.dtype is float64 but must be an integer dtype"),
@@ -654,35 +655,35 @@ def _arguments():
     (dict(cu_seqlens_q=[0, 4], cu_seqlens_k=[False, True]), TypeError,
      r"^sdpa: cu_seqlens_k.dtype is bool but must be an integer dtype"),
     (dict(cu_seqlens_q=[0, 4]), ValueError,
-     r"^sdpa: options.cu_seqlens_q is set but options.cu_seqlens_k is not"),
+     r"^sdpa: cu_seqlens_q is set but cu_seqlens_k is not"),
     (dict(cu_seqlens_k=[0, 5]), ValueError,
-     r"^sdpa: options.cu_seqlens_k is set but options.cu_seqlens_q is not"),
+     r"^sdpa: cu_seqlens_k is set but cu_seqlens_q is not"),
     (dict(cu_seqlens_q=[], cu_seqlens_k=[0, 5]), ValueError,
      r"^sdpa: cu_seqlens_q has 0 values but must have at least 2"),
     (dict(cu_seqlens_q=[4], cu_seqlens_k=[5]), ValueError,
-     r"^sdpa: options.cu_seqlens_q has 1 values but must have at least 2"),
+     r"^sdpa: cu_seqlens_q has 1 values but must have at least 2"),
     (dict(cu_seqlens_q=[[0, 4]], cu_seqlens_k=[0, 5]), ValueError,
      r"^sdpa: cu_seqlens_q has shape \(1, 2\) but must be 1-D"),
     (dict(cu_seqlens_q=[0, 2, 4], cu_seqlens_k=[0, 5]), ValueError,
-     r"^sdpa: options.cu_seqlens_q has 3 values but options.cu_seqlens_k has 2"),
+     r"^sdpa: cu_seqlens_q has 3 values but cu_seqlens_k has 2"),
     (dict(cu_seqlens_q=[0, 3], cu_seqlens_k=[0, 5]), ValueError,
-     r"^sdpa: options.cu_seqlens_q\[1\] is 3 but must be 4 \(q_len\)"),
+     r"^sdpa: cu_seqlens_q\[1\] is 3 but must be 4 \(q_len\)"),
     (dict(cu_seqlens_q=[0, 4], cu_seqlens_k=[0, 6]), ValueError,
-     r"^sdpa: options.cu_seqlens_k\[1\] is 6 but must be 5 \(kv_len\)"),
+     r"^sdpa: cu_seqlens_k\[1\] is 6 but must be 5 \(kv_len\)"),
     (dict(cu_seqlens_q=[1, 4], cu_seqlens_k=[0, 5]), ValueError,
-     r"^sdpa: options.cu_seqlens_q\[0\] is 1 but must be 0"),
+     r"^sdpa: cu_seqlens_q\[0\] is 1 but must be 0"),
     (dict(cu_seqlens_q=[0, 3, 2, 4], cu_seqlens_k=[0, 1, 2, 5]), ValueError,
-     r"^sdpa: options.cu_seqlens_q\[2\] is 2, below options.cu_seqlens_q\[1\] = 3"),
+     r"^sdpa: cu_seqlens_q\[2\] is 2, below cu_seqlens_q\[1\] = 3"),
     (dict(cu_seqlens_q=[0, 4], cu_seqlens_k=np.array([0, 2**64 - 1], np.uint64)), ValueError,
-     r"^sdpa: cu_seqlens_k has the value 18446744073709551615, above 2\*\*63 - 1"),
+     r"^sdpa: cu_seqlens_k\[1\] is 18446744073709551615 but must be in \[0, 2\*\*63\)"),
     (dict(query=np.ones((2, 3, 4, 8)), key=np.ones((2, 3, 5, 8)), value=np.ones((2, 3, 5, 2)),
           cu_seqlens_q=[0, 4], cu_seqlens_k=[0, 5]), ValueError,
-     r"^sdpa: query.shape batch is 2 but must be 1 with options.cu_seqlens_q"),
-    (dict(dropout_p=1.5), ValueError, r"^sdpa: options.dropout_p is 1.5 but must be in \[0, 1\]"),
-    (dict(dropout_p=-0.1), ValueError, r"^sdpa: options.dropout_p is -0.1 but must be in"),
-    (dict(dropout_p=np.nan), ValueError, r"^sdpa: options.dropout_p is nan but must be in"),
-    (dict(dropout_p="0.1"), TypeError, r"^sdpa: dropout_p is '0.1' but must be a number"),
-    (dict(dropout_p=None), TypeError, r"^sdpa: dropout_p is None but must be a number"),
+     r"^sdpa: query.shape batch is 2 but must be 1 with cu_seqlens_q"),
+    (dict(dropout_p=1.5), ValueError, r"^sdpa: dropout_p is 1.5 but must be in \[0, 1\]"),
+    (dict(dropout_p=-0.1), ValueError, r"^sdpa: dropout_p is -0.1 but must be in"),
+    (dict(dropout_p=np.nan), ValueError, r"^sdpa: dropout_p is nan but must be in"),
+    (dict(dropout_p="0.1"), TypeError, r"^sdpa: dropout_p is '0.1' but must be a real number"),
+    (dict(dropout_p=None), TypeError, r"^sdpa: dropout_p is None but must be a real number"),
     (dict(dropout_p=0.1, seed=-1), ValueError, r"^sdpa: seed is -1 but must be in \[0, 2\*\*64\)"),
     (dict(dropout_p=0.1, seed=2**64), ValueError, r"^sdpa: seed is 18446744073709551616 but"),
     (dict(dropout_p=0.1, seed=1.5), TypeError, r"^sdpa: seed is 1.5 but must be an int"),
@@ -702,7 +703,7 @@ def test_backward_errors(rng):
     with pytest.raises(ValueError, match=r"^sdpa: seed is None but dropout_p is 0.1; the "
                                          r"backward must be given the forward's seed"):
         sdpa.attention_backward(out, q, k, v, out, lse, dropout_p=0.1)
-    with pytest.raises(ValueError, match=r"^sdpa: options.sinks has 3 values"):
+    with pytest.raises(ValueError, match=r"^sdpa: sinks has 3 values"):
         sdpa.attention_backward(out, q, k, v, out, lse, sinks=[1, 2, 3])
     with pytest.raises(TypeError, match=r"^sdpa: window is 'x' but must be None or a pair"):
         sdpa.attention_backward(out, q, k, v, out, lse, window="x")
@@ -710,11 +711,11 @@ def test_backward_errors(rng):
 
 def test_sdpa_errors():
     x = np.ones((2, 3, 4))
-    with pytest.raises(ValueError, match=r"^sdpa: options.dropout_p is 2 but must be in"):
+    with pytest.raises(ValueError, match=r"^sdpa: dropout_p is 2 but must be in"):
         sdpa.scaled_dot_product_attention(x, x, x, dropout_p=2)
     with pytest.raises(ValueError, match=r"^sdpa: seed is -5 but must be in \[0, 2\*\*64\)"):
         sdpa.scaled_dot_product_attention(x, x, x, dropout_p=0.5, seed=-5)
-    with pytest.raises(ValueError, match=r"^sdpa: options.alibi_slopes has 3 values but must "
+    with pytest.raises(ValueError, match=r"^sdpa: alibi_slopes has 3 values but must "
                                          r"have one per query head \(2\)"):
         sdpa.scaled_dot_product_attention(x, x, x, alibi_slopes=[1, 2, 3])
     with pytest.raises(TypeError, match=r"takes from 3 to 8 positional arguments"):

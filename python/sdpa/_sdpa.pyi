@@ -1,0 +1,72 @@
+"""Types of sdpa._sdpa, the nanobind extension (python/src/sdpa_ext.cc): the package's private
+back end, which only converts types. Arrays are CPU arrays the library reads in place (numpy
+arrays, or any object with the buffer protocol or __dlpack__), of float32, float64 or (masks)
+bool; results are new numpy arrays of the inputs' float dtype.
+
+tests/python/test_typing.py checks that these names and parameters are the extension's."""
+
+import enum
+from typing import Any, List, Literal, Optional, Tuple, Union, overload
+
+import numpy as np
+import numpy.typing as npt
+
+_In = npt.NDArray[Any]
+_Out = npt.NDArray[np.floating[Any]]
+
+__version__: str
+
+class Causal(enum.Enum):
+    """sdpa::Causal."""
+
+    none = 0
+    top_left = 1
+    bottom_right = 2
+
+class Backend(enum.Enum):
+    """sdpa::Backend."""
+
+    auto = 0
+    reference = 1
+    cpu = 2
+
+class Window:
+    """sdpa::Window: None for a side = unbounded."""
+
+    left: Optional[int]
+    right: Optional[int]
+    def __init__(self, left: Optional[int] = None, right: Optional[int] = None) -> None: ...
+
+class Options:
+    """sdpa::Options, field by field (include/sdpa/options.h); mask keeps its array alive."""
+
+    scale: Optional[float]
+    causal: Causal
+    mask: Optional[_In]
+    backend: Backend
+    window: Optional[Window]
+    alibi_slopes: List[float]
+    softcap: Optional[float]
+    sinks: List[float]
+    cu_seqlens_q: List[int]
+    cu_seqlens_k: List[int]
+    dropout_p: float
+    seed: int
+    def __init__(self) -> None: ...
+
+@overload
+def forward(query: _In, key: _In, value: _In, options: Options,
+            return_lse: Literal[False]) -> _Out: ...
+@overload
+def forward(query: _In, key: _In, value: _In, options: Options,
+            return_lse: Literal[True]) -> Tuple[_Out, _Out]: ...
+@overload
+def forward(query: _In, key: _In, value: _In, options: Options,
+            return_lse: bool) -> Union[_Out, Tuple[_Out, _Out]]: ...
+def backward(grad_out: _In, query: _In, key: _In, value: _In, out: _In, lse: _In,
+             options: Options) -> Tuple[_Out, ...]: ...
+def explain(query: _In, key: _In, value: _In, options: Options) -> str: ...
+def self_attention(Q: _In, K: _In, V: _In) -> _Out: ...
+def compute_qkv(X: _In, W_q: _In, W_k: _In, W_v: _In) -> Tuple[_Out, _Out, _Out]: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
