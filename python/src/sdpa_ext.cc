@@ -5,7 +5,7 @@
 // moved into a capsule that owns it and handed to numpy without a copy; the class Options is
 // sdpa::Options field by field. The checks of what reaches the library, and their messages, are
 // the library's: sdpa::Error surfaces as ValueError and sdpa::DTypeError as TypeError. The GIL is
-// released while the library computes.
+// released while the library computes, and Ctrl-C interrupts it (Interruptible).
 //
 // The pure-Python layer (python/sdpa/) decides dtypes (ints -> float64, ...), copies arrays whose
 // layout the library cannot take, maps PyTorch-style batch broadcasting to the library's
@@ -116,24 +116,52 @@ void SetMask(Options& options, std::optional<InArray> mask) {
   options.mask_array = std::move(mask);
 }
 
+// Runs a library call with the GIL released and Ctrl-C honoured: the call's Options::interrupt
+// takes the GIL for a moment every 2 ms (on this thread only) and runs Python's pending signal
+// handlers; when one raises (KeyboardInterrupt), the library stops with sdpa::Interrupted and
+// that Python exception is raised here instead. Results of an interrupted call are discarded.
+class Interruptible {
+ public:
+  explicit Interruptible(const sdpa::Options& options) : options_(options) {
+    options_.interrupt = [this] {
+      nb::gil_scoped_acquire gil;
+      if (PyErr_CheckSignals() == 0) return false;
+      error_.emplace();  // takes the pending exception
+      return true;
+    };
+  }
+  Interruptible(const Interruptible&) = delete;
+  Interruptible& operator=(const Interruptible&) = delete;
+
+  template <class Call>
+  auto Run(const Call& call) {
+    try {
+      nb::gil_scoped_release release;
+      return call(static_cast<const sdpa::Options&>(options_));
+    } catch (const sdpa::Interrupted&) {
+      if (error_) throw nb::python_error(std::move(*error_));
+      throw;
+    }
+  }
+
+ private:
+  sdpa::Options options_;
+  std::optional<nb::python_error> error_;
+};
+
 // out, or (out, lse) when return_lse.
 nb::object Forward(const InArray& query, const InArray& key, const InArray& value,
                    const Options& options, bool return_lse) {
   const sdpa::TensorView q = ToView("query", query), k = ToView("key", key),
                          v = ToView("value", value);
+  Interruptible call(options);
   if (!return_lse) {
-    sdpa::Tensor out;
-    {
-      nb::gil_scoped_release release;
-      out = sdpa::Attention(q, k, v, options);
-    }
+    sdpa::Tensor out =
+        call.Run([&](const sdpa::Options& o) { return sdpa::Attention(q, k, v, o); });
     return nb::cast(ToNumpy(std::move(out)));
   }
-  sdpa::AttentionResult result;
-  {
-    nb::gil_scoped_release release;
-    result = sdpa::AttentionWithLse(q, k, v, options);
-  }
+  sdpa::AttentionResult result =
+      call.Run([&](const sdpa::Options& o) { return sdpa::AttentionWithLse(q, k, v, o); });
   return nb::make_tuple(ToNumpy(std::move(result.out)), ToNumpy(std::move(result.lse)));
 }
 
@@ -145,11 +173,10 @@ nb::tuple Backward(const InArray& grad_out, const InArray& query, const InArray&
   const sdpa::TensorView dout = ToView("grad_out", grad_out), q = ToView("query", query),
                          k = ToView("key", key), v = ToView("value", value), o = ToView("out", out),
                          l = ToView("lse", lse);
-  sdpa::Gradients grads;
-  {
-    nb::gil_scoped_release release;
-    grads = sdpa::AttentionBackward(q, k, v, o, l, dout, options);
-  }
+  Interruptible call(options);
+  sdpa::Gradients grads = call.Run([&](const sdpa::Options& opts) {
+    return sdpa::AttentionBackward(q, k, v, o, l, dout, opts);
+  });
   if (options.sinks.empty()) {
     return nb::make_tuple(ToNumpy(std::move(grads.grad_query)), ToNumpy(std::move(grads.grad_key)),
                           ToNumpy(std::move(grads.grad_value)));
@@ -200,6 +227,8 @@ NB_MODULE(_sdpa, m) {
       PyErr_SetString(PyExc_TypeError, e.what());
     } catch (const sdpa::Error& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const sdpa::Interrupted& e) {  // stopped without a Python exception to raise
+      PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
     }
   });
 

@@ -102,6 +102,40 @@ def test_gil_is_released_while_computing(two_threads):
     assert len(during) >= 5, (len(during), ended - began)
 
 
+def test_ctrl_c_interrupts_a_long_call(tmp_path):
+    """A child Python runs a call that would take minutes (the float64 reference on a long
+    sequence) and gets SIGINT: it must raise KeyboardInterrupt within a few seconds."""
+    script = tmp_path / "long_call.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time, numpy as np, sdpa
+        q = np.random.default_rng(0).standard_normal((1, 8, 8192, 64))  # ~40 s in full
+        print("start", flush=True)
+        began = time.monotonic()
+        try:
+            sdpa.attention(q, q, q, backend="reference")
+        except KeyboardInterrupt:
+            print(f"interrupted {time.monotonic() - began:.3f}", flush=True)
+            sys.exit(0)
+        print("finished", flush=True)
+        sys.exit(1)
+    """))
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        assert child.stdout.readline().strip() == "start"
+        time.sleep(0.5)  # inside the call
+        child.send_signal(signal.SIGINT)
+        out, _ = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, out
+    assert out.startswith("interrupted"), out
+    # The whole call takes about 40 s here; interrupted means within a few polls of the signal.
+    assert float(out.split()[1]) < 10, out
+
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_empty_rows_with_sinks_give_finite_gradients(backend, dtype):
