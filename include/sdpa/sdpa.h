@@ -6,11 +6,13 @@
 // tensor.h   views and owned tensors      options.h  the options struct
 // attention.h forward, explain, threads   seed.h     self_attention and compute_qkv
 // error.h    sdpa::Error                  version.h  SDPA_VERSION
+// half.h     bfloat16, float16 storage types
 #pragma once
 
 #include "sdpa/attention.h"
 #include "sdpa/custom.h"
 #include "sdpa/error.h"
+#include "sdpa/half.h"
 #include "sdpa/options.h"
 #include "sdpa/seed.h"
 #include "sdpa/system.h"

@@ -12,15 +12,19 @@
 #include <memory>
 #include <vector>
 
+#include "sdpa/half.h"
+
 namespace sdpa {
 
 enum class DType : std::uint8_t {
   kFloat32,
   kFloat64,
   kBool,  // masks only: true = attend
+  kBFloat16,
+  kFloat16,
 };
 
-// "float32", "float64", "bool".
+// "float32", "float64", "bool", "bfloat16", "float16".
 const char* DTypeName(DType dtype);
 // Size of one element in bytes.
 std::size_t DTypeSize(DType dtype);
@@ -38,6 +42,14 @@ constexpr DType DTypeOf<double>() {
 template <>
 constexpr DType DTypeOf<bool>() {
   return DType::kBool;
+}
+template <>
+constexpr DType DTypeOf<bfloat16>() {
+  return DType::kBFloat16;
+}
+template <>
+constexpr DType DTypeOf<float16>() {
+  return DType::kFloat16;
 }
 
 inline constexpr int kMaxRank = 4;

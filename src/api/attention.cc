@@ -76,7 +76,7 @@ Tensor Attention(const TensorView& query, const TensorView& key, const TensorVie
                  const Options& options) {
   internal::Problem problem = internal::ValidateInputs(query, key, value, options);
   internal::CheckWork(problem, internal::ForwardWork(problem, true));
-  Tensor out(problem.storage, internal::OutShape(problem, query.rank()));
+  Tensor out(query.dtype, internal::OutShape(problem, query.rank()));
   internal::AttachOutputs(problem, query.rank(), out.mutable_view(), nullptr,
                           Inputs(query, key, value, options), kInputNames);
   internal::Run(problem);
@@ -87,7 +87,7 @@ AttentionResult AttentionWithLse(const TensorView& query, const TensorView& key,
                                  const TensorView& value, const Options& options) {
   internal::Problem problem = internal::ValidateInputs(query, key, value, options);
   internal::CheckWork(problem, internal::ForwardWork(problem, true));
-  AttentionResult result{Tensor(problem.storage, internal::OutShape(problem, query.rank())),
+  AttentionResult result{Tensor(query.dtype, internal::OutShape(problem, query.rank())),
                          Tensor(problem.compute, internal::LseShape(problem, query.rank()))};
   const MutableTensorView lse = result.lse.mutable_view();
   internal::AttachOutputs(problem, query.rank(), result.out.mutable_view(), &lse,
@@ -130,9 +130,9 @@ Gradients AttentionBackward(const TensorView& query, const TensorView& key, cons
     return std::vector<std::int64_t>(v.layout.shape, v.layout.shape + v.layout.rank);
   };
   const bool sinks = !problem.sinks.empty();
-  Gradients g{Tensor(problem.storage, shape_of(query)), Tensor(problem.storage, shape_of(key)),
-              Tensor(problem.storage, shape_of(value)),
-              Tensor(problem.storage, {sinks ? problem.heads : 0})};
+  Gradients g{Tensor(query.dtype, shape_of(query)), Tensor(key.dtype, shape_of(key)),
+              Tensor(value.dtype, shape_of(value)),
+              Tensor(query.dtype, {sinks ? problem.heads : 0})};
   const MutableTensorView grad_sinks = g.grad_sinks.mutable_view();
   const internal::BackwardProblem backward = internal::ValidateBackward(
       std::move(problem), query.rank(), Inputs(query, key, value, options), out, lse, grad_out,

@@ -17,6 +17,10 @@ const char* DTypeName(DType dtype) {
       return "float64";
     case DType::kBool:
       return "bool";
+    case DType::kBFloat16:
+      return "bfloat16";
+    case DType::kFloat16:
+      return "float16";
   }
   return "unknown";
 }
@@ -29,6 +33,9 @@ std::size_t DTypeSize(DType dtype) {
       return 8;
     case DType::kBool:
       return sizeof(bool);
+    case DType::kBFloat16:
+    case DType::kFloat16:
+      return 2;
   }
   return 1;
 }

@@ -61,9 +61,14 @@ void CheckDim(const char* name, const Normalized& n, int d, const char* dim_name
   }
 }
 
+bool IsFloat(DType dtype) {
+  return dtype == DType::kFloat32 || dtype == DType::kFloat64 || dtype == DType::kBFloat16 ||
+         dtype == DType::kFloat16;
+}
 void CheckFloatDType(const char* name, DType dtype) {
-  if (dtype != DType::kFloat32 && dtype != DType::kFloat64) {
-    FailDType(name, ".dtype is ", DTypeName(dtype), " but must be float32 or float64");
+  if (!IsFloat(dtype)) {
+    FailDType(name, ".dtype is ", DTypeName(dtype),
+              " but must be float32, bfloat16, float16 or float64");
   }
 }
 void CheckSameDType(const char* name, DType dtype, const char* other_name, DType other) {
@@ -109,10 +114,31 @@ bool SelfOverlaps(const Layout& layout) {
   return false;
 }
 
-// dtype, view and exact shape of an operand whose shape follows from the problem.
+// A result of the forward (out) or a tensor shaped like it (grad_out): float64 for a float64
+// call, else float32, bfloat16 or float16 (any of them, whatever the query's).
+void CheckResultDType(const char* name, DType dtype, const Problem& p) {
+  const bool ok =
+      p.compute == DType::kFloat64
+          ? dtype == DType::kFloat64
+          : dtype == DType::kFloat32 || dtype == DType::kBFloat16 || dtype == DType::kFloat16;
+  if (!ok) {
+    FailDType(name, ".dtype is ", DTypeName(dtype), " but query.dtype is ", DTypeName(p.q.dtype),
+              "; ", name, " must be ",
+              p.compute == DType::kFloat64 ? "float64" : "float32, bfloat16 or float16");
+  }
+}
+// lse is always of the compute type: float32, or float64 for a float64 call.
+void CheckLseDType(DType dtype, const Problem& p) {
+  if (dtype != p.compute) {
+    FailDType("lse.dtype is ", DTypeName(dtype), " but query.dtype is ", DTypeName(p.q.dtype),
+              "; lse must be ", DTypeName(p.compute));
+  }
+}
+
+// View and exact shape of an operand whose shape follows from the problem (its dtype is
+// checked by the caller).
 void CheckShaped(const char* name, const void* data, DType dtype, const Layout& layout,
-                 DType expected_dtype, const std::vector<std::int64_t>& expected_shape) {
-  CheckSameDType(name, dtype, "query", expected_dtype);
+                 const std::vector<std::int64_t>& expected_shape) {
   const int rank = static_cast<int>(expected_shape.size());
   CheckView(name, data, dtype, layout, rank, rank);
   for (int d = 0; d < rank; ++d) {
@@ -122,9 +148,9 @@ void CheckShaped(const char* name, const void* data, DType dtype, const Layout& 
   }
 }
 
-void CheckOutput(const char* name, const MutableTensorView& view, DType dtype,
+void CheckOutput(const char* name, const MutableTensorView& view,
                  const std::vector<std::int64_t>& expected_shape) {
-  CheckShaped(name, view.data, view.dtype, view.layout, dtype, expected_shape);
+  CheckShaped(name, view.data, view.dtype, view.layout, expected_shape);
   if (SelfOverlaps(view.layout)) {
     const std::vector<std::int64_t> strides(view.layout.strides,
                                             view.layout.strides + view.layout.rank);
@@ -148,9 +174,10 @@ std::vector<std::int64_t> Trailing(std::vector<std::int64_t> full, int rank) {
 
 // Copies a view's strides, normalised to rank 4, into an operand.
 template <typename Op>
-void SetOperand(Op& op, decltype(Op::data) data, const Layout& layout) {
+void SetOperand(Op& op, decltype(Op::data) data, DType dtype, const Layout& layout) {
   const Normalized n = Normalize(layout);
   op.data = data;
+  op.dtype = dtype;
   std::copy(n.stride, n.stride + 4, op.stride);
 }
 
@@ -276,7 +303,7 @@ double PhysicalMemoryBytes() {
 Work ForwardWork(const Problem& p, bool owned_outputs) {
   const double rows =
       static_cast<double>(p.batch) * static_cast<double>(p.heads) * static_cast<double>(p.q_len);
-  const auto elem = static_cast<double>(DTypeSize(p.storage));
+  const auto elem = static_cast<double>(DTypeSize(p.q.dtype));
   Work w;
   w.flops = 2.0 * rows * static_cast<double>(p.kv_len) * static_cast<double>(p.head_dim + p.v_dim);
   // The forward's scratch is per thread and per tile, except split-KV partials, which exist only
@@ -286,7 +313,7 @@ Work ForwardWork(const Problem& p, bool owned_outputs) {
 }
 
 Work BackwardWork(const Problem& p, bool owned_outputs) {
-  const auto elem = static_cast<double>(DTypeSize(p.storage));
+  const auto elem = static_cast<double>(DTypeSize(p.q.dtype));
   const double q_rows =
       static_cast<double>(p.batch) * static_cast<double>(p.heads) * static_cast<double>(p.q_len);
   const double kv_rows = static_cast<double>(p.batch) * static_cast<double>(p.kv_heads) *
@@ -387,8 +414,19 @@ Problem ValidateInputs(const TensorView& query, const TensorView& key, const Ten
     Fail("value has rank ", value.rank(), " but query has rank ", query.rank());
   }
   CheckFloatDType("query", query.dtype);
-  CheckSameDType("key", key.dtype, "query", query.dtype);
-  CheckSameDType("value", value.dtype, "query", query.dtype);
+  CheckFloatDType("key", key.dtype);
+  CheckFloatDType("value", value.dtype);
+  // float64 is the reference precision: all of a call's inputs, or none.
+  for (const auto& [name, dtype] : {std::pair{"key", key.dtype}, {"value", value.dtype}}) {
+    if ((dtype == DType::kFloat64) != (query.dtype == DType::kFloat64)) {
+      FailDType(name, ".dtype is ", DTypeName(dtype), " but query.dtype is ",
+                DTypeName(query.dtype), "; float64 needs query, key and value all float64");
+    }
+  }
+  if (value.dtype != key.dtype) {
+    FailDType("value.dtype is ", DTypeName(value.dtype), " but key.dtype is ", DTypeName(key.dtype),
+              "; key and value must share a dtype");
+  }
 
   const Normalized q = Normalize(query.layout), k = Normalize(key.layout),
                    v = Normalize(value.layout);
@@ -404,8 +442,11 @@ Problem ValidateInputs(const TensorView& query, const TensorView& key, const Ten
   }
 
   Problem p;
-  p.storage = query.dtype;
-  p.compute = query.dtype;  // float32 computes in float32, float64 in float64
+  // float64 computes in float64; float32, bfloat16 and float16 in float32.
+  p.compute = query.dtype == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
+  p.q.dtype = query.dtype;
+  p.kv.k.dtype = key.dtype;
+  p.kv.v.dtype = value.dtype;
   p.batch = q.shape[0];
   p.heads = heads;
   p.kv_heads = kv_heads;
@@ -440,9 +481,9 @@ Problem ValidateInputs(const TensorView& query, const TensorView& key, const Ten
   if (options.mask) {
     const TensorView& mask = *options.mask;
     CheckView("options.mask", mask.data, mask.dtype, mask.layout, 1, 4);
-    if (mask.dtype != DType::kBool && mask.dtype != query.dtype) {
-      FailDType("options.mask.dtype is ", DTypeName(mask.dtype), " but must be bool or ",
-                DTypeName(query.dtype), " (the query's dtype)");
+    if (mask.dtype != DType::kBool && !IsFloat(mask.dtype)) {
+      FailDType("options.mask.dtype is ", DTypeName(mask.dtype),
+                " but must be bool or a float dtype (float32, float64, bfloat16, float16)");
     }
     const Normalized m = Normalize(mask.layout);
     const std::int64_t target[4] = {p.batch, p.heads, p.q_len, p.kv_len};
@@ -456,6 +497,7 @@ Problem ValidateInputs(const TensorView& query, const TensorView& key, const Ten
     }
     p.mask_kind = mask.dtype == DType::kBool ? MaskKind::kBool : MaskKind::kAdditive;
     p.mask.data = mask.data;
+    p.mask.dtype = mask.dtype;
     for (int d = 0; d < 4; ++d) p.mask.stride[d] = m.shape[d] == 1 ? 0 : m.stride[d];
   }
   ValidateVariants(options, p);
@@ -484,10 +526,12 @@ bool Overlaps(const void* a_data, DType a_dtype, const Layout& a, const void* b_
 
 void CheckBackwardInputs(const Problem& p, int query_rank, const TensorView& out,
                          const TensorView& lse, const TensorView& grad_out) {
-  CheckShaped("out", out.data, out.dtype, out.layout, p.storage, OutShape(p, query_rank));
-  CheckShaped("lse", lse.data, lse.dtype, lse.layout, p.compute, LseShape(p, query_rank));
-  CheckShaped("grad_out", grad_out.data, grad_out.dtype, grad_out.layout, p.storage,
-              OutShape(p, query_rank));
+  CheckResultDType("out", out.dtype, p);
+  CheckShaped("out", out.data, out.dtype, out.layout, OutShape(p, query_rank));
+  CheckLseDType(lse.dtype, p);
+  CheckShaped("lse", lse.data, lse.dtype, lse.layout, LseShape(p, query_rank));
+  CheckResultDType("grad_out", grad_out.dtype, p);
+  CheckShaped("grad_out", grad_out.data, grad_out.dtype, grad_out.layout, OutShape(p, query_rank));
 }
 
 BackwardProblem ValidateBackward(Problem problem, int query_rank,
@@ -508,15 +552,20 @@ BackwardProblem ValidateBackward(Problem problem, int query_rank,
   std::vector<const char*> grad_names = {"grad_query", "grad_key", "grad_value"};
   if (grad_sinks != nullptr) {
     if (p.sinks.empty()) Fail("grad_sinks is given but options.sinks is not set");
-    CheckOutput("grad_sinks", *grad_sinks, p.storage, {p.heads});
+    CheckSameDType("grad_sinks", grad_sinks->dtype, "query", p.q.dtype);
+    CheckOutput("grad_sinks", *grad_sinks, {p.heads});
     grads.push_back(grad_sinks);
     grad_names.push_back("grad_sinks");
   }
-  CheckOutput("grad_query", grad_query, p.storage,
+  // Each gradient has its input's dtype.
+  CheckSameDType("grad_query", grad_query.dtype, "query", p.q.dtype);
+  CheckOutput("grad_query", grad_query,
               Trailing({p.batch, p.heads, p.q_len, p.head_dim}, query_rank));
-  CheckOutput("grad_key", grad_key, p.storage,
+  CheckSameDType("grad_key", grad_key.dtype, "key", p.kv.k.dtype);
+  CheckOutput("grad_key", grad_key,
               Trailing({p.batch, p.kv_heads, p.kv_len, p.head_dim}, query_rank));
-  CheckOutput("grad_value", grad_value, p.storage,
+  CheckSameDType("grad_value", grad_value.dtype, "value", p.kv.v.dtype);
+  CheckOutput("grad_value", grad_value,
               Trailing({p.batch, p.kv_heads, p.kv_len, p.v_dim}, query_rank));
 
   std::vector<TensorView> inputs = forward_inputs;
@@ -546,14 +595,15 @@ BackwardProblem ValidateBackward(Problem problem, int query_rank,
   BackwardProblem b;
   b.forward = std::move(problem);
   // The forward's results are read-only inputs of the backward: Operand<void> by convention.
-  SetOperand(b.forward.out, const_cast<void*>(out.data), out.layout);
-  SetOperand(b.forward.lse, const_cast<void*>(lse.data), LseAsRows(lse.layout));
-  SetOperand(b.grad_out, grad_out.data, grad_out.layout);
-  SetOperand(b.grad_q, grad_query.data, grad_query.layout);
-  SetOperand(b.grad_k, grad_key.data, grad_key.layout);
-  SetOperand(b.grad_v, grad_value.data, grad_value.layout);
+  SetOperand(b.forward.out, const_cast<void*>(out.data), out.dtype, out.layout);
+  SetOperand(b.forward.lse, const_cast<void*>(lse.data), lse.dtype, LseAsRows(lse.layout));
+  SetOperand(b.grad_out, grad_out.data, grad_out.dtype, grad_out.layout);
+  SetOperand(b.grad_q, grad_query.data, grad_query.dtype, grad_query.layout);
+  SetOperand(b.grad_k, grad_key.data, grad_key.dtype, grad_key.layout);
+  SetOperand(b.grad_v, grad_value.data, grad_value.dtype, grad_value.layout);
   if (grad_sinks != nullptr) {
     b.grad_sinks.data = grad_sinks->data;
+    b.grad_sinks.dtype = grad_sinks->dtype;
     b.grad_sinks.stride[0] = grad_sinks->layout.strides[0];
   }
   return b;
@@ -562,8 +612,12 @@ BackwardProblem ValidateBackward(Problem problem, int query_rank,
 void AttachOutputs(Problem& p, int query_rank, const MutableTensorView& out,
                    const MutableTensorView* lse, const std::vector<TensorView>& inputs,
                    const std::vector<const char*>& input_names) {
-  CheckOutput("out", out, p.storage, OutShape(p, query_rank));
-  if (lse) CheckOutput("lse", *lse, p.compute, LseShape(p, query_rank));
+  CheckResultDType("out", out.dtype, p);
+  CheckOutput("out", out, OutShape(p, query_rank));
+  if (lse) {
+    CheckLseDType(lse->dtype, p);
+    CheckOutput("lse", *lse, LseShape(p, query_rank));
+  }
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     const TensorView& in = inputs[i];
     if (Overlaps(out.data, out.dtype, out.layout, in.data, in.dtype, in.layout)) {
@@ -577,8 +631,8 @@ void AttachOutputs(Problem& p, int query_rank, const MutableTensorView& out,
     Fail("lse overlaps out in memory");
   }
 
-  SetOperand(p.out, out.data, out.layout);
-  if (lse) SetOperand(p.lse, lse->data, LseAsRows(lse->layout));
+  SetOperand(p.out, out.data, out.dtype, out.layout);
+  if (lse) SetOperand(p.lse, lse->data, lse->dtype, LseAsRows(lse->layout));
 }
 
 }  // namespace sdpa::internal

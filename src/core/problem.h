@@ -32,6 +32,7 @@ template <typename T>
 struct Operand {
   T* data = nullptr;
   std::int64_t stride[4] = {0, 0, 0, 0};
+  DType dtype = DType::kFloat32;  // what data points to (core/types.h)
 
   // Pointer to element (b, h, i, 0).
   T* Row(std::int64_t b, std::int64_t h, std::int64_t i) const {
@@ -79,8 +80,10 @@ struct KvSource {
 };
 
 struct Problem {
-  DType storage = DType::kFloat32;  // of q, k, v, out, grad_* and an additive mask (core/types.h)
-  DType compute = DType::kFloat32;  // of the kernels' arithmetic and of lse
+  // Each operand carries its dtype (Operand::dtype): q, k and v (k and v share one), out, an
+  // additive mask, grad_*. The kernels compute in `compute` (float32, or float64 when every
+  // input is float64), which is also lse's dtype (core/types.h).
+  DType compute = DType::kFloat32;
   std::int64_t batch = 0, heads = 0, kv_heads = 0;
   std::int64_t q_len = 0, kv_len = 0, head_dim = 0, v_dim = 0;
 
@@ -175,6 +178,7 @@ Operand<const T> As(const Operand<const void>& op) {
   Operand<const T> typed;
   typed.data = static_cast<const T*>(op.data);
   std::copy(op.stride, op.stride + 4, typed.stride);
+  typed.dtype = op.dtype;
   return typed;
 }
 template <typename T>
@@ -182,6 +186,7 @@ Operand<T> As(const Operand<void>& op) {
   Operand<T> typed;
   typed.data = static_cast<T*>(op.data);
   std::copy(op.stride, op.stride + 4, typed.stride);
+  typed.dtype = op.dtype;
   return typed;
 }
 

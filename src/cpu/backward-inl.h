@@ -124,7 +124,7 @@ class BackwardTask {
 
   BackwardTask(const BackwardProblem& bp, const Schedule& s, const Task& t,
                const BackwardShared<T>& shared, internal::StopFlag& stop, Arena<T>& arena,
-               std::vector<RowRef<S>>& rows)
+               std::vector<RowRef>& rows)
       : bp_(bp), p_(bp.forward), s_(s), t_(t), shared_(shared), stop_(stop), rows_(rows) {
     n_ = static_cast<std::int64_t>(hn::Lanes(d_));
     rp_ = RoundUp(s.q_tile, 2 * n_);
@@ -208,17 +208,19 @@ class BackwardTask {
   // lse = -inf, which makes their P exactly 0 like a row with no visible key.
   void LoadQueryTile(std::int64_t rows) {
     const auto q_row = [&](std::int64_t r) { return rows_[static_cast<std::size_t>(r)].q; };
-    const auto do_row = [&](std::int64_t r) {
-      const RowRef<S>& row = rows_[static_cast<std::size_t>(r)];
-      return internal::As<S>(bp_.grad_out).Row(t_.batch, row.head, row.pos);
+    const auto do_row = [&](std::int64_t r) -> const void* {
+      const RowRef& row = rows_[static_cast<std::size_t>(r)];
+      return RowOf(bp_.grad_out, t_.batch, row.head, row.pos);
     };
-    PackPanels(rows, rp_, 2 * n_, p_.head_dim, p_.q.stride[3], static_cast<T>(p_.scale), q_row,
-               qt_);
-    PackPanels(rows, rp_, 2 * n_, p_.v_dim, bp_.grad_out.stride[3], T(1), do_row, dot_);
+    PackPanels(rows, rp_, 2 * n_, p_.head_dim, p_.q.stride[3], static_cast<T>(p_.scale), p_.q.dtype,
+               q_row, qt_);
+    PackPanels(rows, rp_, 2 * n_, p_.v_dim, bp_.grad_out.stride[3], T(1), bp_.grad_out.dtype,
+               do_row, dot_);
     for (std::int64_t r = 0; r < rows; ++r) {
-      PackRows(q_row(r), 0, p_.q.stride[3], 1, p_.head_dim, dkp_, q_rows_ + r * dkp_);
-      PackRows(do_row(r), 0, bp_.grad_out.stride[3], 1, p_.v_dim, dvp_, do_rows_ + r * dvp_);
-      const RowRef<S>& row = rows_[static_cast<std::size_t>(r)];
+      PackRow(q_row(r), p_.q.dtype, p_.q.stride[3], p_.head_dim, dkp_, q_rows_ + r * dkp_);
+      PackRow(do_row(r), bp_.grad_out.dtype, bp_.grad_out.stride[3], p_.v_dim, dvp_,
+              do_rows_ + r * dvp_);
+      const RowRef& row = rows_[static_cast<std::size_t>(r)];
       lse_[r] = *internal::As<T>(p_.lse).Row(t_.batch, row.head, row.pos);
       delta_[r] = shared_.delta[static_cast<std::size_t>(row.global_row)];
       if (RowIsEmpty(p_, row.head, lse_[r])) {
@@ -318,14 +320,10 @@ class BackwardTask {
   void StoreKeyGradients(std::int64_t j0, std::int64_t keys) {
     const T scale = static_cast<T>(p_.scale);
     for (std::int64_t c = 0; c < keys; ++c) {
-      S* gk = internal::As<S>(bp_.grad_k).Row(t_.batch, t_.kv_head, j0 + c);
-      S* gv = internal::As<S>(bp_.grad_v).Row(t_.batch, t_.kv_head, j0 + c);
-      for (std::int64_t x = 0; x < p_.head_dim; ++x) {
-        gk[x * bp_.grad_k.stride[3]] = Narrow<S>(scale * dk_[c * dkp_ + x]);
-      }
-      for (std::int64_t x = 0; x < p_.v_dim; ++x) {
-        gv[x * bp_.grad_v.stride[3]] = Narrow<S>(dv_[c * dvp_ + x]);
-      }
+      StoreRow(dk_ + c * dkp_, scale, p_.head_dim, RowOf(bp_.grad_k, t_.batch, t_.kv_head, j0 + c),
+               bp_.grad_k.dtype, bp_.grad_k.stride[3]);
+      StoreRow(dv_ + c * dvp_, T(1), p_.v_dim, RowOf(bp_.grad_v, t_.batch, t_.kv_head, j0 + c),
+               bp_.grad_v.dtype, bp_.grad_v.stride[3]);
     }
   }
 
@@ -335,7 +333,7 @@ class BackwardTask {
   const Task& t_;
   const BackwardShared<T>& shared_;
   internal::StopFlag& stop_;
-  std::vector<RowRef<S>>& rows_;
+  std::vector<RowRef>& rows_;
   ScoreSteps<T> steps_;
   D d_;
   std::int64_t n_ = 0, rp_ = 0, dkp_ = 0, dvp_ = 0;
@@ -348,7 +346,7 @@ class BackwardTask {
 // grad_sinks[h] = -Σ_{b, i} exp(sink_h - lse_bhi)·Δ_bhi, in float64 and a fixed order, over the
 // rows that saw a key: an empty row's output is 0 whatever the sink, so it adds nothing (and
 // its grad_out, which may be anything, is never read).
-template <typename S, typename T>
+template <typename T>
 void StoreSinkGradients(const BackwardProblem& bp, const std::vector<T>& delta) {
   const internal::Problem& p = bp.forward;
   for (std::int64_t h = 0; h < p.heads; ++h) {
@@ -363,34 +361,36 @@ void StoreSinkGradients(const BackwardProblem& bp, const std::vector<T>& delta) 
         sum -= std::exp(sink - lse) * static_cast<double>(delta[row]);
       }
     }
-    static_cast<S*>(bp.grad_sinks.data)[h * bp.grad_sinks.stride[0]] = Narrow<S>(sum);
+    StoreRow(
+        &sum, 1.0, 1,
+        static_cast<char*>(bp.grad_sinks.data) +
+            h * bp.grad_sinks.stride[0] * static_cast<std::int64_t>(DTypeSize(bp.grad_sinks.dtype)),
+        bp.grad_sinks.dtype, 0);
   }
 }
 
 // Δ_i = Σ_e dO_ie·O_ie for every output row, in float64.
-template <typename S, typename T>
+template <typename T>
 void ComputeDelta(const BackwardProblem& bp, const Schedule& s, std::vector<T>& delta) {
   const internal::Problem& p = bp.forward;
   const std::int64_t rows = p.batch * p.heads * p.q_len, per_task = 1024;
   delta.assign(static_cast<std::size_t>(rows), T(0));
   ParallelFor((rows + per_task - 1) / per_task, s.threads, [&](std::int64_t task, int) {
+    std::vector<double> o(static_cast<std::size_t>(p.v_dim)), g(o.size());
     for (std::int64_t row = task * per_task; row < std::min(rows, (task + 1) * per_task); ++row) {
       const std::int64_t i = row % p.q_len, h = (row / p.q_len) % p.heads,
                          b = row / (p.q_len * p.heads);
-      const S* o = internal::As<S>(p.out).Row(b, h, i);
-      const S* g = internal::As<S>(bp.grad_out).Row(b, h, i);
+      internal::ReadRow(p.out, b, h, i, p.v_dim, o.data());
+      internal::ReadRow(bp.grad_out, b, h, i, p.v_dim, g.data());
       double sum = 0;
-      for (std::int64_t e = 0; e < p.v_dim; ++e) {
-        sum += static_cast<double>(o[e * p.out.stride[3]]) *
-               static_cast<double>(g[e * bp.grad_out.stride[3]]);
-      }
+      for (std::size_t e = 0; e < o.size(); ++e) sum += o[e] * g[e];
       delta[static_cast<std::size_t>(row)] = static_cast<T>(sum);
     }
   });
 }
 
 // grad_q = scale·Σ_chunks dQ, chunks summed in order, mapped from group rows to (h, i).
-template <typename S, typename T>
+template <typename T>
 void StoreQueryGradients(const BackwardProblem& bp, const Schedule& s,
                          const BackwardShared<T>& shared) {
   const internal::Problem& p = bp.forward;
@@ -398,17 +398,19 @@ void StoreQueryGradients(const BackwardProblem& bp, const Schedule& s,
   const T scale = static_cast<T>(p.scale);
   ParallelFor(pairs, s.threads, [&](std::int64_t pair, int) {
     const std::int64_t b = pair / p.kv_heads, kvh = pair % p.kv_heads;
+    std::vector<T> sums(static_cast<std::size_t>(p.head_dim));
     for (std::int64_t row = 0; row < group_rows; ++row) {
       const std::int64_t i = row / s.group, h = kvh * s.group + row % s.group;
-      S* out = internal::As<S>(bp.grad_q).Row(b, h, i);
       for (std::int64_t x = 0; x < p.head_dim; ++x) {
         T sum = 0;
         for (std::int64_t chunk = 0; chunk < s.kv_splits; ++chunk) {
           sum += shared.dq[static_cast<std::size_t>(
               (((chunk * p.batch + b) * p.kv_heads + kvh) * group_rows + row) * shared.dkp + x)];
         }
-        out[x * bp.grad_q.stride[3]] = Narrow<S>(scale * sum);
+        sums[static_cast<std::size_t>(x)] = sum;
       }
+      StoreRow(sums.data(), scale, p.head_dim, RowOf(bp.grad_q, b, h, i), bp.grad_q.dtype,
+               bp.grad_q.stride[3]);
     }
   });
 }
@@ -418,20 +420,20 @@ void RunBackwardTyped(const BackwardProblem& bp, const Schedule& s, internal::St
   const internal::Problem& p = bp.forward;
   BackwardShared<T> shared;
   shared.dkp = RoundUp(p.head_dim, 2 * static_cast<std::int64_t>(hn::Lanes(hn::ScalableTag<T>())));
-  ComputeDelta<S>(bp, s, shared.delta);
+  ComputeDelta(bp, s, shared.delta);
   const std::int64_t dq_size = s.kv_splits * p.batch * p.heads * p.q_len * shared.dkp;
   // Zeroed here, not per task: rows of a problem without keys have no task but need dQ = 0.
   shared.dq = hwy::AllocateAligned<T>(static_cast<std::size_t>(std::max<std::int64_t>(dq_size, 1)));
   std::fill(shared.dq.get(), shared.dq.get() + dq_size, T(0));
   ParallelFor(static_cast<std::int64_t>(s.tasks.size()), s.threads, [&](std::int64_t index, int) {
     static thread_local Arena<T> arena;
-    static thread_local std::vector<RowRef<S>> rows;
+    static thread_local std::vector<RowRef> rows;
     BackwardTask<S, T>(bp, s, s.tasks[static_cast<std::size_t>(index)], shared, stop, arena, rows)
         .Run();
   });
   stop.ThrowIfStopped();
-  StoreQueryGradients<S>(bp, s, shared);
-  if (bp.grad_sinks.data != nullptr) StoreSinkGradients<S>(bp, shared.delta);
+  StoreQueryGradients(bp, s, shared);
+  if (bp.grad_sinks.data != nullptr) StoreSinkGradients(bp, shared.delta);
 }
 
 // The per-target entry point (HWY_EXPORT-ed by backward.cc).

@@ -57,10 +57,9 @@ void PhiloxRows(D64 d64, V64 (&c)[4], std::uint32_t key0, std::uint32_t key1) {
 
 // z[c][r] = 1 / (1 - p) where dropout keeps element (row r, key j0 + c) and 0 where it drops it
 // (core/dropout.h); padded rows get 0. One vector Philox call decides 4 keys for a vector of rows.
-template <typename S, typename T>
-void DropoutTile(const Problem& p, const internal::Sequence& seq,
-                 const std::vector<RowRef<S>>& rows, std::int64_t j0, std::int64_t keys, T* z,
-                 std::int64_t rp) {
+template <typename T>
+void DropoutTile(const Problem& p, const internal::Sequence& seq, const std::vector<RowRef>& rows,
+                 std::int64_t j0, std::int64_t keys, T* z, std::int64_t rp) {
   const hn::ScalableTag<std::uint64_t> d64;
   using V64 = hn::Vec<decltype(d64)>;
   const auto n = static_cast<std::int64_t>(hn::Lanes(d64));
@@ -75,7 +74,7 @@ void DropoutTile(const Problem& p, const internal::Sequence& seq,
   for (std::int64_t r0 = 0; r0 < count; r0 += n) {
     const std::int64_t lanes = std::min(n, count - r0);
     for (std::int64_t x = 0; x < n; ++x) {
-      const RowRef<S>& row = rows[static_cast<std::size_t>(r0 + std::min(x, lanes - 1))];
+      const RowRef& row = rows[static_cast<std::size_t>(r0 + std::min(x, lanes - 1))];
       pos[x] = static_cast<std::uint32_t>(row.local);
       head[x] = static_cast<std::uint32_t>(row.head);
     }

@@ -81,7 +81,7 @@ class ForwardTask {
   using V = hn::Vec<D>;
 
   ForwardTask(const Problem& p, const Schedule& s, const Task& t, internal::StopFlag& stop,
-              Arena<T>& arena, std::vector<RowRef<S>>& rows)
+              Arena<T>& arena, std::vector<RowRef>& rows)
       : p_(p), s_(s), t_(t), stop_(stop), rows_(rows) {
     n_ = static_cast<std::int64_t>(hn::Lanes(d_));
     br_ = t.row_end - t.row_begin;
@@ -205,7 +205,7 @@ class ForwardTask {
     return [this, j0, keys](std::int64_t begin, std::int64_t end) {
       const std::int64_t last = std::min(end, br_) - 1;
       if (last < begin) return TileKeys{0, 0};
-      const RowRef<S>& first_row = rows_[static_cast<std::size_t>(std::min(begin, br_ - 1))];
+      const RowRef& first_row = rows_[static_cast<std::size_t>(std::min(begin, br_ - 1))];
       const std::int64_t from =
           dot_form_ ? 0 : std::clamp<std::int64_t>(first_row.begin - j0, 0, keys);
       return TileKeys{
@@ -216,20 +216,18 @@ class ForwardTask {
   // Qᵀ panels of the task's rows, pre-multiplied by scale; padded rows are 0.
   void PackQueries() {
     PackPanels(
-        br_, rp_, 2 * n_, p_.head_dim, p_.q.stride[3], static_cast<T>(p_.scale),
+        br_, rp_, 2 * n_, p_.head_dim, p_.q.stride[3], static_cast<T>(p_.scale), p_.q.dtype,
         [&](std::int64_t r) { return rows_[static_cast<std::size_t>(r)].q; }, qt_);
   }
 
   // Query rows for the dot form: q[r][k] · scale in rows of Dp (zero-padded).
   void PackQueryRows() {
     const T factor = static_cast<T>(p_.scale);
-    const std::int64_t qs = p_.q.stride[3];
-    std::fill(qt_, qt_ + br_ * dp_, T(0));
     for (std::int64_t r = 0; r < br_; ++r) {
-      const S* q = rows_[static_cast<std::size_t>(r)].q;
-      for (std::int64_t k = 0; k < p_.head_dim; ++k) {
-        qt_[r * dp_ + k] = static_cast<T>(q[k * qs]) * factor;
-      }
+      T* row = qt_ + r * dp_;
+      PackRow(rows_[static_cast<std::size_t>(r)].q, p_.q.dtype, p_.q.stride[3], p_.head_dim, dp_,
+              row);
+      for (std::int64_t k = 0; k < p_.head_dim; ++k) row[k] *= factor;
     }
   }
 
@@ -384,16 +382,12 @@ class ForwardTask {
   // (m = -inf) get out = 0 and lse = -inf.
   void FinalizeRows() {
     for (std::int64_t r = 0; r < br_; ++r) {
-      const RowRef<S>& row = rows_[static_cast<std::size_t>(r)];
+      const RowRef& row = rows_[static_cast<std::size_t>(r)];
       const T m = m_[r], l = l_[r];
       const bool empty = m == -std::numeric_limits<T>::infinity();
       const T inv = empty ? T(0) : T(1) / l;
-      const T* o = o_ + r * dvp_;
-      S* out = internal::As<S>(p_.out).Row(t_.batch, row.head, row.pos);
-      const std::int64_t os = p_.out.stride[3];
-      for (std::int64_t x = 0; x < p_.v_dim; ++x) {
-        out[x * os] = Narrow<S>(empty ? T(0) : o[x] * inv);
-      }
+      StoreRow(o_ + r * dvp_, inv, p_.v_dim, RowOf(p_.out, t_.batch, row.head, row.pos),
+               p_.out.dtype, p_.out.stride[3]);
       if (p_.lse.data != nullptr) {
         *internal::As<T>(p_.lse).Row(t_.batch, row.head, row.pos) =
             empty ? m : static_cast<T>(static_cast<double>(m) + std::log(static_cast<double>(l)));
@@ -415,7 +409,7 @@ class ForwardTask {
   const Schedule& s_;
   const Task& t_;
   internal::StopFlag& stop_;
-  std::vector<RowRef<S>>& rows_;
+  std::vector<RowRef>& rows_;
   ScoreSteps<T> steps_;
   D d_;
   std::int64_t n_ = 0, br_ = 0, rp_ = 0, dp_ = 0, dvp_ = 0;
@@ -428,7 +422,7 @@ class ForwardTask {
 // Combines the key chunks of every row in split order: M = max_s m_s, L = Σ_s l_s·exp(m_s - M),
 // out = Σ_s O_s·exp(m_s - M) / L, lse = M + ln L; the row's sink joins as one more chunk with
 // m = sink, l = 1, O = 0.
-template <typename S, typename T>
+template <typename T>
 void MergePartials(const Problem& p, const Schedule& s, const Partials<T>& partials) {
   const std::int64_t rows = p.batch * p.heads * p.q_len;
   const std::int64_t per_task = 256;
@@ -444,8 +438,6 @@ void MergePartials(const Problem& p, const Schedule& s, const Partials<T>& parti
       for (std::int64_t split = 0; split < s.kv_splits; ++split) {
         big_m = std::max(big_m, static_cast<double>(*partials.M(split, row)));
       }
-      S* out = internal::As<S>(p.out).Row(b, h, i);
-      const std::int64_t os = p.out.stride[3];
       const bool empty = big_m == -std::numeric_limits<double>::infinity();
       double big_l =
           empty || sink == -std::numeric_limits<double>::infinity() ? 0.0 : std::exp(sink - big_m);
@@ -459,9 +451,8 @@ void MergePartials(const Problem& p, const Schedule& s, const Partials<T>& parti
         for (std::int64_t x = 0; x < p.v_dim; ++x)
           acc[static_cast<std::size_t>(x)] += w * static_cast<double>(o[x]);
       }
-      for (std::int64_t x = 0; x < p.v_dim; ++x) {
-        out[x * os] = Narrow<S>(empty ? 0.0 : acc[static_cast<std::size_t>(x)] / big_l);
-      }
+      for (double& x : acc) x = empty ? 0.0 : x / big_l;
+      StoreRow(acc.data(), 1.0, p.v_dim, RowOf(p.out, b, h, i), p.out.dtype, p.out.stride[3]);
       if (p.lse.data != nullptr) {
         *internal::As<T>(p.lse).Row(b, h, i) =
             static_cast<T>(empty ? big_m : big_m + std::log(big_l));
@@ -476,12 +467,12 @@ void RunForwardTyped(const Problem& p, const Schedule& s, internal::StopFlag& st
   if (s.split()) partials.Allocate(s.kv_splits, p.batch * p.heads * p.q_len, p.v_dim);
   ParallelFor(static_cast<std::int64_t>(s.tasks.size()), s.threads, [&](std::int64_t index, int) {
     static thread_local Arena<T> arena;
-    static thread_local std::vector<RowRef<S>> rows;
+    static thread_local std::vector<RowRef> rows;
     ForwardTask<S, T> task(p, s, s.tasks[static_cast<std::size_t>(index)], stop, arena, rows);
     task.Run(s.split() ? &partials : nullptr);
   });
   stop.ThrowIfStopped();
-  if (s.split()) MergePartials<S>(p, s, partials);
+  if (s.split()) MergePartials(p, s, partials);
 }
 
 // y[i] = Exp2(x[i]) for n values (whole vectors plus a scalar tail), so tests can measure the

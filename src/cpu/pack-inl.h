@@ -14,32 +14,68 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/problem.h"
+#include "core/types.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace sdpa::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// A compute-type value as the storage type S (a result leaving the kernel).
-template <typename S, typename T>
-HWY_INLINE S Narrow(T x) {
-  return static_cast<S>(x);
-}
+using internal::Narrow;
+using internal::Widen;
 
 // Transposed panels of `count` rows: dst[panel][k][x] = row(panel·width + x)[k·stride] · factor
-// for k < depth; rows count..rp-1 are 0. dst holds rp·depth elements. row(r) points to storage.
+// for k < depth; rows count..rp-1 are 0. dst holds rp·depth elements. row(r) points to a row
+// stored as `dtype`.
 template <typename T, class RowPtr>
 void PackPanels(std::int64_t count, std::int64_t rp, std::int64_t width, std::int64_t depth,
-                std::int64_t stride, T factor, const RowPtr& row, T* dst) {
+                std::int64_t stride, T factor, DType dtype, const RowPtr& row, T* dst) {
   std::fill(dst, dst + rp * depth, T(0));
-  for (std::int64_t r = 0; r < count; ++r) {
-    const auto* src = row(r);
-    T* col = dst + (r / width) * depth * width + r % width;
-    for (std::int64_t k = 0; k < depth; ++k)
-      col[k * width] = static_cast<T>(src[k * stride]) * factor;
-  }
+  internal::WithStorage(dtype, [&](auto tag) {
+    using S = typename decltype(tag)::Type;
+    for (std::int64_t r = 0; r < count; ++r) {
+      const S* src = static_cast<const S*>(row(r));
+      T* col = dst + (r / width) * depth * width + r % width;
+      for (std::int64_t k = 0; k < depth; ++k) col[k * width] = Widen<T>(src[k * stride]) * factor;
+    }
+  });
+}
+
+// One row of `width` elements stored as `dtype` (element stride `stride`), widened into dst
+// [padded] with zeros after `width`.
+template <typename T>
+void PackRow(const void* src, DType dtype, std::int64_t stride, std::int64_t width,
+             std::int64_t padded, T* dst) {
+  internal::WithStorage(dtype, [&](auto tag) {
+    using S = typename decltype(tag)::Type;
+    const S* row = static_cast<const S*>(src);
+    for (std::int64_t x = 0; x < width; ++x) dst[x] = Widen<T>(row[x * stride]);
+  });
+  std::fill(dst + width, dst + padded, T(0));
+}
+
+// Stores `width` compute-type values (each times `factor`) into a row of `dtype` (element stride
+// `stride`), rounding to nearest even.
+template <typename T>
+void StoreRow(const T* src, T factor, std::int64_t width, void* dst, DType dtype,
+              std::int64_t stride) {
+  internal::WithStorage(dtype, [&](auto tag) {
+    using S = typename decltype(tag)::Type;
+    S* row = static_cast<S*>(dst);
+    for (std::int64_t x = 0; x < width; ++x) row[x * stride] = Narrow<S>(src[x] * factor);
+  });
+}
+
+// Element (b, h, i, 0) of an operand stored as op.dtype, as a pointer to its bytes.
+template <class Op>
+auto* RowOf(const Op& op, std::int64_t b, std::int64_t h, std::int64_t i) {
+  using Byte = std::conditional_t<std::is_const_v<std::remove_pointer_t<decltype(op.data)>>,
+                                  const char, char>;
+  return static_cast<Byte*>(op.data) + (b * op.stride[0] + h * op.stride[1] + i * op.stride[2]) *
+                                           static_cast<std::int64_t>(DTypeSize(op.dtype));
 }
 
 // Rows [0, count) of `width` elements, gathered with element stride `stride` from rows `ld`
@@ -49,7 +85,7 @@ void PackRows(const S* src, std::int64_t ld, std::int64_t stride, std::int64_t c
               std::int64_t width, std::int64_t padded, T* dst) {
   for (std::int64_t c = 0; c < count; ++c) {
     T* row = dst + c * padded;
-    for (std::int64_t x = 0; x < width; ++x) row[x] = static_cast<T>(src[c * ld + x * stride]);
+    for (std::int64_t x = 0; x < width; ++x) row[x] = Widen<T>(src[c * ld + x * stride]);
     std::fill(row + width, row + padded, T(0));
   }
 }

@@ -27,9 +27,8 @@ using internal::MaskKind;
 using internal::Problem;
 
 // One query row of a task: where it reads, and which keys it may see.
-template <typename T>
 struct RowRef {
-  const T* q;
+  const void* q;            // q(b, h, i, 0), of the query's dtype
   const void* mask;         // mask(b, h, i, 0), nullptr without a mask
   std::int64_t head;        // query head h
   std::int64_t pos;         // packed query position (= local without varlen)
@@ -41,19 +40,19 @@ struct RowRef {
 // Rows [row_begin, row_end) of the query rows of `seq` sharing kv head `kv_head` (schedule.h):
 // row r is position i = r / G (within the sequence) of head h = kv_head·G + r % G. Both key-range
 // ends are non-decreasing along the rows.
-template <typename T>
-void DescribeRows(const Problem& p, std::int64_t group, const internal::Sequence& seq,
-                  std::int64_t kv_head, std::int64_t row_begin, std::int64_t row_end,
-                  std::vector<RowRef<T>>& rows) {
+inline void DescribeRows(const Problem& p, std::int64_t group, const internal::Sequence& seq,
+                         std::int64_t kv_head, std::int64_t row_begin, std::int64_t row_end,
+                         std::vector<RowRef>& rows) {
   rows.resize(static_cast<std::size_t>(row_end - row_begin));
-  const auto mask_elem =
-      static_cast<std::int64_t>(p.mask_kind == MaskKind::kBool ? sizeof(bool) : sizeof(T));
+  const auto mask_elem = static_cast<std::int64_t>(DTypeSize(p.mask.dtype));
+  const auto q_elem = static_cast<std::int64_t>(DTypeSize(p.q.dtype));
   const std::int64_t b = seq.batch;
   for (std::int64_t row = row_begin; row < row_end; ++row) {
     const std::int64_t local = row / group, i = seq.q_begin + local;
     const std::int64_t h = kv_head * group + row % group;
-    RowRef<T>& ref = rows[static_cast<std::size_t>(row - row_begin)];
-    ref.q = internal::As<T>(p.q).Row(b, h, i);
+    RowRef& ref = rows[static_cast<std::size_t>(row - row_begin)];
+    ref.q = static_cast<const char*>(p.q.data) +
+            (b * p.q.stride[0] + h * p.q.stride[1] + i * p.q.stride[2]) * q_elem;
     ref.mask =
         p.mask_kind == MaskKind::kNone
             ? nullptr
@@ -72,10 +71,9 @@ void DescribeRows(const Problem& p, std::int64_t group, const internal::Sequence
 // What a custom block_mask says about keys [j0, j0 + keys) (packed) for the task's rows: kEmpty
 // only if empty for every head among the rows, kFull only if full for all; kPartial without a
 // block_mask or mask_mod.
-template <typename T>
-BlockKind ClassifyTile(const Problem& p, const internal::Sequence& seq,
-                       const std::vector<RowRef<T>>& rows, std::int64_t group, std::int64_t j0,
-                       std::int64_t keys) {
+inline BlockKind ClassifyTile(const Problem& p, const internal::Sequence& seq,
+                              const std::vector<RowRef>& rows, std::int64_t group, std::int64_t j0,
+                              std::int64_t keys) {
   if (!p.has_mask_mod()) return BlockKind::kFull;
   if (p.custom->block == nullptr || rows.empty()) return BlockKind::kPartial;
   const std::int64_t heads = std::min<std::int64_t>(group, static_cast<std::int64_t>(rows.size()));
@@ -94,9 +92,8 @@ BlockKind ClassifyTile(const Problem& p, const internal::Sequence& seq,
 // True when some score of the tile [j0, j0 + keys) needs masking for the task's rows: a mask,
 // a mask_mod the block hint did not settle, or a key outside some row's range (the first row
 // has the smallest range end, the last row the largest begin).
-template <typename T>
-bool TileNeedsMask(const Problem& p, const std::vector<RowRef<T>>& rows, BlockKind kind,
-                   std::int64_t j0, std::int64_t keys) {
+inline bool TileNeedsMask(const Problem& p, const std::vector<RowRef>& rows, BlockKind kind,
+                          std::int64_t j0, std::int64_t keys) {
   return p.mask_kind != MaskKind::kNone || kind == BlockKind::kPartial || j0 < rows.back().begin ||
          j0 + keys > rows.front().end;
 }

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/problem.h"
+#include "core/types.h"
 #include "cpu/micro_kernels-inl.h"
 #include "cpu/rows-inl.h"
 #include "hwy/contrib/math/math-inl.h"
@@ -62,8 +63,7 @@ template <typename T>
 class ScoreSteps {
  public:
   // For the rows of a task (DescribeRows); rp is the padded row count of the Sᵀ tiles.
-  template <typename S>
-  void Prepare(const Problem& p, const internal::Sequence& seq, const std::vector<RowRef<S>>& rows,
+  void Prepare(const Problem& p, const internal::Sequence& seq, const std::vector<RowRef>& rows,
                std::int64_t rp) {
     p_ = &p;
     seq_ = seq;
@@ -75,7 +75,7 @@ class ScoreSteps {
     neg_slope_.assign(static_cast<std::size_t>(rp), T(0));
     diagonal_.assign(static_cast<std::size_t>(rp), 0);
     for (std::int64_t r = 0; r < rows_; ++r) {
-      const RowRef<S>& row = rows[static_cast<std::size_t>(r)];
+      const RowRef& row = rows[static_cast<std::size_t>(r)];
       const auto at = static_cast<std::size_t>(r);
       head_[at] = row.head;
       pos_[at] = row.local;
@@ -171,8 +171,8 @@ void ApplyMaskMod(const Problem& p, const ScoreBlock& block, T* st) {
 
 // Sᵀ[c][r] = -inf for the keys j0 + c outside row r's range [begin, end), lane-wise over rows
 // (each Sᵀ row of the tile is one key for all rows). Padded rows are left as they are.
-template <class D, typename S, typename T = hn::TFromD<D>>
-void MaskOutsideRanges(D d, const std::vector<RowRef<S>>& rows, std::int64_t j0, std::int64_t keys,
+template <class D, typename T = hn::TFromD<D>>
+void MaskOutsideRanges(D d, const std::vector<RowRef>& rows, std::int64_t j0, std::int64_t keys,
                        T* st, std::int64_t rp) {
   // Range ends relative to the tile, as T: small integers, exact.
   thread_local std::vector<T> bounds;
@@ -181,7 +181,7 @@ void MaskOutsideRanges(D d, const std::vector<RowRef<S>>& rows, std::int64_t j0,
   T* last = first + rp;
   for (std::int64_t r = 0; r < rp; ++r) {
     const bool real = r < static_cast<std::int64_t>(rows.size());
-    const RowRef<S>& row = rows[static_cast<std::size_t>(real ? r : 0)];
+    const RowRef& row = rows[static_cast<std::size_t>(real ? r : 0)];
     const std::int64_t begin = real ? std::clamp<std::int64_t>(row.begin - j0, 0, keys) : 0;
     first[r] = static_cast<T>(begin);
     last[r] = static_cast<T>(real ? std::clamp<std::int64_t>(row.end - j0, begin, keys) : keys);
@@ -204,8 +204,9 @@ void MaskOutsideRanges(D d, const std::vector<RowRef<S>>& rows, std::int64_t j0,
 // applied to the whole Sᵀ row of that key at once. Keys outside a row's range are already -inf
 // and stay so (-inf + finite bias = -inf; a -inf bias or false writes -inf). Whole vectors: the
 // padded rows in the last one may become -inf, which the softmax steps handle (no -inf - -inf).
-template <class D, typename S, typename T = hn::TFromD<D>>
-void ApplySharedMaskRow(D d, const Problem& p, const std::vector<RowRef<S>>& rows, std::int64_t j0,
+// M is the additive mask's storage type (any, for a bool mask).
+template <typename M, class D, typename T = hn::TFromD<D>>
+void ApplySharedMaskRow(D d, const Problem& p, const std::vector<RowRef>& rows, std::int64_t j0,
                         std::int64_t keys, T* st, std::int64_t rp) {
   const std::int64_t n = static_cast<std::int64_t>(hn::Lanes(d));
   const std::int64_t ms = p.mask.stride[3];
@@ -217,7 +218,7 @@ void ApplySharedMaskRow(D d, const Problem& p, const std::vector<RowRef<S>>& row
       if (static_cast<const bool*>(rows[0].mask)[(j0 + c) * ms]) continue;
       for (std::int64_t x = 0; x < real_rows; x += n) hn::Store(neg_inf, d, s + x);
     } else {
-      const T bias = static_cast<T>(static_cast<const S*>(rows[0].mask)[(j0 + c) * ms]);
+      const T bias = internal::Widen<T>(static_cast<const M*>(rows[0].mask)[(j0 + c) * ms]);
       if (bias == -std::numeric_limits<T>::infinity()) {
         for (std::int64_t x = 0; x < real_rows; x += n) hn::Store(neg_inf, d, s + x);
         continue;
@@ -230,23 +231,18 @@ void ApplySharedMaskRow(D d, const Problem& p, const std::vector<RowRef<S>>& row
   }
 }
 
-// Sets the scores of invisible keys to -inf (causal rule, window, sequence bounds, bool mask)
-// and adds an additive mask, for keys [j0, j0 + keys) and the task's rows. Only tiles that
-// contain an invisible key or a mask come here (mask_mod is applied by the caller). The score
-// is overwritten, never combined, so NaN/Inf from masked K rows cannot survive.
-template <class D, typename S, typename T = hn::TFromD<D>>
-void ApplyMask(D d, const Problem& p, const std::vector<RowRef<S>>& rows, std::int64_t j0,
-               std::int64_t keys, T* st, std::int64_t rp) {
-  MaskOutsideRanges(d, rows, j0, keys, st, rp);
-  if (p.mask_kind == MaskKind::kNone) return;
+// ApplyMask's bool mask (M = bool) or additive mask stored as M.
+template <typename M, class D, typename T = hn::TFromD<D>>
+void ApplyMaskOf(D d, const Problem& p, const std::vector<RowRef>& rows, std::int64_t j0,
+                 std::int64_t keys, T* st, std::int64_t rp) {
   if (p.mask.stride[1] == 0 && p.mask.stride[2] == 0) {
-    ApplySharedMaskRow(d, p, rows, j0, keys, st, rp);
+    ApplySharedMaskRow<M>(d, p, rows, j0, keys, st, rp);
     return;
   }
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const std::int64_t ms = p.mask.stride[3];
   for (std::size_t r = 0; r < rows.size(); ++r) {
-    const RowRef<S>& row = rows[r];
+    const RowRef& row = rows[r];
     T* s = st + r;
     const std::int64_t first = std::clamp<std::int64_t>(row.begin - j0, 0, keys);
     const std::int64_t last = std::clamp<std::int64_t>(row.end - j0, first, keys);
@@ -256,15 +252,32 @@ void ApplyMask(D d, const Problem& p, const std::vector<RowRef<S>>& rows, std::i
         if (!mask[c * ms]) s[c * rp] = kNegInf;
       }
     } else {
-      const S* mask = static_cast<const S*>(row.mask) + j0 * ms;
+      const M* mask = static_cast<const M*>(row.mask) + j0 * ms;
       for (std::int64_t c = first; c < last; ++c) {
-        const T bias = static_cast<T>(mask[c * ms]);
+        const T bias = internal::Widen<T>(mask[c * ms]);
         s[c * rp] = bias == kNegInf ? kNegInf : s[c * rp] + bias;
       }
     }
   }
 }
 
+// Sets the scores of invisible keys to -inf (causal rule, window, sequence bounds, bool mask)
+// and adds an additive mask, for keys [j0, j0 + keys) and the task's rows. Only tiles that
+// contain an invisible key or a mask come here (mask_mod is applied by the caller). The score
+// is overwritten, never combined, so NaN/Inf from masked K rows cannot survive.
+template <class D, typename T = hn::TFromD<D>>
+void ApplyMask(D d, const Problem& p, const std::vector<RowRef>& rows, std::int64_t j0,
+               std::int64_t keys, T* st, std::int64_t rp) {
+  MaskOutsideRanges(d, rows, j0, keys, st, rp);
+  if (p.mask_kind == MaskKind::kNone) return;
+  if (p.mask_kind == MaskKind::kBool) {
+    ApplyMaskOf<bool>(d, p, rows, j0, keys, st, rp);
+  } else {
+    internal::WithStorage(p.mask.dtype, [&](auto m) {
+      ApplyMaskOf<typename decltype(m)::Type>(d, p, rows, j0, keys, st, rp);
+    });
+  }
+}
 // True when rows [0, keys) of `width` elements (a multiple of N), `ld` apart, are all finite.
 template <class D, typename T = hn::TFromD<D>>
 bool AllFinite(D d, const T* x, std::int64_t ld, std::int64_t keys, std::int64_t width) {

@@ -16,7 +16,7 @@ using internal::Problem;
 
 // Scratch of one row, and the float64 dK, dV [B, Hkv, Lkv, width] and dsinks [H] accumulators.
 struct Accumulators {
-  std::vector<double> probs, slope, factor, dp, dq, dk, dv, dsinks;
+  std::vector<double> probs, slope, factor, dp, dq, dout, dk, dv, dsinks;
 };
 
 // For one query row with scores s_j (scores.h), P = softmax(s with the sink), Z_j the dropout
@@ -25,7 +25,7 @@ struct Accumulators {
 //   dq += scale Σ_j dS_j slope_j k_j;  dk_j += scale dS_j slope_j q;  dv_j += P_j Z_j dO;
 //   dsink -= P_sink Δ with P_sink = exp(sink - lse).
 // A row with no visible key and no sink adds nothing (its dq stays 0).
-template <typename S, typename T>
+template <typename S>
 void Row(const BackwardProblem& bp, const RowAt& row, Accumulators& a) {
   const Problem& p = bp.forward;
   const internal::Sequence& seq = row.seq;
@@ -35,8 +35,9 @@ void Row(const BackwardProblem& bp, const RowAt& row, Accumulators& a) {
   const double lse = Softmax(a.probs, Sink(p, row.head));
   DropoutFactors(p, row, a.factor);
   std::fill(a.dq.begin(), a.dq.end(), 0.0);
-  const S* dout = internal::As<S>(bp.grad_out).Row(seq.batch, row.head, gi);
-  const S* q = internal::As<S>(p.q).Row(seq.batch, row.head, gi);
+  a.dout.resize(static_cast<std::size_t>(Dv));
+  internal::ReadRow(bp.grad_out, seq.batch, row.head, gi, Dv, a.dout.data());
+  const std::vector<double>& q = row.q;
   a.dp.assign(a.probs.size(), 0.0);
   double delta = 0.0;
   for (std::size_t j = 0; j < a.probs.size(); ++j) {
@@ -44,8 +45,8 @@ void Row(const BackwardProblem& bp, const RowAt& row, Accumulators& a) {
     const S* v = p.kv.ValueRow<S>(seq.batch, kvh, seq.k_begin + static_cast<std::int64_t>(j));
     double acc = 0.0;
     for (std::int64_t e = 0; e < Dv; ++e) {
-      acc += static_cast<double>(dout[e * bp.grad_out.stride[3]]) *
-             static_cast<double>(v[e * p.kv.value_step()]);
+      acc +=
+          a.dout[static_cast<std::size_t>(e)] * internal::Widen<double>(v[e * p.kv.value_step()]);
     }
     a.dp[j] = acc;
     delta += a.probs[j] * a.factor[j] * acc;
@@ -59,40 +60,34 @@ void Row(const BackwardProblem& bp, const RowAt& row, Accumulators& a) {
     const auto key = static_cast<std::size_t>((seq.batch * p.kv_heads + kvh) * p.kv_len + gj);
     for (std::int64_t d = 0; d < D; ++d) {
       a.dq[static_cast<std::size_t>(d)] +=
-          p.scale * dx * static_cast<double>(k[d * p.kv.key_step()]);
+          p.scale * dx * internal::Widen<double>(k[d * p.kv.key_step()]);
       a.dk[key * static_cast<std::size_t>(D) + static_cast<std::size_t>(d)] +=
-          p.scale * dx * static_cast<double>(q[d * p.q.stride[3]]);
+          p.scale * dx * q[static_cast<std::size_t>(d)];
     }
     for (std::int64_t e = 0; e < Dv; ++e) {
       a.dv[key * static_cast<std::size_t>(Dv) + static_cast<std::size_t>(e)] +=
-          prob * a.factor[j] * static_cast<double>(dout[e * bp.grad_out.stride[3]]);
+          prob * a.factor[j] * a.dout[static_cast<std::size_t>(e)];
     }
   }
   const double sink = Sink(p, row.head);
   if (sink != kNegInf) a.dsinks[static_cast<std::size_t>(row.head)] -= std::exp(sink - lse) * delta;
-  S* out = internal::As<S>(bp.grad_q).Row(seq.batch, row.head, gi);
-  for (std::int64_t d = 0; d < D; ++d) {
-    out[d * bp.grad_q.stride[3]] = static_cast<S>(a.dq[static_cast<std::size_t>(d)]);
-  }
+  internal::WriteRow(bp.grad_q, seq.batch, row.head, gi, D, a.dq.data());
 }
 
 // Writes a float64 [B, Hkv, Lkv, width] accumulator into a gradient operand.
-template <typename T>
 void Store(const std::vector<double>& acc, const Problem& p, std::int64_t width,
            const internal::Operand<void>& grad) {
-  const internal::Operand<T> g = internal::As<T>(grad);
-  std::size_t n = 0;
+  const double* row = acc.data();
   for (std::int64_t b = 0; b < p.batch; ++b) {
     for (std::int64_t h = 0; h < p.kv_heads; ++h) {
-      for (std::int64_t j = 0; j < p.kv_len; ++j) {
-        T* row = g.Row(b, h, j);
-        for (std::int64_t x = 0; x < width; ++x) row[x * g.stride[3]] = static_cast<T>(acc[n++]);
+      for (std::int64_t j = 0; j < p.kv_len; ++j, row += width) {
+        internal::WriteRow(grad, b, h, j, width, row);
       }
     }
   }
 }
 
-template <typename S, typename T>
+template <typename S>
 void BackwardTyped(const BackwardProblem& bp) {
   const Problem& p = bp.forward;
   const auto keys = static_cast<std::size_t>(p.batch * p.kv_heads * p.kv_len);
@@ -108,16 +103,16 @@ void BackwardTyped(const BackwardProblem& bp) {
     for (row.head = 0; row.head < p.heads; ++row.head) {
       for (row.pos = 0; row.pos < row.seq.q_len; ++row.pos) {
         if (stop.Stopped()) stop.ThrowIfStopped();
-        Row<S, T>(bp, row, a);
+        row.Load(p);
+        Row<S>(bp, row, a);
       }
     }
   }
-  Store<S>(a.dk, p, p.head_dim, bp.grad_k);
-  Store<S>(a.dv, p, p.v_dim, bp.grad_v);
+  Store(a.dk, p, p.head_dim, bp.grad_k);
+  Store(a.dv, p, p.v_dim, bp.grad_v);
   if (bp.grad_sinks.data != nullptr) {
-    S* out = static_cast<S*>(bp.grad_sinks.data);
     for (std::int64_t h = 0; h < p.heads; ++h) {
-      out[h * bp.grad_sinks.stride[0]] = static_cast<S>(a.dsinks[static_cast<std::size_t>(h)]);
+      internal::WriteRow(bp.grad_sinks, h, 0, 0, 1, &a.dsinks[static_cast<std::size_t>(h)]);
     }
   }
 }
@@ -127,7 +122,7 @@ void BackwardTyped(const BackwardProblem& bp) {
 void Backward(const BackwardProblem& problem) {
   internal::WithTypes(problem.forward, [&](auto types) {
     using Types = decltype(types);
-    BackwardTyped<typename Types::Storage, typename Types::Compute>(problem);
+    BackwardTyped<typename Types::Storage>(problem);
   });
 }
 

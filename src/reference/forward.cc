@@ -15,8 +15,9 @@ using internal::Problem;
 // One query row: scores after every step (scores.h), softmax with the sink, dropout, then
 //   out = Σ_j P_j·factor_j·v_j,  lse = log(Σ_j exp(s_j) + exp(sink)).
 // No visible key: out = 0 and lse = sink (-inf without sinks).
-// S: the operands' storage type, T: lse's (core/types.h); the arithmetic is float64.
-template <typename S, typename T>
+// S: the K/V storage type (core/types.h); the arithmetic is float64, every other operand is read
+// and written through its own dtype.
+template <typename S>
 void Row(const Problem& p, const RowAt& row, std::vector<double>& probs,
          std::vector<double>& factor, std::vector<double>& acc) {
   RowScores<S>(p, row, probs, nullptr);
@@ -29,19 +30,15 @@ void Row(const Problem& p, const RowAt& row, std::vector<double>& probs,
     const S* v_row = p.kv.ValueRow<S>(row.seq.batch, p.KvHead(row.head), row.seq.k_begin + j);
     for (std::int64_t d = 0; d < p.v_dim; ++d) {
       acc[static_cast<std::size_t>(d)] +=
-          weight * static_cast<double>(v_row[d * p.kv.value_step()]);
+          weight * internal::Widen<double>(v_row[d * p.kv.value_step()]);
     }
   }
   const std::int64_t gi = row.seq.q_begin + row.pos;
-  S* out = internal::As<S>(p.out).Row(row.seq.batch, row.head, gi);
-  for (std::int64_t d = 0; d < p.v_dim; ++d) {
-    out[d * p.out.stride[3]] = static_cast<S>(acc[static_cast<std::size_t>(d)]);
-  }
-  if (p.lse.data != nullptr)
-    *internal::As<T>(p.lse).Row(row.seq.batch, row.head, gi) = static_cast<T>(lse);
+  internal::WriteRow(p.out, row.seq.batch, row.head, gi, p.v_dim, acc.data());
+  if (p.lse.data != nullptr) internal::WriteRow(p.lse, row.seq.batch, row.head, gi, 1, &lse);
 }
 
-template <typename S, typename T>
+template <typename S>
 void ForwardTyped(const Problem& p) {
   internal::StopFlag stop(p.interrupt);
   std::vector<double> probs, factor, acc(static_cast<std::size_t>(p.v_dim));
@@ -51,7 +48,8 @@ void ForwardTyped(const Problem& p) {
     for (row.head = 0; row.head < p.heads; ++row.head) {
       for (row.pos = 0; row.pos < row.seq.q_len; ++row.pos) {
         if (stop.Stopped()) stop.ThrowIfStopped();
-        Row<S, T>(p, row, probs, factor, acc);
+        row.Load(p);
+        Row<S>(p, row, probs, factor, acc);
       }
     }
   }
@@ -62,7 +60,7 @@ void ForwardTyped(const Problem& p) {
 void Forward(const Problem& problem) {
   internal::WithTypes(problem, [&](auto types) {
     using Types = decltype(types);
-    ForwardTyped<typename Types::Storage, typename Types::Compute>(problem);
+    ForwardTyped<typename Types::Storage>(problem);
   });
 }
 

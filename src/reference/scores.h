@@ -9,18 +9,37 @@
 
 #include "core/dropout.h"
 #include "core/problem.h"
+#include "core/types.h"
 
 namespace sdpa::reference {
 
 inline constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-// Where a query row lives: its sequence, query head and position within the sequence.
+// Where a query row lives: its sequence, query head and position within the sequence; and its
+// query vector (head_dim values, read by Load).
 struct RowAt {
   internal::Sequence seq;
   std::int64_t head = 0, pos = 0;
+  std::vector<double> q;
+
+  // Reads the row's query from the problem.
+  void Load(const internal::Problem& p) {
+    q.resize(static_cast<std::size_t>(p.head_dim));
+    internal::ReadRow(p.q, seq.batch, head, seq.q_begin + pos, p.head_dim, q.data());
+  }
 };
 
-// For every key j of the row's sequence (positions within it): score[j], or -inf when j is
+// The additive mask at (b, h, i, j) (packed positions), as stored.
+inline double MaskBias(const internal::Problem& p, std::int64_t b, std::int64_t h, std::int64_t i,
+                       std::int64_t j) {
+  return internal::WithStorage(p.mask.dtype, [&](auto tag) {
+    using M = typename decltype(tag)::Type;
+    return internal::Widen<double>(internal::As<M>(p.mask).Row(b, h, i)[j * p.mask.stride[3]]);
+  });
+}
+
+// For every key j of the row's sequence (positions within it), K stored as S: score[j], or -inf
+// when j is
 // removed (causal rule, window, bool mask, -inf additive mask, mask_mod); and, when `slope` is
 // non-null, slope[j] = d score[j] / d (scale·q·k_j) (softcap and score_mod change it).
 // Removed keys are decided before K is read where possible; later steps overwrite the score
@@ -34,22 +53,19 @@ void RowScores(const internal::Problem& p, const RowAt& row, std::vector<double>
   score.assign(static_cast<std::size_t>(seq.k_len), kNegInf);
   if (slope != nullptr) slope->assign(score.size(), 0.0);
   const internal::KeyRange visible = p.Visible(seq, i);
-  const S* q = internal::As<S>(p.q).Row(seq.batch, h, gi);
   for (std::int64_t j = visible.begin; j < visible.end; ++j) {
     const std::int64_t gj = seq.k_begin + j;
     double bias = 0.0;
     if (p.mask_kind == MaskKind::kBool) {
       if (!internal::As<bool>(p.mask).Row(seq.batch, h, gi)[gj * p.mask.stride[3]]) continue;
     } else if (p.mask_kind == MaskKind::kAdditive) {
-      bias =
-          static_cast<double>(internal::As<S>(p.mask).Row(seq.batch, h, gi)[gj * p.mask.stride[3]]);
+      bias = MaskBias(p, seq.batch, h, gi, gj);
       if (bias == kNegInf) continue;
     }
     const S* k = p.kv.KeyRow<S>(seq.batch, p.KvHead(h), gj);
     double dot = 0.0;
     for (std::int64_t d = 0; d < p.head_dim; ++d) {
-      dot +=
-          static_cast<double>(q[d * p.q.stride[3]]) * static_cast<double>(k[d * p.kv.key_step()]);
+      dot += row.q[static_cast<std::size_t>(d)] * internal::Widen<double>(k[d * p.kv.key_step()]);
     }
     double s = p.scale * dot, ds = 1.0;
     if (p.softcap > 0) {

@@ -272,9 +272,9 @@ std::vector<BadCall> BadCalls() {
        [](Call& c, Memory& m) {
          c.grad_key = MutableTensorView(m.f64.data(), {2, 2, 5, 8});
        },
-       "sdpa: grad_key.dtype is float64 but query.dtype is float32", kDType, kGrad},
+       "sdpa: grad_key.dtype is float64 but key.dtype is float32", kDType, kGrad},
       {"grad_key_bool", [](Call& c, Memory&) { c.grad_key.dtype = DType::kBool; },
-       "sdpa: grad_key.dtype is bool but query.dtype is float32", kDType, kGrad},
+       "sdpa: grad_key.dtype is bool but key.dtype is float32", kDType, kGrad},
       {"grad_key_shape_of_query_heads",
        [](Call& c, Memory& m) {
          c.grad_key = MutableTensorView(m.grad_key.data(), {2, 4, 5, 8});
@@ -299,7 +299,7 @@ std::vector<BadCall> BadCalls() {
        [](Call& c, Memory& m) {
          c.grad_value = MutableTensorView(m.f64.data(), {2, 2, 5, 6});
        },
-       "sdpa: grad_value.dtype is float64 but query.dtype is float32", kDType, kGrad},
+       "sdpa: grad_value.dtype is float64 but value.dtype is float32", kDType, kGrad},
       {"grad_value_shape_of_key",
        [](Call& c, Memory& m) {
          c.grad_value = MutableTensorView(m.grad_value.data(), {2, 2, 5, 8});

@@ -109,7 +109,21 @@ std::vector<BadCall> BadCalls() {
        "sdpa: value has rank 3 but query has rank 4"},
       // Element types.
       {"query_bool", [](Call& c, Memory&) { c.query.dtype = DType::kBool; },
-       "sdpa: query.dtype is bool but must be float32 or float64", kDType},
+       "sdpa: query.dtype is bool but must be float32, bfloat16, float16 or float64", kDType},
+      {"key_not_a_float", [](Call& c, Memory&) { c.key.dtype = DType::kBool; },
+       "sdpa: key.dtype is bool but must be float32, bfloat16, float16 or float64", kDType},
+      {"value_float16_key_float32", [](Call& c, Memory&) { c.value.dtype = DType::kFloat16; },
+       "sdpa: value.dtype is float16 but key.dtype is float32; key and value must share a dtype",
+       kDType},
+      {"key_bfloat16_query_float64",
+       [](Call& c, Memory& m) {
+         c.query = TensorView(m.f64.data(), {2, 4, 3, 64});
+         c.key.dtype = DType::kBFloat16;
+         c.value.dtype = DType::kBFloat16;
+       },
+       "sdpa: key.dtype is bfloat16 but query.dtype is float64; float64 needs query, key and "
+       "value all float64",
+       kDType},
       {"key_float64",
        [](Call& c, Memory& m) {
          c.key = TensorView(m.f64.data(), {2, 2, 5, 64});
@@ -120,22 +134,28 @@ std::vector<BadCall> BadCalls() {
          c.value = TensorView(m.f64.data(), {2, 2, 5, 16});
        },
        "sdpa: value.dtype is float64 but query.dtype is float32", kDType},
-      {"mask_float64",
+      {"mask_unknown_dtype",
        [](Call& c, Memory& m) {
-         SetMask(c, TensorView(m.f64.data(), {2, 1, 3, 5}));
+         SetMask(c, TensorView(m.f64.data(), static_cast<DType>(77),
+                               sdpa::Layout::Contiguous({2, 1, 3, 5})));
        },
-       "sdpa: options.mask.dtype is float64 but must be bool or float32 (the query's dtype)",
+       "sdpa: options.mask.dtype is unknown but must be bool or a float dtype (float32, float64, "
+       "bfloat16, float16)",
        kDType},
       {"out_float64",
        [](Call& c, Memory& m) {
          c.out = MutableTensorView(m.f64.data(), {2, 4, 3, 16});
        },
-       "sdpa: out.dtype is float64 but query.dtype is float32", kDType, kOut},
+       "sdpa: out.dtype is float64 but query.dtype is float32; out must be float32, bfloat16 or "
+       "float16",
+       kDType, kOut},
       {"lse_float64",
        [](Call& c, Memory& m) {
          c.lse = MutableTensorView(m.f64.data(), {2, 4, 3});
        },
-       "sdpa: lse.dtype is float64 but query.dtype is float32", kDType, kOut},
+       "sdpa: lse.dtype is float64 but query.dtype is float32; lse must be float32", kDType, kOut},
+      {"lse_bfloat16", [](Call& c, Memory&) { c.lse.dtype = DType::kBFloat16; },
+       "sdpa: lse.dtype is bfloat16 but query.dtype is float32; lse must be float32", kDType, kOut},
       // Sizes that must agree.
       {"key_head_dim",
        [](Call& c, Memory& m) {

@@ -153,9 +153,27 @@ inline std::int64_t OffsetOf(const sdpa::Layout& layout, std::int64_t flat) {
   return offset;
 }
 
-// Memory for one operand of element type T (float, double or bool) holding an Array in a chosen
-// layout. Memory not covered by the view is filled with `poison` (NaN for floats) so that a read
-// outside the view shows up in the result; a guard of poison lies before and after.
+// A 16-bit storage value as a double (exact), and a double rounded to one (nearest even).
+inline double ToDouble(sdpa::bfloat16 x) { return static_cast<double>(sdpa::ToFloat(x)); }
+inline double ToDouble(sdpa::float16 x) { return static_cast<double>(sdpa::ToFloat(x)); }
+template <typename T>
+constexpr bool kIsHalf = std::is_same_v<T, sdpa::bfloat16> || std::is_same_v<T, sdpa::float16>;
+
+// x rounded to the precision of T (float, double, bfloat16 or float16), as a double.
+template <typename T>
+double RoundedTo(double x) {
+  if constexpr (std::is_same_v<T, sdpa::bfloat16>) {
+    return ToDouble(sdpa::ToBFloat16(static_cast<float>(x)));
+  } else if constexpr (std::is_same_v<T, sdpa::float16>) {
+    return ToDouble(sdpa::ToFloat16(static_cast<float>(x)));
+  } else {
+    return static_cast<double>(static_cast<T>(x));
+  }
+}
+
+// Memory for one operand of element type T (float, double, bool, bfloat16, float16) holding an
+// Array in a chosen layout. Memory not covered by the view is filled with `poison` (NaN for floats)
+// so that a read outside the view shows up in the result; a guard of poison lies before and after.
 template <typename T>
 class Buffer {
  public:
@@ -190,7 +208,11 @@ class Buffer {
   Array Read() const {
     Array a(std::vector<std::int64_t>(layout_.shape, layout_.shape + layout_.rank));
     for (std::int64_t flat = 0; flat < a.size(); ++flat) {
-      a.values[static_cast<std::size_t>(flat)] = static_cast<double>(At(flat));
+      if constexpr (kIsHalf<T>) {
+        a.values[static_cast<std::size_t>(flat)] = ToDouble(At(flat));
+      } else {
+        a.values[static_cast<std::size_t>(flat)] = static_cast<double>(At(flat));
+      }
     }
     return a;
   }
@@ -214,6 +236,10 @@ class Buffer {
   static T Poison() {
     if constexpr (std::is_same_v<T, bool>) {
       return false;
+    } else if constexpr (std::is_same_v<T, sdpa::bfloat16>) {
+      return sdpa::bfloat16{0x7FC1};
+    } else if constexpr (std::is_same_v<T, sdpa::float16>) {
+      return sdpa::float16{0x7E01};
     } else {
       return std::numeric_limits<T>::quiet_NaN();
     }
@@ -221,6 +247,8 @@ class Buffer {
   static bool IsPoison(T x) {
     if constexpr (std::is_same_v<T, bool>) {
       return !x;
+    } else if constexpr (kIsHalf<T>) {
+      return x.bits == Poison().bits;
     } else {
       return std::isnan(x);
     }
@@ -228,6 +256,10 @@ class Buffer {
   static T FromDouble(double x) {
     if constexpr (std::is_same_v<T, bool>) {
       return x != 0.0;
+    } else if constexpr (std::is_same_v<T, sdpa::bfloat16>) {
+      return sdpa::ToBFloat16(static_cast<float>(x));
+    } else if constexpr (std::is_same_v<T, sdpa::float16>) {
+      return sdpa::ToFloat16(static_cast<float>(x));
     } else {
       return static_cast<T>(x);
     }
@@ -259,6 +291,12 @@ inline Array ReadView(const sdpa::TensorView& view) {
         break;
       case sdpa::DType::kBool:
         x = static_cast<const bool*>(view.data)[offset] ? 1.0 : 0.0;
+        break;
+      case sdpa::DType::kBFloat16:
+        x = ToDouble(static_cast<const sdpa::bfloat16*>(view.data)[offset]);
+        break;
+      case sdpa::DType::kFloat16:
+        x = ToDouble(static_cast<const sdpa::float16*>(view.data)[offset]);
         break;
     }
     a.values[static_cast<std::size_t>(flat)] = x;
