@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -566,27 +567,75 @@ def test_out_and_lse_must_differ(tmp_path, inputs, name, make, out, lse):
                              "--lse", lse, "--out", out, protected, cwd=tmp_path)
 
 
-def test_interrupted_run_leaves_no_output(tmp_path, rng):
-    """SIGTERM while computing: the temporary output is removed and the signal ends the process."""
-    q = rng.standard_normal((4, 2048, 64)).astype(np.float32)
-    path = save(tmp_path, "in_q.npy", q)
-    # The float64 reference takes seconds on this size: time to see the temporary file appear.
-    process = subprocess.Popen([CLI, "run", "--query", path, "--key", path, "--value", path,
-                                "--backend", "reference", "--out", tmp_path / "out.npy"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not any(".tmp." in name for name in os.listdir(tmp_path)):
-        assert process.poll() is None and time.monotonic() < deadline, "no temporary file seen"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == -signal.SIGTERM
+def test_file_size_limit_is_a_write_error(tmp_path, rng):
+    """ulimit -f: SIGXFSZ is ignored, so the write fails (EFBIG) and is reported like a full
+    disk; the temporary file is removed."""
+    q = save(tmp_path, "in_q.npy", rng.standard_normal((2, 64, 64)).astype("f4"))  # out: 32 KiB
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the old default action dumped core
+
+    result = subprocess.run([CLI, "run", "--query", q, "--key", q, "--value", q,
+                             "--out", str(tmp_path / "out.npy")], capture_output=True, text=True,
+                            timeout=120, preexec_fn=limit_file_size)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert re.fullmatch(r"sdpa: --out \S+out\.npy: write failed: File too large\n", result.stderr)
     assert no_outputs_left(tmp_path), os.listdir(tmp_path)
+
+
+def start_long_run(tmp_path, rng, heads=4, preexec_fn=None):
+    """A run that takes seconds (the float64 reference on 2048 x 2048), once its temporary
+    files exist."""
+    q = rng.standard_normal((heads, 2048, 64)).astype(np.float32)
+    path = save(tmp_path, "in_q.npy", q)
+    process = subprocess.Popen([CLI, "run", "--query", path, "--key", path, "--value", path,
+                                "--backend", "reference", "--out", tmp_path / "out.npy",
+                                "--lse", tmp_path / "lse.npy"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=preexec_fn)
+    deadline = time.monotonic() + 60
+    while sum(".tmp." in name for name in os.listdir(tmp_path)) < 2:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            pytest.fail("no temporary files seen")
+        time.sleep(0.01)
+    return process
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                                           signal.SIGPIPE], ids=lambda s: signal.Signals(s).name)
+def test_signal_removes_the_temporary_files(tmp_path, rng, signal_number):
+    """Ctrl-C or kill while computing: exit 128 + signal (130 for SIGINT), nothing left."""
+    process = start_long_run(tmp_path, rng)
+    try:
+        process.send_signal(signal_number)
+        assert process.wait(timeout=60) == 128 + signal_number
+    finally:
+        process.kill()
+        process.wait()
+    assert process.stdout.read() == b"" and process.stderr.read() == b""
+    assert no_outputs_left(tmp_path), os.listdir(tmp_path)
+
+
+def test_ignored_hangup_stays_ignored(tmp_path, rng):
+    """Under nohup (SIGHUP ignored by the parent) a hangup does not stop the run."""
+    process = start_long_run(tmp_path, rng, heads=1,
+                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        process.send_signal(signal.SIGHUP)
+        assert process.wait(timeout=120) == 0, process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+    assert np.load(tmp_path / "out.npy").shape == (1, 2048, 64)
 
 
 def test_help_documents_the_output_rules():
     result = run("run", "--help")
     for phrase in ("written in place", "symbolic link is followed", "dangling link",
-                   "same file"):
+                   "same file", "128 + the signal number (130 for Ctrl-C)", "ulimit -f"):
         assert phrase in result.stdout, phrase
 
 # ---------------------------------------------------------------------------- variants (issue 7)

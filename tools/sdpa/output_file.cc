@@ -18,28 +18,66 @@
 namespace sdpa::cli {
 namespace {
 
-// Temporary files to remove if the process is interrupted (Ctrl-C, kill) before it commits or
-// removes them itself. The handler only calls async-signal-safe functions (unlink, signal, raise).
+// ---- Files to remove if the process is interrupted (Ctrl-C, kill, a closed pipe) before the
+// command finishes: temporary files, and outputs committed while another one is still pending.
+//
+// A signal may arrive on any thread (the engine's OpenMP threads persist), so blocking signals on
+// the main thread would not keep the handler out of the moment between creating a file and
+// recording it. Instead that moment is a RegistryChange, and the handler and the main thread
+// agree through two sequentially consistent atomics: the handler first records the signal, then
+// looks at g_busy; the main thread first sets g_busy, then looks for a signal. Whichever comes
+// second sees the other, so either the handler finds the file recorded, or the main thread exits
+// on the handler's behalf once the file is recorded (or before creating it). The handler calls
+// only async-signal-safe functions (unlink, _exit) and lock-free atomics.
 constexpr int kMaxPending = 8;
 std::atomic<const char*> g_pending[kMaxPending];
+std::atomic<int> g_signal{0};  // the first handled signal received; 0 if none
+std::atomic<int> g_busy{0};    // 1 while the main thread changes g_pending with files
+static_assert(std::atomic<const char*>::is_always_lock_free &&
+                  std::atomic<int>::is_always_lock_free,
+              "the signal handler needs lock-free atomics");
 
-extern "C" void RemovePendingAndReraise(int signal_number) {
+constexpr int kHandledSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
+
+[[noreturn]] void RemovePendingAndExit(int signal_number) {
   for (auto& pending : g_pending) {
     if (const char* path = pending.load()) unlink(path);
   }
-  std::signal(signal_number, SIG_DFL);
-  std::raise(signal_number);
+  _exit(128 + signal_number);  // 130 for SIGINT, 143 for SIGTERM, as a shell reports them
 }
 
-// False if the slots (enough for the outputs of one command) are full.
+extern "C" void OnSignal(int signal_number) {
+  int none = 0;
+  g_signal.compare_exchange_strong(none, signal_number);
+  if (g_busy.load() == 0) RemovePendingAndExit(g_signal.load());
+  // Else the main thread is between creating (or renaming) a file and recording it; it exits
+  // with this signal when it has.
+}
+
+// While one exists, files may exist that g_pending does not list yet; a signal that arrives
+// meanwhile is acted on when it ends. Only the main thread makes these, one at a time.
+class RegistryChange {
+ public:
+  RegistryChange() {
+    g_busy.store(1);
+    ExitIfSignalled();
+  }
+  ~RegistryChange() {
+    g_busy.store(0);
+    ExitIfSignalled();
+  }
+  RegistryChange(const RegistryChange&) = delete;
+  RegistryChange& operator=(const RegistryChange&) = delete;
+
+ private:
+  static void ExitIfSignalled() {
+    if (const int signal_number = g_signal.load()) RemovePendingAndExit(signal_number);
+  }
+};
+
+// Inside a RegistryChange. The slots are enough for the outputs of one command (two, and each
+// briefly under two names in Commit); false if they are full.
 bool Register(const char* path) {
-  static const bool installed = [] {
-    for (int signal_number : {SIGINT, SIGTERM, SIGHUP, SIGPIPE}) {
-      std::signal(signal_number, RemovePendingAndReraise);
-    }
-    return true;
-  }();
-  (void)installed;
   for (auto& pending : g_pending) {
     const char* empty = nullptr;
     if (pending.compare_exchange_strong(empty, path)) return true;
@@ -47,6 +85,8 @@ bool Register(const char* path) {
   return false;
 }
 
+// The path is removed (or renamed) before it is unregistered: a signal in between unlinks a
+// name that no longer exists, never leaves a file behind.
 void Unregister(const char* path) {
   for (auto& pending : g_pending) {
     const char* expected = path;
@@ -87,6 +127,24 @@ std::string LinkText(const std::string& path) {
 }
 
 }  // namespace
+
+void InstallSignalHandlers() {
+  static const bool installed = [] {
+    struct sigaction action {};
+    action.sa_handler = OnSignal;
+    action.sa_flags = SA_RESTART;  // a deferred signal must not make a write fail with EINTR
+    sigemptyset(&action.sa_mask);
+    for (int signal_number : kHandledSignals) sigaddset(&action.sa_mask, signal_number);
+    for (int signal_number : kHandledSignals) {
+      struct sigaction previous {};
+      sigaction(signal_number, nullptr, &previous);
+      if (previous.sa_handler != SIG_IGN) sigaction(signal_number, &action, nullptr);
+    }
+    std::signal(SIGXFSZ, SIG_IGN);  // beyond RLIMIT_FSIZE, write() fails with EFBIG instead
+    return true;
+  }();
+  (void)installed;
+}
 
 // ---- OutputTarget
 
@@ -163,6 +221,7 @@ OutputFile::OutputFile(const OutputTarget& target)
       path_(target.path_),
       file_path_(target.file_path_),
       in_place_(target.in_place_) {
+  InstallSignalHandlers();
   if (in_place_) {
     // Standard output as itself (also a socket, which cannot be opened by name); anything else
     // opened without O_CREAT or O_TRUNC, so that nothing is created or replaced.
@@ -192,6 +251,7 @@ OutputFile::OutputFile(const OutputTarget& target)
   int error = 0;
   bool registered = false;
   {
+    RegistryChange change;
     fd = mkstemp(name.data());
     error = errno;
     if (fd >= 0) {
@@ -227,6 +287,7 @@ OutputFile::~OutputFile() {
     std::remove(temp_path_.c_str());
     Unregister(temp_path_.c_str());
   }
+  if (committed_) Unregister(file_path_.c_str());  // the command finished (or gave up on it)
 }
 
 void OutputFile::Fail(const std::string& what) const {
@@ -257,9 +318,13 @@ void OutputFile::Commit() {
   const mode_t mask = umask(0);
   umask(mask);
   chmod(temp_path_.c_str(), 0666 & ~mask);
+  RegistryChange change;
   if (std::rename(temp_path_.c_str(), file_path_.c_str()) != 0) {
     Fail("cannot rename the finished file into place: " + ErrorText(errno));
   }
+  // Listed under its new name before the old one goes: a signal in between removes the file.
+  (void)Register(file_path_.c_str());  // full slots only lose that removal
+  Unregister(temp_path_.c_str());
   committed_ = true;
 }
 

@@ -9,8 +9,9 @@
 // * A final symbolic link is followed: the file it names is written and the link is kept. A
 //   dangling link, a directory and a socket (unless it is standard output) are refused.
 // * Temporary files are removed on every exit path: errors and exceptions (the destructor), and
-//   SIGINT, SIGTERM, SIGHUP and SIGPIPE, whose handler unlinks them, then ends the process as the
-//   signal would have.
+//   SIGINT, SIGTERM, SIGHUP and SIGPIPE, whose handler unlinks them and exits with 128 + the
+//   signal number. SIGXFSZ is ignored, so that a file beyond `ulimit -f` is a write error (EFBIG)
+//   reported and cleaned up like a full disk.
 //
 // Which outputs may be the same file as an input or as each other is the caller's rule
 // (run.cc); OutputTarget gives it the comparisons.
@@ -22,6 +23,10 @@
 #include <string>
 
 namespace sdpa::cli {
+
+// Installs the signal handlers described above (idempotent). A signal that the parent process
+// ignores (nohup ignores SIGHUP) stays ignored.
+void InstallSignalHandlers();
 
 // A file's identity: device and inode numbers (st_dev, st_ino).
 struct FileId {
@@ -82,7 +87,8 @@ class OutputFile {
   // Flushes and closes, checking for errors. After this only Commit remains.
   void Finish();
   // Renames the finished temporary file to the destination, with the permissions a newly
-  // created file would get (0666 less the umask); nothing to do in place.
+  // created file would get (0666 less the umask); nothing to do in place. Until this object is
+  // destroyed, a signal removes the committed file again (the command did not finish).
   void Commit();
   // Removes the committed destination again (when a later step of the same command failed);
   // nothing to do in place.

@@ -88,6 +88,9 @@ constexpr const char* kHelp =
     "  and the link kept. A directory, a socket and a dangling link are refused (exit 1). An\n"
     "  output that is the same file as the other output or as any input, also through ./, a\n"
     "  symbolic link or a hard link, is refused before any file is read (exit 2).\n"
+    "  SIGINT, SIGTERM, SIGHUP and SIGPIPE remove the temporary files and exit with\n"
+    "  128 + the signal number (130 for Ctrl-C); going over a file size limit (ulimit -f) is a\n"
+    "  write error.\n"
     "\n"
     "example:\n"
     "  python3 -c \"import numpy as np; [np.save(n, np.random.randn(8, 128, 64).astype('f4'))\n"
@@ -392,6 +395,7 @@ int RunCommand(const std::vector<std::string>& argv) {
   options.seed = GetSeed(args);
 
   // The outputs, before any file is read: what each path is, and that none is an input.
+  InstallSignalHandlers();
   const OutputTarget out_target("--out", out_path);
   std::optional<OutputTarget> lse_target;
   if (lse_path) lse_target.emplace("--lse", *lse_path);
@@ -459,7 +463,7 @@ int RunCommand(const std::vector<std::string>& argv) {
         throw;
       }
     }
-  }  // Both outputs are final.
+  }  // Both outputs are final: from here on a signal leaves them.
 
   // The summary would follow the .npy bytes into the same stream.
   for (const OutputTarget* output : outputs) {
