@@ -7,11 +7,15 @@ starting "sdpa: " with the expected message, and that no output file (not even a
 is left behind. No timing assertions.
 """
 import importlib.util
+import io
 import json
 import os
 import re
+import resource
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import time
 
@@ -181,14 +185,6 @@ def test_reference_backend_and_verbose(tmp_path, rng):
     assert_close(np.load(tmp_path / "o.npy"), reference(q, q, q)[0], np.float64)
 
 
-def test_output_may_overwrite_an_input(tmp_path, rng):
-    q = rng.standard_normal((4, 8)).astype(np.float32)
-    path = save(tmp_path, "q.npy", q)
-    result = run("run", "--query", path, "--key", path, "--value", path, "--out", path)
-    assert result.returncode == 0, result.stderr
-    assert_close(np.load(path), reference(q, q, q)[0], np.float32)
-
-
 def test_seed_example_through_files(tmp_path):
     q = np.array([[1.0, 0.0], [0.0, 1.0]])
     v = np.array([[1.0, 2.0], [3.0, 4.0]])
@@ -258,14 +254,14 @@ def test_malformed_query_file(tmp_path, name, content, message):
     assert_fails(tmp_path, ["run", "--query", query, "--key", key, "--value", key], message)
 
 
-def assert_fails(tmp_path, args, message, code=1, outputs=("out.npy", "lse.npy")):
+def assert_fails(tmp_path, args, message, code=1, outputs=("out.npy", "lse.npy"), cwd=None):
     """Runs with --out (and --lse) in tmp_path; checks the failure and that nothing was written."""
     extra = []
     if "--out" not in args:
         extra += ["--out", tmp_path / outputs[0]]
     if args and args[0] == "run" and "--lse" not in args:
         extra += ["--lse", tmp_path / outputs[1]]
-    result = run(*args, *(extra if args and args[0] == "run" else []))
+    result = run(*args, *(extra if args and args[0] == "run" else []), cwd=cwd)
     assert result.returncode == code, (result.returncode, result.stderr)
     assert result.stdout == ""
     lines = result.stderr.splitlines()
@@ -338,23 +334,6 @@ def test_failure_keeps_an_existing_output(tmp_path, rng, inputs):
     assert old.read_bytes() == before
 
 
-def test_interrupted_run_leaves_no_output(tmp_path, rng):
-    """SIGTERM while computing: the temporary output is removed and the signal ends the process."""
-    q = rng.standard_normal((4, 2048, 64)).astype(np.float32)
-    path = save(tmp_path, "in_q.npy", q)
-    # The float64 reference takes seconds on this size: time to see the temporary file appear.
-    process = subprocess.Popen([CLI, "run", "--query", path, "--key", path, "--value", path,
-                                "--backend", "reference", "--out", tmp_path / "out.npy"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not any(".tmp." in name for name in os.listdir(tmp_path)):
-        assert process.poll() is None and time.monotonic() < deadline, "no temporary file seen"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == -signal.SIGTERM
-    assert no_outputs_left(tmp_path), os.listdir(tmp_path)
-
-
 USAGE_ERRORS = [
     ("unknown_command", ["frobnicate"], r"^sdpa: unknown command 'frobnicate'"),
     ("no_command", [], r"^sdpa: no command given"),
@@ -386,10 +365,278 @@ def test_usage_errors(tmp_path, name, args, message):
     assert os.listdir(tmp_path) == []
 
 
-def test_out_and_lse_must_differ(tmp_path, inputs):
-    assert_fails(tmp_path, ["run", *qkv(inputs), "--out", tmp_path / "x.npy", "--lse",
-                            tmp_path / "x.npy"], r"--out and --lse are the same file", code=2)
+# ---------------------------------------------------------------------------- outputs (issue 19)
+# --out and --lse never destroy what they should not: a device or FIFO is written in place, a
+# symbolic link is followed, an output that is the other output or an input is refused before any
+# file is read, and no temporary file survives an error or a signal. Tests whose rule, broken,
+# would damage the machine (/dev/null, /dev/stdout as root) first check the same rule on a copy in
+# tmp_path and only then touch the real file.
 
+def expected_out(inputs):
+    return reference(*(np.load(inputs[n]) for n in "qkv"))[0]
+
+
+def load_whole(data):
+    """The array of a .npy file given as bytes; asserts that nothing follows it."""
+    stream = io.BytesIO(data)
+    array = np.load(stream)
+    assert stream.tell() == len(data), f"{len(data) - stream.tell()} bytes after the array"
+    return array
+
+
+def assert_null_device(path):
+    info = os.lstat(path)
+    assert stat.S_ISCHR(info.st_mode) and info.st_rdev == os.makedev(1, 3), oct(info.st_mode)
+
+
+def test_device_out_is_written_in_place(tmp_path, inputs):
+    """A character device is opened and written, never replaced by a regular file."""
+    if os.geteuid() == 0:  # only root can make device nodes, and only root could replace one
+        nodes = [tmp_path / "null_out", tmp_path / "null_lse"]
+        for node in nodes:
+            os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        result = run("run", *qkv(inputs), "--out", nodes[0], "--lse", nodes[1])
+        assert result.returncode == 0, result.stderr
+        for node in nodes:
+            assert_null_device(node)
+        assert sorted(os.listdir(tmp_path)) == ["in_k.npy", "in_q.npy", "in_v.npy", "null_lse",
+                                                "null_out"]
+    result = run("run", *qkv(inputs), "--out", "/dev/null")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("/dev/null: float32 (2, 5, 4)")
+    assert_null_device("/dev/null")
+
+
+def test_fifo_out_is_written_in_place(tmp_path, inputs):
+    """A FIFO read by `cat` gets the .npy bytes and stays a FIFO."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", fifo], stdout=subprocess.PIPE)
+    try:
+        result = run("run", *qkv(inputs), "--out", fifo, "--lse", tmp_path / "lse.npy", timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+        data, _ = reader.communicate(timeout=60)
+    finally:
+        reader.kill()
+        reader.wait()
+    assert_close(load_whole(data), expected_out(inputs), np.float32)
+    assert np.load(tmp_path / "lse.npy").shape == (2, 5)
+
+
+def test_out_to_standard_output(tmp_path, inputs):
+    """--out /dev/stdout into a pipe: stdout is exactly the .npy file, without the summary line,
+    and the link /dev/stdout stays a link."""
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    for out in (link, "/dev/stdout"):
+        result = subprocess.run([CLI, "run", *map(str, qkv(inputs)), "--out", str(out)],
+                                capture_output=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == b""
+        assert os.path.islink(link) and os.path.islink("/dev/stdout")
+        assert_close(load_whole(result.stdout), expected_out(inputs), np.float32)
+
+
+def _make_socket(path):
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))  # the socket file stays after close
+
+
+# Targets that are refused (exit 1) and left as they were. name, how to make in_target
+# (directory -> None), message regex after "--out <path>: ".
+REFUSED_TARGETS = [
+    ("socket", _make_socket, r"is a socket; sdpa writes only regular files, devices and FIFOs"),
+    ("directory", lambda path: path.mkdir(), r"is a directory"),
+    ("link_to_directory", lambda path: (path.parent / "in_dir").mkdir() or
+     path.symlink_to("in_dir"), r"is a directory"),
+    ("dangling_link", lambda path: path.symlink_to("in_nothere.npy"),
+     r"is a dangling symbolic link \(to in_nothere\.npy\); sdpa does not create files through a "
+     r"link"),
+    ("link_loop", lambda path: path.symlink_to(path.name),
+     r"cannot follow the symbolic link: Too many levels of symbolic links"),
+]
+
+
+@pytest.mark.parametrize("name,make,message", REFUSED_TARGETS, ids=[c[0] for c in REFUSED_TARGETS])
+def test_refused_output_target(tmp_path, inputs, name, make, message):
+    target = tmp_path / "in_target"
+    make(target)
+    before = os.lstat(target)
+    assert_fails(tmp_path, ["run", *qkv(inputs), "--out", target],
+                 r"^sdpa: --out \S+in_target: " + message + "$")
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert not (tmp_path / "in_nothere.npy").exists()
+
+
+@pytest.mark.parametrize("flag", ["--out", "--lse"])
+def test_symlink_out_updates_its_target(tmp_path, inputs, flag):
+    """The link stays a link (relative, into another directory); the file it names is replaced."""
+    (tmp_path / "elsewhere").mkdir()
+    target = tmp_path / "elsewhere" / "target.npy"
+    np.save(target, np.zeros(3))
+    link = tmp_path / "link.npy"
+    link.symlink_to(os.path.join("elsewhere", "target.npy"))
+    paths = {"--out": tmp_path / "out.npy", "--lse": tmp_path / "lse.npy", flag: link}
+    result = run("run", *qkv(inputs), "--out", paths["--out"], "--lse", paths["--lse"])
+    assert result.returncode == 0, result.stderr
+    assert os.path.islink(link) and os.readlink(link) == os.path.join("elsewhere", "target.npy")
+    assert np.load(target).shape == ((2, 5, 4) if flag == "--out" else (2, 5))
+    assert os.listdir(tmp_path / "elsewhere") == ["target.npy"]  # no temporary file left
+
+
+# How an output path can name an existing file at `path` in `directory`.
+SAME_FILE_FORMS = [
+    ("same_path", lambda d, path: path),
+    ("dot_slash", lambda d, path: os.path.join(d, ".", os.path.basename(path))),
+    ("via_parent", lambda d, path: (d / "in_sub").mkdir() or
+     os.path.join(d, "in_sub", "..", os.path.basename(path))),
+    ("symlink", lambda d, path: (d / "in_link.npy").symlink_to(path) or d / "in_link.npy"),
+    ("hard_link", lambda d, path: os.link(path, d / "in_hard.npy") or d / "in_hard.npy"),
+]
+
+
+def assert_same_file_refused(tmp_path, args, output_flag, output, input_flag, input_path,
+                             protected, cwd=None):
+    """Exit 2 naming both flags and paths, before anything is written; `protected` unchanged."""
+    before = {path: open(path, "rb").read() for path in protected}
+    assert_fails(tmp_path, args, "^sdpa: run: " + re.escape(
+        f"{output_flag} {output} is the same file as {input_flag} {input_path}; choose another "
+        "output path") + "$", code=2, cwd=cwd)
+    for path, content in before.items():
+        assert open(path, "rb").read() == content, path
+
+
+@pytest.mark.parametrize("form", [c[1] for c in SAME_FILE_FORMS],
+                         ids=[c[0] for c in SAME_FILE_FORMS])
+def test_output_that_is_an_input_is_refused(tmp_path, inputs, form):
+    out = form(tmp_path, inputs["q"])
+    assert_same_file_refused(tmp_path, ["run", *qkv(inputs), "--out", out], "--out", out,
+                             "--query", inputs["q"], [inputs["q"]])
+
+
+# Every input flag. flag, what in_x.npy holds, the arguments (inputs, x) that make it read x.
+INPUT_FLAGS = [
+    ("--key", np.zeros((2, 6, 8), np.float32), lambda i, x: qkv(i, k=x)),
+    ("--value", np.zeros((2, 6, 4), np.float32), lambda i, x: qkv(i, v=x)),
+    ("--mask", np.ones((5, 6), bool), lambda i, x: [*qkv(i), "--mask", x]),
+    ("--alibi-slopes", np.float32([0.5, 0.25]), lambda i, x: [*qkv(i), "--alibi-slopes", f"@{x}"]),
+    ("--sinks", np.float32([0, 1]), lambda i, x: [*qkv(i), "--sinks", f"@{x}"]),
+    ("--cu-seqlens-q", np.int64([0, 5]),
+     lambda i, x: [*qkv(i), "--cu-seqlens-q", f"@{x}", "--cu-seqlens-k", "0,6"]),
+    ("--cu-seqlens-k", np.int64([0, 6]),
+     lambda i, x: [*qkv(i), "--cu-seqlens-q", "0,5", "--cu-seqlens-k", f"@{x}"]),
+]
+
+
+@pytest.mark.parametrize("output_flag", ["--out", "--lse"])
+@pytest.mark.parametrize("input_flag,content,args", INPUT_FLAGS, ids=[c[0] for c in INPUT_FLAGS])
+def test_every_input_flag_is_checked(tmp_path, inputs, output_flag, input_flag, content, args):
+    """A hard link to any input, given as either output, is refused."""
+    x = save(tmp_path, "in_x.npy", content)
+    assert run("run", *args(inputs, x), "--out", tmp_path / "o.npy").returncode == 0
+    os.remove(tmp_path / "o.npy")  # the inputs are valid: only the output path is wrong below
+    output = tmp_path / "in_hard.npy"
+    os.link(x, output)
+    assert_same_file_refused(tmp_path, ["run", *args(inputs, x), output_flag, output],
+                             output_flag, output, input_flag, x, [x])
+
+
+# --out and --lse naming one file, relative to the directory. name, make files, out, lse.
+OUT_LSE_FORMS = [
+    ("same_new_name", lambda d: None, "o.npy", "o.npy"),
+    ("dot_slash", lambda d: None, "o.npy", "./o.npy"),
+    ("via_parent", lambda d: (d / "in_sub").mkdir(), "o.npy", "in_sub/../o.npy"),
+    ("via_directory_link", lambda d: (d / "in_here").symlink_to("."), "o.npy", "in_here/o.npy"),
+    ("two_links_to_one_file", lambda d: np.save(d / "in_old.npy", np.zeros(2)) or
+     (d / "in_l1.npy").symlink_to("in_old.npy") or (d / "in_l2.npy").symlink_to("in_old.npy"),
+     "in_l1.npy", "in_l2.npy"),
+    ("hard_links", lambda d: np.save(d / "in_old.npy", np.zeros(2)) or
+     os.link(d / "in_old.npy", d / "in_h.npy"), "in_old.npy", "in_h.npy"),
+]
+
+
+@pytest.mark.parametrize("name,make,out,lse", OUT_LSE_FORMS, ids=[c[0] for c in OUT_LSE_FORMS])
+def test_out_and_lse_must_differ(tmp_path, inputs, name, make, out, lse):
+    """Refused before any input is read: here the key does not even exist."""
+    make(tmp_path)
+    protected = [tmp_path / "in_old.npy"] if (tmp_path / "in_old.npy").exists() else []
+    assert_same_file_refused(tmp_path, ["run", *qkv(inputs, k=tmp_path / "in_nothere.npy"),
+                                        "--out", out, "--lse", lse],
+                             "--lse", lse, "--out", out, protected, cwd=tmp_path)
+
+
+def test_file_size_limit_is_a_write_error(tmp_path, rng):
+    """ulimit -f: SIGXFSZ is ignored, so the write fails (EFBIG) and is reported like a full
+    disk; the temporary file is removed."""
+    q = save(tmp_path, "in_q.npy", rng.standard_normal((2, 64, 64)).astype("f4"))  # out: 32 KiB
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the old default action dumped core
+
+    result = subprocess.run([CLI, "run", "--query", q, "--key", q, "--value", q,
+                             "--out", str(tmp_path / "out.npy")], capture_output=True, text=True,
+                            timeout=120, preexec_fn=limit_file_size)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert re.fullmatch(r"sdpa: --out \S+out\.npy: write failed: File too large\n", result.stderr)
+    assert no_outputs_left(tmp_path), os.listdir(tmp_path)
+
+
+def start_long_run(tmp_path, rng, heads=4, preexec_fn=None):
+    """A run that takes seconds (the float64 reference on 2048 x 2048), once its temporary
+    files exist."""
+    q = rng.standard_normal((heads, 2048, 64)).astype(np.float32)
+    path = save(tmp_path, "in_q.npy", q)
+    process = subprocess.Popen([CLI, "run", "--query", path, "--key", path, "--value", path,
+                                "--backend", "reference", "--out", tmp_path / "out.npy",
+                                "--lse", tmp_path / "lse.npy"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=preexec_fn)
+    deadline = time.monotonic() + 60
+    while sum(".tmp." in name for name in os.listdir(tmp_path)) < 2:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            pytest.fail("no temporary files seen")
+        time.sleep(0.01)
+    return process
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                                           signal.SIGPIPE], ids=lambda s: signal.Signals(s).name)
+def test_signal_removes_the_temporary_files(tmp_path, rng, signal_number):
+    """Ctrl-C or kill while computing: exit 128 + signal (130 for SIGINT), nothing left."""
+    process = start_long_run(tmp_path, rng)
+    try:
+        process.send_signal(signal_number)
+        assert process.wait(timeout=60) == 128 + signal_number
+    finally:
+        process.kill()
+        process.wait()
+    assert process.stdout.read() == b"" and process.stderr.read() == b""
+    assert no_outputs_left(tmp_path), os.listdir(tmp_path)
+
+
+def test_ignored_hangup_stays_ignored(tmp_path, rng):
+    """Under nohup (SIGHUP ignored by the parent) a hangup does not stop the run."""
+    process = start_long_run(tmp_path, rng, heads=1,
+                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        process.send_signal(signal.SIGHUP)
+        assert process.wait(timeout=120) == 0, process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+    assert np.load(tmp_path / "out.npy").shape == (1, 2048, 64)
+
+
+def test_help_documents_the_output_rules():
+    result = run("run", "--help")
+    for phrase in ("written in place", "symbolic link is followed", "dangling link",
+                   "same file", "128 + the signal number (130 for Ctrl-C)", "ulimit -f"):
+        assert phrase in result.stdout, phrase
 
 # ---------------------------------------------------------------------------- variants (issue 7)
 # --window, --alibi-slopes, --softcap, --sinks, --cu-seqlens-q/-k, --dropout, --seed. Results are

@@ -1,10 +1,12 @@
 // `sdpa run`: attention on .npy files.
 //
-// Data flow: parse the whole command line (the variant flags into sdpa::Options) → read the
-// inputs (whole, checked against the file size before allocating), then the @FILE.npy lists of
-// the variant flags → view them without copying (Fortran order becomes column-major strides) →
-// validate with sdpa::Explain before creating any output → compute → write temporary files →
-// rename them into place. Any failure on the way leaves no output file behind.
+// Data flow: parse the whole command line (the variant flags into sdpa::Options) → look at the
+// output paths (OutputTarget: a device is written in place, a link followed, an output that is
+// an input refused) → read the inputs (whole, checked against the file size before allocating),
+// then the @FILE.npy lists of the variant flags → view them without copying (Fortran order
+// becomes column-major strides) → validate with sdpa::Explain before creating any output →
+// compute → write temporary files → rename them into place. Any failure on the way, and any
+// SIGINT, SIGTERM, SIGHUP or SIGPIPE, leaves no output file behind.
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
@@ -40,7 +42,7 @@ constexpr const char* kHelp =
     "  --query FILE      query,  (batch, heads,    q_len,  head_dim)\n"
     "  --key FILE        key,    (batch, kv_heads, kv_len, head_dim)\n"
     "  --value FILE      value,  (batch, kv_heads, kv_len, v_dim)\n"
-    "  --out FILE        where to write the output (replaced only on success)\n"
+    "  --out FILE        where to write the output (replaced only on success; see outputs)\n"
     "  --mask FILE       bool (true = attend) or float (added to the scaled scores) mask,\n"
     "                    broadcastable to (batch, heads, q_len, kv_len); a float mask of the\n"
     "                    other float type is converted to the query's\n"
@@ -77,6 +79,18 @@ constexpr const char* kHelp =
     "float32/float64 for --alibi-slopes and --sinks, int32/int64 for --cu-seqlens-q/-k.\n"
     "\n"
     "Rows that see no key get out = 0 and lse = -inf (their sink, with --sinks).\n"
+    "\n"
+    "outputs (--out, --lse):\n"
+    "  A regular file is written to a temporary file next to it and renamed over it on success,\n"
+    "  so it appears whole or not at all. A character or block device or a FIFO (/dev/null,\n"
+    "  /dev/stdout) is written in place, never replaced; when an output is standard output the\n"
+    "  summary line is not printed. A symbolic link is followed: the file it names is written\n"
+    "  and the link kept. A directory, a socket and a dangling link are refused (exit 1). An\n"
+    "  output that is the same file as the other output or as any input, also through ./, a\n"
+    "  symbolic link or a hard link, is refused before any file is read (exit 2).\n"
+    "  SIGINT, SIGTERM, SIGHUP and SIGPIPE remove the temporary files and exit with\n"
+    "  128 + the signal number (130 for Ctrl-C); going over a file size limit (ulimit -f) is a\n"
+    "  write error.\n"
     "\n"
     "example:\n"
     "  python3 -c \"import numpy as np; [np.save(n, np.random.randn(8, 128, 64).astype('f4'))\n"
@@ -306,6 +320,39 @@ std::vector<T> ListValues(const ListArg<T>& list) {
   }
 }
 
+// An input file the command will read: its flag and path.
+struct InputPath {
+  std::string flag;
+  std::string path;
+};
+
+// Refuses (exit 2) an output that is the same file as the other output or as an input: renaming
+// the result over an input would destroy it, and two outputs in one file would lose one. Runs
+// before any file is read or created.
+void CheckOutputsAreDistinct(const std::vector<const OutputTarget*>& outputs,
+                             const std::vector<InputPath>& inputs) {
+  auto refuse = [](const OutputTarget& output, const std::string& flag, const std::string& path) {
+    throw UsageError("run: " + output.flag() + " " + output.path() + " is the same file as " +
+                     flag + " " + path + "; choose another output path");
+  };
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    for (std::size_t j = 0; j < i; ++j) {
+      if (outputs[i]->SameFileAs(*outputs[j])) {
+        refuse(*outputs[i], outputs[j]->flag(), outputs[j]->path());
+      }
+    }
+    for (const InputPath& input : inputs) {
+      if (outputs[i]->Is(input.path)) refuse(*outputs[i], input.flag, input.path);
+    }
+  }
+}
+
+// The list flags' @FILE.npy paths, for CheckOutputsAreDistinct.
+template <typename T>
+void AddListPath(const std::optional<ListArg<T>>& list, std::vector<InputPath>* inputs) {
+  if (list && list->path) inputs->push_back({list->flag, *list->path});
+}
+
 }  // namespace
 
 int RunCommand(const std::vector<std::string>& argv) {
@@ -334,9 +381,6 @@ int RunCommand(const std::vector<std::string>& argv) {
   const std::optional<std::string> lse_path = args.Get("lse");
   if (mask_path && mask_path->empty()) throw UsageError("run: option --mask is empty");
   if (lse_path && lse_path->empty()) throw UsageError("run: option --lse is empty");
-  if (lse_path && *lse_path == out_path) {
-    throw UsageError("run: --out and --lse are the same file '" + out_path + "'");
-  }
   options.window = GetWindow(args);
   const auto alibi_slopes = GetList<double>(args, "alibi-slopes", "numbers");
   options.softcap = args.GetDouble("softcap");
@@ -349,6 +393,22 @@ int RunCommand(const std::vector<std::string>& argv) {
   }
   options.dropout_p = args.GetDouble("dropout").value_or(0.0);
   options.seed = GetSeed(args);
+
+  // The outputs, before any file is read: what each path is, and that none is an input.
+  InstallSignalHandlers();
+  const OutputTarget out_target("--out", out_path);
+  std::optional<OutputTarget> lse_target;
+  if (lse_path) lse_target.emplace("--lse", *lse_path);
+  std::vector<const OutputTarget*> outputs = {&out_target};
+  if (lse_target) outputs.push_back(&*lse_target);
+  std::vector<InputPath> inputs = {
+      {"--query", query_path}, {"--key", key_path}, {"--value", value_path}};
+  if (mask_path) inputs.push_back({"--mask", *mask_path});
+  AddListPath(alibi_slopes, &inputs);
+  AddListPath(sinks, &inputs);
+  AddListPath(cu_seqlens_q, &inputs);
+  AddListPath(cu_seqlens_k, &inputs);
+  CheckOutputsAreDistinct(outputs, inputs);
 
   const Input query = ReadInput("query", query_path);
   const Input key = ReadInput("key", key_path);
@@ -376,34 +436,42 @@ int RunCommand(const std::vector<std::string>& argv) {
   const Plan plan = Explain(query.view, key.view, value.view, options);
   if (args.Has("verbose")) std::cerr << plan.ToString() << "\n";
 
-  OutputFile out_file("--out", out_path);
-  std::unique_ptr<OutputFile> lse_file;
-  if (lse_path) lse_file = std::make_unique<OutputFile>("--lse", *lse_path);
-
-  const Stopwatch clock;
   AttentionResult result;
-  if (lse_file) {
-    result = AttentionWithLse(query.view, key.view, value.view, options);
-  } else {
-    result.out = Attention(query.view, key.view, value.view, options);
-  }
-  const double seconds = clock.Seconds();
+  double seconds = 0;
+  {
+    // Created before computing, so that an unwritable directory is reported before the work.
+    OutputFile out_file(out_target);
+    std::unique_ptr<OutputFile> lse_file;
+    if (lse_target) lse_file = std::make_unique<OutputFile>(*lse_target);
 
-  WriteTo(out_file, result.out.view());
-  if (lse_file) WriteTo(*lse_file, result.lse.view());
-  out_file.Commit();
-  if (lse_file) {
-    try {
-      lse_file->Commit();
-    } catch (...) {
-      out_file.Retract();
-      throw;
+    const Stopwatch clock;
+    if (lse_file) {
+      result = AttentionWithLse(query.view, key.view, value.view, options);
+    } else {
+      result.out = Attention(query.view, key.view, value.view, options);
     }
-  }
+    seconds = clock.Seconds();
 
+    WriteTo(out_file, result.out.view());
+    if (lse_file) WriteTo(*lse_file, result.lse.view());
+    out_file.Commit();
+    if (lse_file) {
+      try {
+        lse_file->Commit();
+      } catch (...) {
+        out_file.Retract();
+        throw;
+      }
+    }
+  }  // Both outputs are final: from here on a signal leaves them.
+
+  // The summary would follow the .npy bytes into the same stream.
+  for (const OutputTarget* output : outputs) {
+    if (output->IsStandardOutput()) return kExitOk;
+  }
   std::cout << out_path << ": " << DTypeName(result.out.dtype()) << " "
             << ShapeText(result.out.view());
-  if (lse_file) std::cout << ", " << *lse_path << ": " << ShapeText(result.lse.view());
+  if (lse_target) std::cout << ", " << *lse_path << ": " << ShapeText(result.lse.view());
   char timing[64];
   std::snprintf(timing, sizeof(timing), " (%.3f ms, %s)", seconds * 1e3, BackendName(plan.backend));
   std::cout << timing << "\n";
