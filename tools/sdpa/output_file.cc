@@ -21,7 +21,7 @@ namespace {
 // ---- Files to remove if the process is interrupted (Ctrl-C, kill, a closed pipe) before the
 // command finishes: temporary files, and outputs committed while another one is still pending.
 //
-// A signal may arrive on any thread (the engine's OpenMP threads persist), so blocking signals on
+// A signal may arrive on any thread (the engine's pool threads persist), so blocking signals on
 // the main thread would not keep the handler out of the moment between creating a file and
 // recording it. Instead that moment is a RegistryChange, and the handler and the main thread
 // agree through two sequentially consistent atomics: the handler first records the signal, then
