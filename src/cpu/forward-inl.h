@@ -151,6 +151,7 @@ class ForwardTask {
     if (mask_mod) ApplyMaskMod(p_, steps_.Block(j0, keys, rp_), st_);
     OnlineSoftmaxUpdate(KeysSeen(j0, keys));
     if (dropout_) DropProbabilities(seq, j0, keys);
+    if constexpr (kIs16Bit<S>) RoundProbabilities(keys);
     // 0 · NaN = NaN: a masked or dropped key whose V row is not finite would poison rows that
     // do not use it, so such tiles take the path that skips zero probabilities.
     if ((partial || dropout_) && !AllFinite(d_, v, ldv, keys, p_.v_dim)) {
@@ -175,6 +176,14 @@ class ForwardTask {
     std::fill(m_, m_ + rp_, -std::numeric_limits<T>::infinity());
     std::fill(l_, l_ + rp_, T(0));
     if (with_sinks) StartWithSinks();
+  }
+
+  // P rounded to the 16-bit type of V before P·V (pack-inl.h RoundToStorage); the row sums
+  // were taken from the unrounded P.
+  void RoundProbabilities(std::int64_t keys) {
+    for (std::int64_t e = 0; e < keys * rp_; e += n_) {
+      hn::Store(RoundToStorage<S>(d_, hn::Load(d_, st_ + e)), d_, st_ + e);
+    }
   }
 
   // P ← P·Z after the row sums were taken (the softmax normalises the undropped P).

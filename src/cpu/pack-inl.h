@@ -69,6 +69,31 @@ void StoreRow(const T* src, T factor, std::int64_t width, void* dst, DType dtype
   });
 }
 
+// x (float32 lanes: probabilities, >= 0) rounded to the precision of the 16-bit type S, ties to
+// even (NaN stays NaN; the float32 exponent range is kept): P is rounded like this before P·V when
+// V is 16-bit, as PyTorch and FlashAttention do (their P·V multiplies 16-bit operands). bfloat16:
+// drop 16 mantissa bits. float16: drop 13 bits in its normal range; below 2^-14 round to its
+// subnormal step 2^-24.
+template <typename S, class D>
+HWY_INLINE hn::Vec<D> RoundToStorage(D d, hn::Vec<D> x) {
+  const hn::RebindToUnsigned<D> du;
+  const auto bits = hn::BitCast(du, x);
+  if constexpr (std::is_same_v<S, bfloat16>) {
+    const auto odd = hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1u));
+    const auto up = hn::Add(bits, hn::Add(hn::Set(du, 0x7FFFu), odd));
+    return hn::IfThenElse(hn::IsNaN(x), x, hn::BitCast(d, hn::And(up, hn::Set(du, 0xFFFF0000u))));
+  } else {
+    const auto odd = hn::And(hn::ShiftRight<13>(bits), hn::Set(du, 1u));
+    const auto up = hn::Add(bits, hn::Add(hn::Set(du, 0xFFFu), odd));
+    const auto normal = hn::BitCast(d, hn::And(up, hn::Set(du, 0xFFFFE000u)));
+    const auto step = hn::Set(d, 5.9604644775390625e-8f);  // 2^-24
+    const auto subnormal = hn::Mul(hn::Round(hn::Div(x, step)), step);
+    const auto rounded =
+        hn::IfThenElse(hn::Lt(x, hn::Set(d, 6.103515625e-5f)), subnormal, normal);  // 2^-14
+    return hn::IfThenElse(hn::IsNaN(x), x, rounded);
+  }
+}
+
 // Element (b, h, i, 0) of an operand stored as op.dtype, as a pointer to its bytes.
 template <class Op>
 auto* RowOf(const Op& op, std::int64_t b, std::int64_t h, std::int64_t i) {
@@ -78,11 +103,38 @@ auto* RowOf(const Op& op, std::int64_t b, std::int64_t h, std::int64_t i) {
                                            static_cast<std::int64_t>(DTypeSize(op.dtype));
 }
 
+template <typename S>
+inline constexpr bool kIs16Bit = std::is_same_v<S, bfloat16> || std::is_same_v<S, float16>;
+
+// Highway's lane type for a 16-bit storage type (the same 16 bits).
+template <typename S>
+using HwyHalf = std::conditional_t<std::is_same_v<S, bfloat16>, hwy::bfloat16_t, hwy::float16_t>;
+
 // Rows [0, count) of `width` elements, gathered with element stride `stride` from rows `ld`
-// apart, into dst [count][padded] with zeros after `width`.
+// apart, into dst [count][padded] with zeros after `width`. Unit-stride 16-bit rows are widened
+// a vector at a time (shifts for bfloat16, F16C for float16 on x86): the K/V tiles of a 16-bit
+// cache pass here once per tile, and for decode this conversion is the whole cost of a tile
+// besides reading it.
 template <typename S, typename T>
 void PackRows(const S* src, std::int64_t ld, std::int64_t stride, std::int64_t count,
               std::int64_t width, std::int64_t padded, T* dst) {
+  if constexpr (kIs16Bit<S> && std::is_same_v<T, float>) {
+    if (stride == 1) {
+      const hn::ScalableTag<float> df;
+      const hn::Rebind<HwyHalf<S>, decltype(df)> dh;
+      const auto n = static_cast<std::int64_t>(hn::Lanes(df));
+      for (std::int64_t c = 0; c < count; ++c) {
+        const auto* from = reinterpret_cast<const HwyHalf<S>*>(src + c * ld);
+        T* row = dst + c * padded;
+        std::int64_t x = 0;
+        for (; x + n <= width; x += n)
+          hn::StoreU(hn::PromoteTo(df, hn::LoadU(dh, from + x)), df, row + x);
+        for (; x < width; ++x) row[x] = Widen<T>(src[c * ld + x]);
+        std::fill(row + width, row + padded, T(0));
+      }
+      return;
+    }
+  }
   for (std::int64_t c = 0; c < count; ++c) {
     T* row = dst + c * padded;
     for (std::int64_t x = 0; x < width; ++x) row[x] = Widen<T>(src[c * ld + x * stride]);
