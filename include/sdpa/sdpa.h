@@ -6,13 +6,14 @@
 // tensor.h   views and owned tensors      options.h  the options struct
 // attention.h forward, explain, threads   seed.h     self_attention and compute_qkv
 // error.h    sdpa::Error                  version.h  SDPA_VERSION
-// half.h     bfloat16, float16 storage types
+// half.h     bfloat16, float16 storage types   kv_cache.h attention over a KV cache (decode)
 #pragma once
 
 #include "sdpa/attention.h"
 #include "sdpa/custom.h"
 #include "sdpa/error.h"
 #include "sdpa/half.h"
+#include "sdpa/kv_cache.h"
 #include "sdpa/options.h"
 #include "sdpa/seed.h"
 #include "sdpa/system.h"

@@ -22,9 +22,11 @@ enum class DType : std::uint8_t {
   kBool,  // masks only: true = attend
   kBFloat16,
   kFloat16,
+  kInt8,   // KV caches only (sdpa/kv_cache.h), with scales
+  kInt32,  // indices: block tables, sequence lengths
 };
 
-// "float32", "float64", "bool", "bfloat16", "float16".
+// "float32", "float64", "bool", "bfloat16", "float16", "int8", "int32".
 const char* DTypeName(DType dtype);
 // Size of one element in bytes.
 std::size_t DTypeSize(DType dtype);
@@ -50,6 +52,14 @@ constexpr DType DTypeOf<bfloat16>() {
 template <>
 constexpr DType DTypeOf<float16>() {
   return DType::kFloat16;
+}
+template <>
+constexpr DType DTypeOf<std::int8_t>() {
+  return DType::kInt8;
+}
+template <>
+constexpr DType DTypeOf<std::int32_t>() {
+  return DType::kInt32;
 }
 
 inline constexpr int kMaxRank = 4;

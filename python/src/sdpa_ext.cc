@@ -86,6 +86,14 @@ nb::dlpack::dtype ToDLPack(sdpa::DType dtype) {
       return nb::dtype<double>();
     case sdpa::DType::kBool:
       return nb::dtype<bool>();
+    case sdpa::DType::kBFloat16:
+      return {static_cast<std::uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
+    case sdpa::DType::kFloat16:
+      return {static_cast<std::uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
+    case sdpa::DType::kInt8:
+      return nb::dtype<std::int8_t>();
+    case sdpa::DType::kInt32:
+      return nb::dtype<std::int32_t>();
   }
   return nb::dtype<double>();
 }

@@ -21,6 +21,10 @@ const char* DTypeName(DType dtype) {
       return "bfloat16";
     case DType::kFloat16:
       return "float16";
+    case DType::kInt8:
+      return "int8";
+    case DType::kInt32:
+      return "int32";
   }
   return "unknown";
 }
@@ -36,6 +40,10 @@ std::size_t DTypeSize(DType dtype) {
     case DType::kBFloat16:
     case DType::kFloat16:
       return 2;
+    case DType::kInt8:
+      return 1;
+    case DType::kInt32:
+      return 4;
   }
   return 1;
 }

@@ -57,26 +57,57 @@ struct KeyRange {
 };
 
 // Where the key and value rows of each (batch, kv head) are, for every kernel and the reference:
-// they find K/V rows only through KeyRow / ValueRow. Strided operands today; keys
-// [j, RunEnd(b, j)) are rows k.stride[2] (v.stride[2]) apart, so a tile inside one run may be
-// read in place and one that crosses runs is gathered run by run (a paged cache has one run per
-// page).
+// they find K/V rows only through KeyRow / ValueRow (and the scales of an int8 cache through
+// KeyScale / ValueScale). Keys [j, RunEnd(b, j)) are rows key_ld() (value_ld()) apart, so a tile
+// inside one run may be read in place and one that crosses runs is gathered run by run.
+//   strided: key j of (b, h) at k.Row(b, h, j); one run.
+//   paged (sdpa/kv_cache.h): key j of sequence b is row j % block_size of physical block
+//     block_table[b][j / block_size], i.e. k.Row(block, h, j % block_size); one run per block.
 struct KvSource {
-  Operand<const void> k, v;  // k [B, Hkv, Lkv, D], v [B, Hkv, Lkv, Dv]
+  Operand<const void> k, v;  // k [B or blocks, Hkv, Lkv or block_size, D], v likewise with Dv
+  const std::int32_t* block_table = nullptr;  // [B][table_stride]; null when strided
+  std::int64_t table_stride = 0, block_size = 0;
+  Operand<const void> k_scale, v_scale;  // float32, k's shape without D; data null unless int8
+
+  bool paged() const { return block_table != nullptr; }
+  // The operand's first index (batch or physical block) and row of key j of batch b.
+  std::int64_t Block(std::int64_t b, std::int64_t j) const {
+    return paged() ? block_table[b * table_stride + j / block_size] : b;
+  }
+  std::int64_t Slot(std::int64_t j) const { return paged() ? j % block_size : j; }
 
   template <typename S>
   const S* KeyRow(std::int64_t b, std::int64_t h, std::int64_t j) const {
-    return static_cast<const S*>(k.data) + b * k.stride[0] + h * k.stride[1] + j * k.stride[2];
+    return static_cast<const S*>(k.data) + Block(b, j) * k.stride[0] + h * k.stride[1] +
+           Slot(j) * k.stride[2];
   }
   template <typename S>
   const S* ValueRow(std::int64_t b, std::int64_t h, std::int64_t j) const {
-    return static_cast<const S*>(v.data) + b * v.stride[0] + h * v.stride[1] + j * v.stride[2];
+    return static_cast<const S*>(v.data) + Block(b, j) * v.stride[0] + h * v.stride[1] +
+           Slot(j) * v.stride[2];
+  }
+  // The dequantization scale of an int8 row (1 for other caches).
+  float KeyScale(std::int64_t b, std::int64_t h, std::int64_t j) const {
+    return ScaleAt(k_scale, b, h, j);
+  }
+  float ValueScale(std::int64_t b, std::int64_t h, std::int64_t j) const {
+    return ScaleAt(v_scale, b, h, j);
   }
   std::int64_t key_ld() const { return k.stride[2]; }  // between consecutive keys of a run
   std::int64_t value_ld() const { return v.stride[2]; }
   std::int64_t key_step() const { return k.stride[3]; }  // between elements of a row
   std::int64_t value_step() const { return v.stride[3]; }
-  std::int64_t RunEnd(std::int64_t /*b*/, std::int64_t /*j*/) const { return kUnbounded; }
+  std::int64_t RunEnd(std::int64_t /*b*/, std::int64_t j) const {
+    return paged() ? (j / block_size + 1) * block_size : kUnbounded;
+  }
+
+ private:
+  float ScaleAt(const Operand<const void>& scale, std::int64_t b, std::int64_t h,
+                std::int64_t j) const {
+    if (scale.data == nullptr) return 1.0f;
+    return static_cast<const float*>(scale.data)[Block(b, j) * scale.stride[0] +
+                                                 h * scale.stride[1] + Slot(j) * scale.stride[2]];
+  }
 };
 
 struct Problem {
@@ -104,6 +135,7 @@ struct Problem {
   double softcap = 0;                                    // 0 = none
   std::vector<double> sinks;                             // [heads] or empty
   std::vector<std::int64_t> cu_seqlens_q, cu_seqlens_k;  // empty unless varlen
+  std::vector<std::int64_t> kv_lens;  // [B] keys of each batch entry (a KV cache), else empty
   double dropout_p = 0;
   std::uint64_t seed = 0;
   const CustomScore* custom = nullptr;
@@ -126,7 +158,7 @@ struct Problem {
     if (!varlen()) {
       seq.batch = s;
       seq.q_len = q_len;
-      seq.k_len = kv_len;
+      seq.k_len = kv_lens.empty() ? kv_len : kv_lens[static_cast<std::size_t>(s)];
       return seq;
     }
     const auto at = static_cast<std::size_t>(s);

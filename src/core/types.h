@@ -10,6 +10,7 @@
 // case in each function below plus its conversions (Widen, Narrow).
 #pragma once
 
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 
@@ -43,9 +44,11 @@ decltype(auto) WithStorage(DType dtype, Fn&& fn) {
     case DType::kFloat16:
       return std::forward<Fn>(fn)(StorageTag<float16>{});
     case DType::kBool:
+    case DType::kInt8:
+    case DType::kInt32:
       break;
   }
-  Fail("no storage type for dtype ", DTypeName(dtype));
+  Fail("no float storage type for dtype ", DTypeName(dtype));
 }
 
 // Calls fn(Types<S, T>{}) for the problem's K/V storage and compute type: (float, float),
@@ -62,6 +65,8 @@ decltype(auto) WithTypes(const Problem& p, Fn&& fn) {
         return std::forward<Fn>(fn)(Types<bfloat16, float>{});
       case DType::kFloat16:
         return std::forward<Fn>(fn)(Types<float16, float>{});
+      case DType::kInt8:  // a quantized KV cache: value = int8 · its row's scale (KvSource)
+        return std::forward<Fn>(fn)(Types<std::int8_t, float>{});
       default:
         break;
     }

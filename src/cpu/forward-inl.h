@@ -93,11 +93,14 @@ class ForwardTask {
     constexpr bool kInPlace = std::is_same_v<S, T>;
     k_unit_ = kInPlace && p.kv.key_step() == 1 && dp_ == p.head_dim;
     v_unit_ = kInPlace && p.kv.value_step() == 1 && p.v_dim % (2 * n_) == 0;
+    // A paged source reads in place only the tiles inside one block: the others are gathered.
+    k_always_ = k_unit_ && !p.kv.paged();
+    v_always_ = v_unit_ && !p.kv.paged();
     dropout_ = p.dropout_p > 0;
     arena.Reset(Arena<T>::Footprint(rp_ * dp_) + Arena<T>::Footprint(s.kv_tile * rp_) +
                 Arena<T>::Footprint(rp_ * dvp_) + 3 * Arena<T>::Footprint(rp_) +
-                (k_unit_ ? 0 : Arena<T>::Footprint(s.kv_tile * dp_)) +
-                (v_unit_ ? 0 : Arena<T>::Footprint(s.kv_tile * dvp_)) +
+                (k_always_ ? 0 : Arena<T>::Footprint(s.kv_tile * dp_)) +
+                (v_always_ ? 0 : Arena<T>::Footprint(s.kv_tile * dvp_)) +
                 (dropout_ ? Arena<T>::Footprint(s.kv_tile * rp_) : 0));
     qt_ = arena.Take(rp_ * dp_);
     st_ = arena.Take(s.kv_tile * rp_);
@@ -105,8 +108,8 @@ class ForwardTask {
     m_ = arena.Take(rp_);
     l_ = arena.Take(rp_);
     alpha_ = arena.Take(rp_);
-    k_pack_ = k_unit_ ? nullptr : arena.Take(s.kv_tile * dp_);
-    v_pack_ = v_unit_ ? nullptr : arena.Take(s.kv_tile * dvp_);
+    k_pack_ = k_always_ ? nullptr : arena.Take(s.kv_tile * dp_);
+    v_pack_ = v_always_ ? nullptr : arena.Take(s.kv_tile * dvp_);
     z_ = dropout_ ? arena.Take(s.kv_tile * rp_) : nullptr;
   }
 
@@ -424,6 +427,7 @@ class ForwardTask {
   std::int64_t n_ = 0, br_ = 0, rp_ = 0, dp_ = 0, dvp_ = 0;
   bool dot_form_ = false;  // few rows: scores as dot products (ScoreTileByDots)
   bool k_unit_ = true, v_unit_ = true, dropout_ = false;
+  bool k_always_ = true, v_always_ = true;  // every tile is read in place (no pack buffer)
   T *qt_ = nullptr, *st_ = nullptr, *o_ = nullptr, *m_ = nullptr, *l_ = nullptr, *alpha_ = nullptr,
     *k_pack_ = nullptr, *v_pack_ = nullptr, *z_ = nullptr;
 };

@@ -142,18 +142,48 @@ void PackRows(const S* src, std::int64_t ld, std::int64_t stride, std::int64_t c
   }
 }
 
+// One int8 row of `width` elements (unit stride) times its dequantization scale, into dst
+// [padded] with zeros after `width`: a vector of int8 at a time, widened to int32 and float.
+template <typename T>
+void PackQuantizedRow(const std::int8_t* src, float scale, std::int64_t width, std::int64_t padded,
+                      T* dst) {
+  static_assert(std::is_same_v<T, float>, "int8 caches compute in float32");
+  const hn::ScalableTag<float> df;
+  const hn::Rebind<std::int32_t, decltype(df)> di;
+  const hn::Rebind<std::int8_t, decltype(df)> d8;
+  const auto n = static_cast<std::int64_t>(hn::Lanes(df));
+  const auto factor = hn::Set(df, scale);
+  std::int64_t x = 0;
+  for (; x + n <= width; x += n) {
+    const auto wide = hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, src + x)));
+    hn::StoreU(hn::Mul(wide, factor), df, dst + x);
+  }
+  for (; x < width; ++x) dst[x] = static_cast<T>(src[x]) * scale;
+  std::fill(dst + width, dst + padded, T(0));
+}
+
 // Keys [j0, j0 + count) of (b, kv head h), key rows (or value rows when `values`) of `width`
 // elements from the K/V source, into dst [count][padded]: run by run (core/problem.h KvSource),
-// so a tile that crosses runs (pages) is gathered whole.
+// so a tile that crosses runs (pages) is gathered whole; int8 rows are dequantized with their
+// scales.
 template <typename S, typename T>
 void GatherKvRows(const internal::KvSource& kv, bool values, std::int64_t b, std::int64_t h,
                   std::int64_t j0, std::int64_t count, std::int64_t width, std::int64_t padded,
                   T* dst) {
+  const std::int64_t ld = values ? kv.value_ld() : kv.key_ld();
+  const std::int64_t step = values ? kv.value_step() : kv.key_step();
   for (std::int64_t j = j0; j < j0 + count;) {
     const std::int64_t end = std::min(j0 + count, kv.RunEnd(b, j));
     const S* src = values ? kv.ValueRow<S>(b, h, j) : kv.KeyRow<S>(b, h, j);
-    PackRows(src, values ? kv.value_ld() : kv.key_ld(), values ? kv.value_step() : kv.key_step(),
-             end - j, width, padded, dst + (j - j0) * padded);
+    T* rows = dst + (j - j0) * padded;
+    if constexpr (std::is_same_v<S, std::int8_t>) {
+      for (std::int64_t c = 0; c < end - j; ++c) {  // validated: int8 rows have unit stride
+        const float scale = values ? kv.ValueScale(b, h, j + c) : kv.KeyScale(b, h, j + c);
+        PackQuantizedRow(src + c * ld, scale, width, padded, rows + c * padded);
+      }
+    } else {
+      PackRows(src, ld, step, end - j, width, padded, rows);
+    }
     j = end;
   }
 }

@@ -27,10 +27,12 @@ void Row(const Problem& p, const RowAt& row, std::vector<double>& probs,
   for (std::int64_t j = 0; j < row.seq.k_len; ++j) {
     const double weight = probs[static_cast<std::size_t>(j)] * factor[static_cast<std::size_t>(j)];
     if (weight == 0.0) continue;
-    const S* v_row = p.kv.ValueRow<S>(row.seq.batch, p.KvHead(row.head), row.seq.k_begin + j);
+    const std::int64_t kvh = p.KvHead(row.head), gj = row.seq.k_begin + j;
+    const S* v_row = p.kv.ValueRow<S>(row.seq.batch, kvh, gj);
+    const double v_scale = p.kv.ValueScale(row.seq.batch, kvh, gj);  // 1 unless int8
     for (std::int64_t d = 0; d < p.v_dim; ++d) {
       acc[static_cast<std::size_t>(d)] +=
-          weight * internal::Widen<double>(v_row[d * p.kv.value_step()]);
+          weight * v_scale * internal::Widen<double>(v_row[d * p.kv.value_step()]);
     }
   }
   const std::int64_t gi = row.seq.q_begin + row.pos;

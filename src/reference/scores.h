@@ -67,6 +67,7 @@ void RowScores(const internal::Problem& p, const RowAt& row, std::vector<double>
     for (std::int64_t d = 0; d < p.head_dim; ++d) {
       dot += row.q[static_cast<std::size_t>(d)] * internal::Widen<double>(k[d * p.kv.key_step()]);
     }
+    dot *= static_cast<double>(p.kv.KeyScale(seq.batch, p.KvHead(h), gj));  // int8 caches
     double s = p.scale * dot, ds = 1.0;
     if (p.softcap > 0) {
       const double t = std::tanh(s / p.softcap);

@@ -298,6 +298,12 @@ inline Array ReadView(const sdpa::TensorView& view) {
       case sdpa::DType::kFloat16:
         x = ToDouble(static_cast<const sdpa::float16*>(view.data)[offset]);
         break;
+      case sdpa::DType::kInt8:
+        x = static_cast<const std::int8_t*>(view.data)[offset];
+        break;
+      case sdpa::DType::kInt32:
+        x = static_cast<const std::int32_t*>(view.data)[offset];
+        break;
     }
     a.values[static_cast<std::size_t>(flat)] = x;
   }
