@@ -96,6 +96,10 @@ class ForwardTask {
     // A paged source reads in place only the tiles inside one block: the others are gathered.
     k_always_ = k_unit_ && !p.kv.paged();
     v_always_ = v_unit_ && !p.kv.paged();
+    // Decode reads a 16-bit or int8 cache's unit-stride rows in place, widening in registers
+    // (whole vectors only: rows of a multiple of N elements).
+    k_stored_ = dot_form_ && !kInPlace && p.kv.key_step() == 1 && p.head_dim % n_ == 0;
+    v_stored_ = dot_form_ && !kInPlace && p.kv.value_step() == 1 && p.v_dim % n_ == 0;
     dropout_ = p.dropout_p > 0;
     arena.Reset(Arena<T>::Footprint(rp_ * dp_) + Arena<T>::Footprint(s.kv_tile * rp_) +
                 Arena<T>::Footprint(rp_ * dvp_) + 3 * Arena<T>::Footprint(rp_) +
@@ -141,13 +145,16 @@ class ForwardTask {
   // row (or a mask applies); `mask_mod`: the custom mask_mod must be evaluated.
   void Tile(const internal::Sequence& seq, std::int64_t j0, std::int64_t keys, bool partial,
             bool mask_mod) {
-    std::int64_t ldk = 0, ldv = 0;
-    const T* k = KeyTile(j0, keys, ldk);
-    const T* v = ValueTile(j0, keys, ldv);
-    if (dot_form_) {
-      ScoreTileByDots(k, ldk, keys);
+    std::int64_t ldk = 0;
+    if (dot_form_ && k_stored_) {
+      ScoreTileByDots(StoredRows<S>{p_.kv, false, t_.batch, t_.kv_head, j0}, keys);
     } else {
-      ScoreTile(d_, qt_, p_.head_dim, rp_, k, ldk, KeysSeen(j0, keys), st_);
+      const T* k = KeyTile(j0, keys, ldk);
+      if (dot_form_) {
+        ScoreTileByDots(PackedRows<T>{k, ldk}, keys);
+      } else {
+        ScoreTile(d_, qt_, p_.head_dim, rp_, k, ldk, KeysSeen(j0, keys), st_);
+      }
     }
     steps_.Apply(d_, j0, keys, st_, rp_, nullptr);
     if (partial) ApplyMask(d_, p_, rows_, j0, keys, st_, rp_);
@@ -155,6 +162,13 @@ class ForwardTask {
     OnlineSoftmaxUpdate(KeysSeen(j0, keys));
     if (dropout_) DropProbabilities(seq, j0, keys);
     if constexpr (kIs16Bit<S>) RoundProbabilities(keys);
+    // Decode reads V straight from its storage unless some key is masked or dropped (below).
+    if (dot_form_ && v_stored_ && !partial && !dropout_) {
+      AccumulatePvByDots(StoredRows<S>{p_.kv, true, t_.batch, t_.kv_head, j0}, KeysSeen(j0, keys));
+      return;
+    }
+    std::int64_t ldv = 0;
+    const T* v = ValueTile(j0, keys, ldv);
     // 0 · NaN = NaN: a masked or dropped key whose V row is not finite would poison rows that
     // do not use it, so such tiles take the path that skips zero probabilities.
     if ((partial || dropout_) && !AllFinite(d_, v, ldv, keys, p_.v_dim)) {
@@ -274,31 +288,40 @@ class ForwardTask {
   // 2N-wide panel would waste most lanes (31 of 32 for one row on AVX-512), so each score is a
   // dot product over D instead, 4 keys at a time, reduced across lanes. K is read once, in
   // full vectors, which is what the memory-bound decode needs.
-  void ScoreTileByDots(const T* k, std::int64_t ldk, std::int64_t keys) {
+  // K rows come as PackedRows or StoredRows (pack-inl.h): a 16-bit or int8 cache is widened in
+  // registers as it is read, and an int8 row's scale multiplies its score.
+  template <class Rows>
+  void ScoreTileByDots(const Rows& k, std::int64_t keys) {
+    const auto scaled = [&](std::int64_t c, V sum) {
+      T score = hn::GetLane(hn::SumOfLanes(d_, sum));
+      if constexpr (Rows::kScaled) score *= static_cast<T>(k.Scale(c));
+      return score;
+    };
     for (std::int64_t r = 0; r < br_; ++r) {
       const T* q = qt_ + r * dp_;
       std::int64_t c = 0;
       for (; c + 4 <= keys; c += 4) {
-        const T* k0 = k + c * ldk;
+        const auto *k0 = k.Row(c), *k1 = k.Row(c + 1), *k2 = k.Row(c + 2), *k3 = k.Row(c + 3);
         V a0 = hn::Zero(d_), a1 = hn::Zero(d_), a2 = hn::Zero(d_), a3 = hn::Zero(d_);
         for (std::int64_t x = 0; x < dp_; x += n_) {
           const V qv = hn::Load(d_, q + x);
-          a0 = hn::MulAdd(qv, hn::LoadU(d_, k0 + x), a0);
-          a1 = hn::MulAdd(qv, hn::LoadU(d_, k0 + ldk + x), a1);
-          a2 = hn::MulAdd(qv, hn::LoadU(d_, k0 + 2 * ldk + x), a2);
-          a3 = hn::MulAdd(qv, hn::LoadU(d_, k0 + 3 * ldk + x), a3);
+          a0 = hn::MulAdd(qv, Rows::Load(d_, k0 + x), a0);
+          a1 = hn::MulAdd(qv, Rows::Load(d_, k1 + x), a1);
+          a2 = hn::MulAdd(qv, Rows::Load(d_, k2 + x), a2);
+          a3 = hn::MulAdd(qv, Rows::Load(d_, k3 + x), a3);
         }
-        st_[c * rp_ + r] = hn::GetLane(hn::SumOfLanes(d_, a0));
-        st_[(c + 1) * rp_ + r] = hn::GetLane(hn::SumOfLanes(d_, a1));
-        st_[(c + 2) * rp_ + r] = hn::GetLane(hn::SumOfLanes(d_, a2));
-        st_[(c + 3) * rp_ + r] = hn::GetLane(hn::SumOfLanes(d_, a3));
+        st_[c * rp_ + r] = scaled(c, a0);
+        st_[(c + 1) * rp_ + r] = scaled(c + 1, a1);
+        st_[(c + 2) * rp_ + r] = scaled(c + 2, a2);
+        st_[(c + 3) * rp_ + r] = scaled(c + 3, a3);
       }
       for (; c < keys; ++c) {
+        const auto* row = k.Row(c);
         V a = hn::Zero(d_);
         for (std::int64_t x = 0; x < dp_; x += n_) {
-          a = hn::MulAdd(hn::Load(d_, q + x), hn::LoadU(d_, k + c * ldk + x), a);
+          a = hn::MulAdd(hn::Load(d_, q + x), Rows::Load(d_, row + x), a);
         }
-        st_[c * rp_ + r] = hn::GetLane(hn::SumOfLanes(d_, a));
+        st_[c * rp_ + r] = scaled(c, a);
       }
     }
   }
@@ -341,16 +364,7 @@ class ForwardTask {
   template <class KeysFor>
   void AccumulatePv(const T* v, std::int64_t ldv, const KeysFor& keys_for) {
     if (dot_form_) {
-      const std::int64_t keys = keys_for(0, br_).to;  // from = 0 in the dot form
-      const std::int64_t vectors = (p_.v_dim + n_ - 1) / n_;
-      for (std::int64_t r = 0; r < br_; ++r) {
-        for (std::int64_t x = 0; x < vectors; x += 8) {
-          WithRowVectors(vectors - x, [&](auto count) {
-            PvRowKernel<decltype(count)::value>(d_, st_ + r, rp_, keys, v + x * n_, ldv, alpha_[r],
-                                                o_ + r * dvp_ + x * n_);
-          });
-        }
-      }
+      AccumulatePvByDots(PackedRows<T>{v, ldv}, keys_for);
       return;
     }
     const std::int64_t width = 2 * n_;
@@ -363,6 +377,22 @@ class ForwardTask {
           MulAddMicroTile<decltype(rows)::value, true>(d_, st_ + range.from * rp_ + r, 1, rp_, keys,
                                                        v + range.from * ldv + col, ldv, alpha_ + r,
                                                        o_ + r * dvp_ + col, dvp_);
+        });
+      }
+    }
+  }
+
+  // The dot form's P·V: one row at a time across up to 8 vectors of Dv, V rows as PackedRows or
+  // StoredRows (pack-inl.h).
+  template <class Rows, class KeysFor>
+  void AccumulatePvByDots(const Rows& v, const KeysFor& keys_for) {
+    const std::int64_t keys = keys_for(0, br_).to;  // from = 0 in the dot form
+    const std::int64_t vectors = (p_.v_dim + n_ - 1) / n_;
+    for (std::int64_t r = 0; r < br_; ++r) {
+      for (std::int64_t x = 0; x < vectors; x += 8) {
+        WithRowVectors(vectors - x, [&](auto count) {
+          PvRowKernel<decltype(count)::value>(d_, st_ + r, rp_, keys, v, x * n_, alpha_[r],
+                                              o_ + r * dvp_ + x * n_);
         });
       }
     }
@@ -427,7 +457,8 @@ class ForwardTask {
   std::int64_t n_ = 0, br_ = 0, rp_ = 0, dp_ = 0, dvp_ = 0;
   bool dot_form_ = false;  // few rows: scores as dot products (ScoreTileByDots)
   bool k_unit_ = true, v_unit_ = true, dropout_ = false;
-  bool k_always_ = true, v_always_ = true;  // every tile is read in place (no pack buffer)
+  bool k_always_ = true, v_always_ = true;    // every tile is read in place (no pack buffer)
+  bool k_stored_ = false, v_stored_ = false;  // dot form reads 16-bit / int8 rows directly
   T *qt_ = nullptr, *st_ = nullptr, *o_ = nullptr, *m_ = nullptr, *l_ = nullptr, *alpha_ = nullptr,
     *k_pack_ = nullptr, *v_pack_ = nullptr, *z_ = nullptr;
 };

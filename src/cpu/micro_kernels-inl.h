@@ -103,13 +103,14 @@ HWY_INLINE void MulAddMicroTile(D d, const T* HWY_RESTRICT a, std::int64_t a_row
 #undef SDPA_STORE_ROW
 }
 
-// O[0..kVecs·N) = α · O + Σ_c P[c] · V[c][0..kVecs·N) for a single query row: the P·V product
-// of decode, where one row has no 6-row micro-tile to fill. kVecs independent accumulators (up
-// to 8) keep the FMA units busy despite the 4-cycle latency.
-//   p: P of the row for each key, at p[c·ldp]; v [keys][ldv] (unaligned rows); o aligned.
-template <int kVecs, class D, typename T = hn::TFromD<D>>
+// O[0..kVecs·N) = α · O + Σ_c P[c] · V[c][col..col + kVecs·N) for a single query row: the P·V
+// product of decode, where one row has no 6-row micro-tile to fill. kVecs independent
+// accumulators (up to 8) keep the FMA units busy despite the 4-cycle latency.
+//   p: P of the row for each key, at p[c·ldp]; v: the tile's V rows (pack-inl.h PackedRows or
+//   StoredRows: read in any storage type, an int8 row's scale folded into its P); o aligned.
+template <int kVecs, class D, class Rows, typename T = hn::TFromD<D>>
 HWY_INLINE void PvRowKernel(D d, const T* HWY_RESTRICT p, std::int64_t ldp, std::int64_t keys,
-                            const T* HWY_RESTRICT v, std::int64_t ldv, T alpha, T* HWY_RESTRICT o) {
+                            const Rows& v, std::int64_t col, T alpha, T* HWY_RESTRICT o) {
   static_assert(kVecs >= 1 && kVecs <= 8, "vectors per row kernel");
   const std::int64_t n = static_cast<std::int64_t>(hn::Lanes(d));
   using V = hn::Vec<D>;
@@ -141,10 +142,12 @@ HWY_INLINE void PvRowKernel(D d, const T* HWY_RESTRICT p, std::int64_t ldp, std:
   SDPA_FOR_VECS(SDPA_LOAD_VEC)
 #undef SDPA_LOAD_VEC
   for (std::int64_t c = 0; c < keys; ++c) {
-    const V w = hn::Set(d, p[c * ldp]);
-    const T* row = v + c * ldv;
-    c0 = hn::MulAdd(w, hn::LoadU(d, row), c0);
-#define SDPA_FMA_VEC(x) c##x = hn::MulAdd(w, hn::LoadU(d, row + (x)*n), c##x);
+    T weight = p[c * ldp];
+    if constexpr (Rows::kScaled) weight *= static_cast<T>(v.Scale(c));
+    const V w = hn::Set(d, weight);
+    const auto* row = v.Row(c) + col;
+    c0 = hn::MulAdd(w, Rows::Load(d, row), c0);
+#define SDPA_FMA_VEC(x) c##x = hn::MulAdd(w, Rows::Load(d, row + (x)*n), c##x);
     SDPA_FOR_VECS(SDPA_FMA_VEC)
 #undef SDPA_FMA_VEC
   }

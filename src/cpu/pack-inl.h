@@ -27,6 +27,13 @@ namespace hn = hwy::HWY_NAMESPACE;
 using internal::Narrow;
 using internal::Widen;
 
+template <typename S>
+inline constexpr bool kIs16Bit = std::is_same_v<S, bfloat16> || std::is_same_v<S, float16>;
+
+// Highway's lane type for a 16-bit storage type (the same 16 bits).
+template <typename S>
+using HwyHalf = std::conditional_t<std::is_same_v<S, bfloat16>, hwy::bfloat16_t, hwy::float16_t>;
+
 // Transposed panels of `count` rows: dst[panel][k][x] = row(panel·width + x)[k·stride] · factor
 // for k < depth; rows count..rp-1 are 0. dst holds rp·depth elements. row(r) points to a row
 // stored as `dtype`.
@@ -69,6 +76,61 @@ void StoreRow(const T* src, T factor, std::int64_t width, void* dst, DType dtype
   });
 }
 
+// N lanes of d's type from storage of type S at p (unaligned), widened in registers: the dot
+// form's way of reading a 16-bit or int8 cache without packing it first.
+template <typename S, class D>
+HWY_INLINE hn::Vec<D> LoadWidened(D d, const S* p) {
+  if constexpr (std::is_same_v<S, hn::TFromD<D>>) {
+    return hn::LoadU(d, p);
+  } else if constexpr (kIs16Bit<S>) {
+    const hn::Rebind<HwyHalf<S>, D> dh;
+    return hn::PromoteTo(d, hn::LoadU(dh, reinterpret_cast<const HwyHalf<S>*>(p)));
+  } else {
+    static_assert(std::is_same_v<S, std::int8_t>, "storage type");
+    const hn::Rebind<std::int32_t, D> di;
+    const hn::Rebind<std::int8_t, D> d8;
+    return hn::ConvertTo(d, hn::PromoteTo(di, hn::LoadU(d8, p)));
+  }
+}
+
+// The rows of a K or V tile as the dot form (few query rows) reads them: Row(c) points to row c
+// of the tile, Load(d, p) reads N lanes of it widened to the compute type, and when kScaled each
+// row's values are multiplied by Scale(c) (an int8 cache's dequantization, which the kernels
+// apply once per score or per probability instead of per element).
+//   PackedRows: rows already in the compute type, `ld` apart (in place, or a packed tile).
+//   StoredRows: rows straight from the K/V source in its storage type (16-bit, int8).
+template <typename T>
+struct PackedRows {
+  using Elem = T;
+  static constexpr bool kScaled = false;
+  const T* data;
+  std::int64_t ld;
+  const T* Row(std::int64_t c) const { return data + c * ld; }
+  float Scale(std::int64_t) const { return 1.0f; }
+  template <class D>
+  static hn::Vec<D> Load(D d, const T* p) {
+    return hn::LoadU(d, p);
+  }
+};
+template <typename S>
+struct StoredRows {
+  using Elem = S;
+  static constexpr bool kScaled = std::is_same_v<S, std::int8_t>;
+  const internal::KvSource& kv;
+  bool values;
+  std::int64_t b, h, j0;
+  const S* Row(std::int64_t c) const {
+    return values ? kv.ValueRow<S>(b, h, j0 + c) : kv.KeyRow<S>(b, h, j0 + c);
+  }
+  float Scale(std::int64_t c) const {
+    return values ? kv.ValueScale(b, h, j0 + c) : kv.KeyScale(b, h, j0 + c);
+  }
+  template <class D>
+  static hn::Vec<D> Load(D d, const S* p) {
+    return LoadWidened(d, p);
+  }
+};
+
 // x (float32 lanes: probabilities, >= 0) rounded to the precision of the 16-bit type S, ties to
 // even (NaN stays NaN; the float32 exponent range is kept): P is rounded like this before P·V when
 // V is 16-bit, as PyTorch and FlashAttention do (their P·V multiplies 16-bit operands). bfloat16:
@@ -102,13 +164,6 @@ auto* RowOf(const Op& op, std::int64_t b, std::int64_t h, std::int64_t i) {
   return static_cast<Byte*>(op.data) + (b * op.stride[0] + h * op.stride[1] + i * op.stride[2]) *
                                            static_cast<std::int64_t>(DTypeSize(op.dtype));
 }
-
-template <typename S>
-inline constexpr bool kIs16Bit = std::is_same_v<S, bfloat16> || std::is_same_v<S, float16>;
-
-// Highway's lane type for a 16-bit storage type (the same 16 bits).
-template <typename S>
-using HwyHalf = std::conditional_t<std::is_same_v<S, bfloat16>, hwy::bfloat16_t, hwy::float16_t>;
 
 // Rows [0, count) of `width` elements, gathered with element stride `stride` from rows `ld`
 // apart, into dst [count][padded] with zeros after `width`. Unit-stride 16-bit rows are widened
