@@ -96,10 +96,14 @@ class ForwardTask {
     // A paged source reads in place only the tiles inside one block: the others are gathered.
     k_always_ = k_unit_ && !p.kv.paged();
     v_always_ = v_unit_ && !p.kv.paged();
-    // Decode reads a 16-bit or int8 cache's unit-stride rows in place, widening in registers
-    // (whole vectors only: rows of a multiple of N elements).
-    k_stored_ = dot_form_ && !kInPlace && p.kv.key_step() == 1 && p.head_dim % n_ == 0;
-    v_stored_ = dot_form_ && !kInPlace && p.kv.value_step() == 1 && p.v_dim % n_ == 0;
+    // Decode reads the cache's unit-stride rows where they are (whole vectors only), key by key
+    // through the K/V source, so a paged cache needs no gathering: always for compute-typed rows,
+    // and for a 16-bit or int8 cache when one row reads them (widening in registers). With more
+    // rows each would widen the same K/V row again, so the tile is widened once into the pack
+    // buffer instead (callgrind, AVX2, 4 rows: 2.3x the instructions of float32, against 1.9x).
+    const bool stored = dot_form_ && (kInPlace || br_ <= kMaxStoredRows);
+    k_stored_ = stored && p.kv.key_step() == 1 && p.head_dim % n_ == 0;
+    v_stored_ = stored && p.kv.value_step() == 1 && p.v_dim % n_ == 0;
     dropout_ = p.dropout_p > 0;
     arena.Reset(Arena<T>::Footprint(rp_ * dp_) + Arena<T>::Footprint(s.kv_tile * rp_) +
                 Arena<T>::Footprint(rp_ * dvp_) + 3 * Arena<T>::Footprint(rp_) +
@@ -459,6 +463,7 @@ class ForwardTask {
   bool k_unit_ = true, v_unit_ = true, dropout_ = false;
   bool k_always_ = true, v_always_ = true;    // every tile is read in place (no pack buffer)
   bool k_stored_ = false, v_stored_ = false;  // dot form reads 16-bit / int8 rows directly
+  static constexpr std::int64_t kMaxStoredRows = 1;
   T *qt_ = nullptr, *st_ = nullptr, *o_ = nullptr, *m_ = nullptr, *l_ = nullptr, *alpha_ = nullptr,
     *k_pack_ = nullptr, *v_pack_ = nullptr, *z_ = nullptr;
 };
