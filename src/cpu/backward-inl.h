@@ -15,7 +15,8 @@
 // written by exactly one task in a fixed order: no atomics, bitwise identical for any thread
 // count. Five products per tile, all on the forward's micro-kernel (MulAddMicroTile).
 //
-// Legend: Qᵀ, dOᵀ [Rp/2N][D or Dv][2N] transposed panels; Q, dO rows [Br][Dkp or Dvp]; K, V rows
+// Legend (W = the register tile's panel width, as in forward-inl.h): Qᵀ, dOᵀ [Rp/W][D or Dv][W]
+// transposed panels; Q, dO rows [Br][Dkp or Dvp]; K, V rows
 // [Bc][Dkp or Dvp] (packed, zero-padded); Pᵀ, dSᵀ [Bc][Rp]; dK, dV accumulators [Bc][Dkp, Dvp].
 //
 // Zeros stay zeros: P is exactly 0 for masked keys, padded rows and rows with no visible key
@@ -115,8 +116,8 @@ inline std::pair<std::int64_t, std::int64_t> RowsSeeing(const internal::Problem&
   return {first * group, std::max(first, last) * group};
 }
 
-// S is the operands' storage type, T the compute type (core/types.h).
-template <typename S, typename T>
+// S is the operands' storage type, T the compute type (core/types.h), Shape the register tile.
+template <typename S, typename T, class Shape>
 class BackwardTask {
  public:
   using D = hn::ScalableTag<T>;
@@ -127,9 +128,10 @@ class BackwardTask {
                std::vector<RowRef<S>>& rows)
       : bp_(bp), p_(bp.forward), s_(s), t_(t), shared_(shared), stop_(stop), rows_(rows) {
     n_ = static_cast<std::int64_t>(hn::Lanes(d_));
-    rp_ = RoundUp(s.q_tile, 2 * n_);
+    width_ = Shape::kVecs * n_;
+    rp_ = RoundUp(s.q_tile, width_);
     dkp_ = shared.dkp;
-    dvp_ = RoundUp(p_.v_dim, 2 * n_);
+    dvp_ = RoundUp(p_.v_dim, width_);
     const std::int64_t bc = s.kv_tile;
     using A = Arena<T>;
     has_slope_ = p_.softcap > 0 || p_.has_score_mod();
@@ -183,12 +185,12 @@ class BackwardTask {
     steps_.Prepare(p_, seq, rows_, rp_);
     LoadQueryTile(rows);
     const auto all_keys = [keys](std::int64_t, std::int64_t) { return TileKeys{0, keys}; };
-    ScoreTile(d_, qt_, p_.head_dim, rp_, k_rows_, dkp_, all_keys, pt_);
+    ScoreTile<Shape>(d_, qt_, p_.head_dim, rp_, k_rows_, dkp_, all_keys, pt_);
     steps_.Apply(d_, j0, keys, pt_, rp_, slope_);
     if (partial) ApplyMask(d_, p_, rows_, j0, keys, pt_, rp_);
     if (mask_mod) ApplyMaskMod(p_, steps_.Block(j0, keys, rp_), pt_);
     Probabilities(keys);
-    ScoreTile(d_, dot_, p_.v_dim, rp_, v_rows_, dvp_, all_keys, dst_);
+    ScoreTile<Shape>(d_, dot_, p_.v_dim, rp_, v_rows_, dvp_, all_keys, dst_);
     if (dropout_) DropoutTile(p_, seq, rows_, j0, keys, z_, rp_);
     ScoreGradients(keys);
     AccumulateKeyGradients(keys, rows);
@@ -198,7 +200,7 @@ class BackwardTask {
 
  private:
   // K and V rows of the tile, packed and zero-padded to Dkp / Dvp (both are B operands of
-  // MulAddMicroTile, which reads whole 2N-wide vectors).
+  // MulAddMicroTile, which reads whole W-wide vectors).
   void LoadKvTile(std::int64_t j0, std::int64_t keys) {
     GatherKvRows<S>(p_.kv, false, t_.batch, t_.kv_head, j0, keys, p_.head_dim, dkp_, k_rows_);
     GatherKvRows<S>(p_.kv, true, t_.batch, t_.kv_head, j0, keys, p_.v_dim, dvp_, v_rows_);
@@ -212,9 +214,9 @@ class BackwardTask {
       const RowRef<S>& row = rows_[static_cast<std::size_t>(r)];
       return internal::As<S>(bp_.grad_out).Row(t_.batch, row.head, row.pos);
     };
-    PackPanels(rows, rp_, 2 * n_, p_.head_dim, p_.q.stride[3], static_cast<T>(p_.scale), q_row,
+    PackPanels(rows, rp_, width_, p_.head_dim, p_.q.stride[3], static_cast<T>(p_.scale), q_row,
                qt_);
-    PackPanels(rows, rp_, 2 * n_, p_.v_dim, bp_.grad_out.stride[3], T(1), do_row, dot_);
+    PackPanels(rows, rp_, width_, p_.v_dim, bp_.grad_out.stride[3], T(1), do_row, dot_);
     for (std::int64_t r = 0; r < rows; ++r) {
       PackRows(q_row(r), 0, p_.q.stride[3], 1, p_.head_dim, dkp_, q_rows_ + r * dkp_);
       PackRows(do_row(r), 0, bp_.grad_out.stride[3], 1, p_.v_dim, dvp_, do_rows_ + r * dvp_);
@@ -270,17 +272,18 @@ class BackwardTask {
 
   // dV[c] += Σ_r Pᵀ[c][r] dO[r];  dK[c] += Σ_r dSᵀ[c][r] Q[r] (scale applied on store).
   void AccumulateKeyGradients(std::int64_t keys, std::int64_t rows) {
-    const std::int64_t width = 2 * n_;
-    for (std::int64_t c = 0; c < keys; c += kMicroRows) {
-      WithMicroRows(keys - c, [&](auto tile) {
+    for (std::int64_t c = 0; c < keys; c += Shape::kRows) {
+      WithMicroRows<Shape>(keys - c, [&](auto tile) {
         constexpr int kRows = decltype(tile)::value;
-        for (std::int64_t col = 0; col < dvp_; col += width) {
-          MulAddMicroTile<kRows, true>(d_, pt_ + c * rp_, rp_, 1, rows, do_rows_ + col, dvp_,
-                                       nullptr, dv_ + c * dvp_ + col, dvp_);
+        for (std::int64_t col = 0; col < dvp_; col += width_) {
+          MulAddMicroTile<kRows, Shape::kVecs, true>(d_, pt_ + c * rp_, rp_, 1, rows,
+                                                     do_rows_ + col, dvp_, nullptr,
+                                                     dv_ + c * dvp_ + col, dvp_);
         }
-        for (std::int64_t col = 0; col < dkp_; col += width) {
-          MulAddMicroTile<kRows, true>(d_, dst_ + c * rp_, rp_, 1, rows, q_rows_ + col, dkp_,
-                                       nullptr, dk_ + c * dkp_ + col, dkp_);
+        for (std::int64_t col = 0; col < dkp_; col += width_) {
+          MulAddMicroTile<kRows, Shape::kVecs, true>(d_, dst_ + c * rp_, rp_, 1, rows,
+                                                     q_rows_ + col, dkp_, nullptr,
+                                                     dk_ + c * dkp_ + col, dkp_);
         }
       });
     }
@@ -303,12 +306,11 @@ class BackwardTask {
       }
       return;
     }
-    const std::int64_t width = 2 * n_;
-    for (std::int64_t r = 0; r < rows; r += kMicroRows) {
-      WithMicroRows(rows - r, [&](auto tile) {
-        for (std::int64_t col = 0; col < dkp_; col += width) {
-          MulAddMicroTile<decltype(tile)::value, true>(d_, dst_ + r, 1, rp_, keys, k_rows_ + col,
-                                                       dkp_, nullptr, dq + r * dkp_ + col, dkp_);
+    for (std::int64_t r = 0; r < rows; r += Shape::kRows) {
+      WithMicroRows<Shape>(rows - r, [&](auto tile) {
+        for (std::int64_t col = 0; col < dkp_; col += width_) {
+          MulAddMicroTile<decltype(tile)::value, Shape::kVecs, true>(
+              d_, dst_ + r, 1, rp_, keys, k_rows_ + col, dkp_, nullptr, dq + r * dkp_ + col, dkp_);
         }
       });
     }
@@ -338,7 +340,7 @@ class BackwardTask {
   std::vector<RowRef<S>>& rows_;
   ScoreSteps<T> steps_;
   D d_;
-  std::int64_t n_ = 0, rp_ = 0, dkp_ = 0, dvp_ = 0;
+  std::int64_t n_ = 0, width_ = 0, rp_ = 0, dkp_ = 0, dvp_ = 0;
   bool has_slope_ = false, dropout_ = false;
   T *qt_ = nullptr, *dot_ = nullptr, *q_rows_ = nullptr, *do_rows_ = nullptr, *pt_ = nullptr,
     *dst_ = nullptr, *k_rows_ = nullptr, *v_rows_ = nullptr, *dk_ = nullptr, *dv_ = nullptr,
@@ -413,11 +415,12 @@ void StoreQueryGradients(const BackwardProblem& bp, const Schedule& s,
   });
 }
 
-template <typename S, typename T>
-void RunBackwardTyped(const BackwardProblem& bp, const Schedule& s, internal::StopFlag& stop) {
+template <typename S, typename T, class Shape>
+void RunBackwardShaped(const BackwardProblem& bp, const Schedule& s, internal::StopFlag& stop) {
   const internal::Problem& p = bp.forward;
   BackwardShared<T> shared;
-  shared.dkp = RoundUp(p.head_dim, 2 * static_cast<std::int64_t>(hn::Lanes(hn::ScalableTag<T>())));
+  shared.dkp = RoundUp(p.head_dim,
+                       Shape::kVecs * static_cast<std::int64_t>(hn::Lanes(hn::ScalableTag<T>())));
   ComputeDelta<S>(bp, s, shared.delta);
   const std::int64_t dq_size = s.kv_splits * p.batch * p.heads * p.q_len * shared.dkp;
   // Zeroed here, not per task: rows of a problem without keys have no task but need dQ = 0.
@@ -426,12 +429,19 @@ void RunBackwardTyped(const BackwardProblem& bp, const Schedule& s, internal::St
   ParallelFor(static_cast<std::int64_t>(s.tasks.size()), s.threads, [&](std::int64_t index, int) {
     static thread_local Arena<T> arena;
     static thread_local std::vector<RowRef<S>> rows;
-    BackwardTask<S, T>(bp, s, s.tasks[static_cast<std::size_t>(index)], shared, stop, arena, rows)
+    BackwardTask<S, T, Shape>(bp, s, s.tasks[static_cast<std::size_t>(index)], shared, stop, arena,
+                              rows)
         .Run();
   });
   stop.ThrowIfStopped();
   StoreQueryGradients<S>(bp, s, shared);
   if (bp.grad_sinks.data != nullptr) StoreSinkGradients<S>(bp, shared.delta);
+}
+
+template <typename S, typename T>
+void RunBackwardTyped(const BackwardProblem& bp, const Schedule& s, internal::StopFlag& stop) {
+  WithShape<T>(s.micro_rows, s.micro_vectors,
+               [&](auto shape) { RunBackwardShaped<S, T, decltype(shape)>(bp, s, stop); });
 }
 
 // The per-target entry point (HWY_EXPORT-ed by backward.cc).

@@ -5,9 +5,10 @@
 // holding more than one Br × Bc tile of scores (Dao, "FlashAttention-2", 2023).
 //
 // Legend (per task; see schedule.h for how rows and keys are assigned):
-//   Br   query rows of the task (<= 96), padded to Rp, a multiple of the 2N-lane panel width
-//   Bc   keys per tile (128); D head_dim; Dv v_dim, padded to Dvp for packed V
-//   Qᵀ   [Rp/2N][D][2N]  the task's queries, transposed into panels, pre-multiplied by scale
+//   W    the panel width, kVecs·N lanes of the register tile (MicroShape, tuning.h; 2N by default)
+//   Br   query rows of the task (q_tile, 96 by default), padded to Rp, a multiple of W
+//   Bc   keys per tile (kv_tile, 128); D head_dim; Dv v_dim, padded to Dvp (a multiple of W)
+//   Qᵀ   [Rp/W][D][W]    the task's queries, transposed into panels, pre-multiplied by scale
 //   Sᵀ   [Bc][Rp]        scores of one tile, transposed: key-major, so that the row max, the
 //                        exponentials and the row sums are all vertical (lane-wise) operations
 //   O    [Rp][Dvp]       unnormalised output accumulator; m, l [Rp] running max and sum
@@ -73,8 +74,8 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // One task: a block of query rows of one (batch, kv head) against a range of keys. S is the
-// operands' storage type, T the compute type (core/types.h).
-template <typename S, typename T>
+// operands' storage type, T the compute type (core/types.h), Shape the register tile.
+template <typename S, typename T, class Shape>
 class ForwardTask {
  public:
   using D = hn::ScalableTag<T>;
@@ -84,15 +85,16 @@ class ForwardTask {
               Arena<T>& arena, std::vector<RowRef<S>>& rows)
       : p_(p), s_(s), t_(t), stop_(stop), rows_(rows) {
     n_ = static_cast<std::int64_t>(hn::Lanes(d_));
+    width_ = Shape::kVecs * n_;
     br_ = t.row_end - t.row_begin;
-    rp_ = RoundUp(br_, 2 * n_);
-    dvp_ = RoundUp(p.v_dim, 2 * n_);
+    rp_ = RoundUp(br_, width_);
+    dvp_ = RoundUp(p.v_dim, width_);
     dot_form_ = br_ < n_;
     dp_ = dot_form_ ? RoundUp(p.head_dim, n_) : p.head_dim;
     // K/V rows are read in place when they already are compute-typed, unit-stride rows.
     constexpr bool kInPlace = std::is_same_v<S, T>;
     k_unit_ = kInPlace && p.kv.key_step() == 1 && dp_ == p.head_dim;
-    v_unit_ = kInPlace && p.kv.value_step() == 1 && p.v_dim % (2 * n_) == 0;
+    v_unit_ = kInPlace && p.kv.value_step() == 1 && p.v_dim % width_ == 0;
     dropout_ = p.dropout_p > 0;
     arena.Reset(Arena<T>::Footprint(rp_ * dp_) + Arena<T>::Footprint(s.kv_tile * rp_) +
                 Arena<T>::Footprint(rp_ * dvp_) + 3 * Arena<T>::Footprint(rp_) +
@@ -144,7 +146,7 @@ class ForwardTask {
     if (dot_form_) {
       ScoreTileByDots(k, ldk, keys);
     } else {
-      ScoreTile(d_, qt_, p_.head_dim, rp_, k, ldk, KeysSeen(j0, keys), st_);
+      ScoreTile<Shape>(d_, qt_, p_.head_dim, rp_, k, ldk, KeysSeen(j0, keys), st_);
     }
     steps_.Apply(d_, j0, keys, st_, rp_, nullptr);
     if (partial) ApplyMask(d_, p_, rows_, j0, keys, st_, rp_);
@@ -216,7 +218,7 @@ class ForwardTask {
   // Qᵀ panels of the task's rows, pre-multiplied by scale; padded rows are 0.
   void PackQueries() {
     PackPanels(
-        br_, rp_, 2 * n_, p_.head_dim, p_.q.stride[3], static_cast<T>(p_.scale),
+        br_, rp_, width_, p_.head_dim, p_.q.stride[3], static_cast<T>(p_.scale),
         [&](std::int64_t r) { return rows_[static_cast<std::size_t>(r)].q; }, qt_);
   }
 
@@ -247,7 +249,7 @@ class ForwardTask {
     return k_pack_;
   }
 
-  // V rows of the tile, Dv a multiple of 2N: in place, or packed and zero-padded to Dvp.
+  // V rows of the tile, Dv a multiple of W: in place, or packed and zero-padded to Dvp.
   const T* ValueTile(std::int64_t j0, std::int64_t keys, std::int64_t& ld) {
     if constexpr (std::is_same_v<S, T>) {
       if (v_unit_ && p_.kv.RunEnd(t_.batch, j0) >= j0 + keys) {
@@ -304,7 +306,7 @@ class ForwardTask {
     const V log2e = hn::Set(d_, static_cast<T>(kLog2e));
     for (std::int64_t x = 0; x < br_; x += n_) {
       const TileKeys range =
-          keys_for(std::max<std::int64_t>(0, x - kMicroRows + 1), x + n_ + kMicroRows - 1);
+          keys_for(std::max<std::int64_t>(0, x - Shape::kRows + 1), x + n_ + Shape::kRows - 1);
       const V m_old = hn::Load(d_, m_ + x);
       V m_new = m_old;
       for (std::int64_t c = range.from; c < range.to; ++c)
@@ -326,8 +328,9 @@ class ForwardTask {
     }
   }
 
-  // O[r] = α[r]·O[r] + Σ_c P[r][c]·V[c] over the task's rows, in micro-tiles of 6 rows × 2N
-  // (or, for the few rows of the dot form, one row at a time across up to 8 vectors of Dv).
+  // O[r] = α[r]·O[r] + Σ_c P[r][c]·V[c] over the task's rows, in micro-tiles of Shape::kRows rows
+  // × kVecs·N (or, for the few rows of the dot form, one row at a time across up to 8 vectors of
+  // Dv).
   template <class KeysFor>
   void AccumulatePv(const T* v, std::int64_t ldv, const KeysFor& keys_for) {
     if (dot_form_) {
@@ -343,16 +346,15 @@ class ForwardTask {
       }
       return;
     }
-    const std::int64_t width = 2 * n_;
-    for (std::int64_t col = 0; col < p_.v_dim; col += width) {
-      for (std::int64_t r = 0; r < br_; r += kMicroRows) {
-        const TileKeys range = keys_for(r, r + kMicroRows);
+    for (std::int64_t col = 0; col < p_.v_dim; col += width_) {
+      for (std::int64_t r = 0; r < br_; r += Shape::kRows) {
+        const TileKeys range = keys_for(r, r + Shape::kRows);
         // Zero keys still apply the α rescale.
         const std::int64_t keys = std::max<std::int64_t>(0, range.to - range.from);
-        WithMicroRows(br_ - r, [&](auto rows) {
-          MulAddMicroTile<decltype(rows)::value, true>(d_, st_ + range.from * rp_ + r, 1, rp_, keys,
-                                                       v + range.from * ldv + col, ldv, alpha_ + r,
-                                                       o_ + r * dvp_ + col, dvp_);
+        WithMicroRows<Shape>(br_ - r, [&](auto rows) {
+          MulAddMicroTile<decltype(rows)::value, Shape::kVecs, true>(
+              d_, st_ + range.from * rp_ + r, 1, rp_, keys, v + range.from * ldv + col, ldv,
+              alpha_ + r, o_ + r * dvp_ + col, dvp_);
         });
       }
     }
@@ -418,7 +420,7 @@ class ForwardTask {
   std::vector<RowRef<S>>& rows_;
   ScoreSteps<T> steps_;
   D d_;
-  std::int64_t n_ = 0, br_ = 0, rp_ = 0, dp_ = 0, dvp_ = 0;
+  std::int64_t n_ = 0, width_ = 0, br_ = 0, rp_ = 0, dp_ = 0, dvp_ = 0;
   bool dot_form_ = false;  // few rows: scores as dot products (ScoreTileByDots)
   bool k_unit_ = true, v_unit_ = true, dropout_ = false;
   T *qt_ = nullptr, *st_ = nullptr, *o_ = nullptr, *m_ = nullptr, *l_ = nullptr, *alpha_ = nullptr,
@@ -474,11 +476,14 @@ template <typename S, typename T>
 void RunForwardTyped(const Problem& p, const Schedule& s, internal::StopFlag& stop) {
   Partials<T> partials;
   if (s.split()) partials.Allocate(s.kv_splits, p.batch * p.heads * p.q_len, p.v_dim);
-  ParallelFor(static_cast<std::int64_t>(s.tasks.size()), s.threads, [&](std::int64_t index, int) {
-    static thread_local Arena<T> arena;
-    static thread_local std::vector<RowRef<S>> rows;
-    ForwardTask<S, T> task(p, s, s.tasks[static_cast<std::size_t>(index)], stop, arena, rows);
-    task.Run(s.split() ? &partials : nullptr);
+  WithShape<T>(s.micro_rows, s.micro_vectors, [&](auto shape) {
+    ParallelFor(static_cast<std::int64_t>(s.tasks.size()), s.threads, [&](std::int64_t index, int) {
+      static thread_local Arena<T> arena;
+      static thread_local std::vector<RowRef<S>> rows;
+      ForwardTask<S, T, decltype(shape)> task(p, s, s.tasks[static_cast<std::size_t>(index)], stop,
+                                              arena, rows);
+      task.Run(s.split() ? &partials : nullptr);
+    });
   });
   stop.ThrowIfStopped();
   if (s.split()) MergePartials<S>(p, s, partials);
@@ -486,17 +491,33 @@ void RunForwardTyped(const Problem& p, const Schedule& s, internal::StopFlag& st
 
 // y[i] = Exp2(x[i]) for n values (whole vectors plus a scalar tail), so tests can measure the
 // accuracy of exactly the exp2 the kernel uses, on every target.
-template <typename T>
+template <Exp2Form kForm, typename T>
 void Exp2Array(const T* x, T* y, std::int64_t n) {
   const hn::ScalableTag<T> d;
   const std::int64_t lanes = static_cast<std::int64_t>(hn::Lanes(d));
   std::int64_t i = 0;
-  for (; i + lanes <= n; i += lanes) hn::StoreU(Exp2(d, hn::LoadU(d, x + i)), d, y + i);
+  for (; i + lanes <= n; i += lanes) hn::StoreU(Exp2<kForm>(d, hn::LoadU(d, x + i)), d, y + i);
   const hn::CappedTag<T, 1> d1;
-  for (; i < n; ++i) hn::StoreU(Exp2(d1, hn::LoadU(d1, x + i)), d1, y + i);
+  for (; i < n; ++i) hn::StoreU(Exp2<kForm>(d1, hn::LoadU(d1, x + i)), d1, y + i);
 }
-inline void Exp2ArrayF32(const float* x, float* y, std::int64_t n) { Exp2Array(x, y, n); }
-inline void Exp2ArrayF64(const double* x, double* y, std::int64_t n) { Exp2Array(x, y, n); }
+inline void Exp2ArrayF32(const float* x, float* y, std::int64_t n, Exp2Form form) {
+  if (form == Exp2Form::kEstrin) {
+    Exp2Array<Exp2Form::kEstrin>(x, y, n);
+  } else {
+    Exp2Array<Exp2Form::kHorner>(x, y, n);
+  }
+}
+inline void Exp2ArrayF64(const double* x, double* y, std::int64_t n) {
+  Exp2Array<Exp2Form::kHorner>(x, y, n);
+}
+
+// The register tile RunForward runs for a requested shape, as 16·rows + vectors (for tests).
+inline int DispatchedShapeF32(int rows, int vectors) {
+  return DispatchedShape<float>(rows, vectors);
+}
+inline int DispatchedShapeF64(int rows, int vectors) {
+  return DispatchedShape<double>(rows, vectors);
+}
 
 // The per-target entry point (HWY_EXPORT-ed by forward.cc).
 inline void RunForward(const Problem& p, const Schedule& s, internal::StopFlag& stop) {

@@ -1,5 +1,5 @@
-// What both passes do to a tile of scores Sᵀ[key][row] (row stride rp, a multiple of the 2N
-// panel width; see forward-inl.h for the legend): compute it (ScoreTile), apply the variants'
+// What both passes do to a tile of scores Sᵀ[key][row] (row stride rp, a multiple of the
+// panel width W; see forward-inl.h for the legend): compute it (ScoreTile), apply the variants'
 // per-score steps (ScoreSteps: softcap, ALiBi, score_mod), and mask it (ApplyMask: key ranges,
 // bool and additive masks; ApplyMaskMod). AllFinite guards the products against NaN/Inf in
 // masked V or K rows.
@@ -33,23 +33,23 @@ using internal::Problem;
 
 inline constexpr double kLog2e = 1.442695040888963407359924681001892137;
 
-// Sᵀ[c][r] = A[c] · panels[:, r] for all rp rows (panels of 2N) and the keys each panel needs,
-// keys_for(first row, end row) -> TileKeys within [0, keys): the scores K·Qᵀ (forward and
+// Sᵀ[c][r] = A[c] · panels[:, r] for all rp rows (panels of Shape::kVecs·N) and the keys each panel
+// needs, keys_for(first row, end row) -> TileKeys within [0, keys): the scores K·Qᵀ (forward and
 // backward) and dPᵀ = V·dOᵀ (backward). A rows are `lda` apart. On a causal diagonal tile a
 // panel's keys stop at its last row's end, and under a window they start at its first row's
 // begin, so the parts of the tile outside the band are not computed (their Sᵀ entries are left
 // as they were; the caller masks them).
-template <class D, class KeysFor, typename T = hn::TFromD<D>>
+template <class Shape, class D, class KeysFor, typename T = hn::TFromD<D>>
 void ScoreTile(D d, const T* panels, std::int64_t depth, std::int64_t rp, const T* a,
                std::int64_t lda, const KeysFor& keys_for, T* st) {
-  const std::int64_t width = 2 * static_cast<std::int64_t>(hn::Lanes(d));
+  const std::int64_t width = Shape::kVecs * static_cast<std::int64_t>(hn::Lanes(d));
   for (std::int64_t panel = 0; panel < rp / width; ++panel) {
     const T* b = panels + panel * depth * width;
     const TileKeys range = keys_for(panel * width, (panel + 1) * width);
-    for (std::int64_t c = range.from; c < range.to; c += kMicroRows) {
-      WithMicroRows(range.to - c, [&](auto rows) {
-        MulAddMicroTile<decltype(rows)::value, false>(d, a + c * lda, lda, 1, depth, b, width,
-                                                      nullptr, st + c * rp + panel * width, rp);
+    for (std::int64_t c = range.from; c < range.to; c += Shape::kRows) {
+      WithMicroRows<Shape>(range.to - c, [&](auto rows) {
+        MulAddMicroTile<decltype(rows)::value, Shape::kVecs, false>(
+            d, a + c * lda, lda, 1, depth, b, width, nullptr, st + c * rp + panel * width, rp);
       });
     }
   }
