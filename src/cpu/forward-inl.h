@@ -296,35 +296,76 @@ class ForwardTask {
   }
 
   // Online softmax, lane-wise over rows: m_new = max(m, max_c Sᵀ[c]); α = exp(m - m_new);
-  // Sᵀ[c] ← P = exp(Sᵀ[c] - m_new) (exactly 0 where Sᵀ = -inf); l ← α·l + Σ_c P.
+  // Sᵀ[c] ← P = exp(Sᵀ[c] - m_new) (exactly 0 where Sᵀ = -inf: Exp2(-inf) = 0); l ← α·l + Σ_c P.
+  // Lazy rescaling (FlashAttention-4): where m is finite and the tile raises it by at most
+  // 2^lazy_rescale (in base 2), m is kept stale, so α = 1 and P <= 2^lazy_rescale; exact, since l
+  // and O carry the same stale m to FinalizeRows' division and to lse = m + ln l. When no row of
+  // the task moved its m, AccumulatePv skips the α multiply.
   // Rows with no visible score yet keep m = -inf and subtract 0 instead (avoiding -inf - -inf).
   // Keys are limited per vector of rows by keys_for, widened by a micro-tile of rows on both
   // sides so that every P entry AccumulatePv reads is written.
   template <class KeysFor>
   void OnlineSoftmaxUpdate(const KeysFor& keys_for) {
+    if (s_.exp2 == Exp2Form::kEstrin) {
+      SoftmaxRows<Exp2Form::kEstrin>(keys_for);
+    } else {
+      SoftmaxRows<Exp2Form::kHorner>(keys_for);
+    }
+  }
+
+  template <Exp2Form kForm, class KeysFor>
+  void SoftmaxRows(const KeysFor& keys_for) {
     const V neg_inf = hn::Set(d_, -std::numeric_limits<T>::infinity());
     const V log2e = hn::Set(d_, static_cast<T>(kLog2e));
+    const V threshold = hn::Set(d_, static_cast<T>(s_.lazy_rescale));
+    const bool lazy = s_.lazy_rescale > 0;
+    T* const st = st_;
+    const std::int64_t rp = rp_;
+    rescaled_ = false;
     for (std::int64_t x = 0; x < br_; x += n_) {
       const TileKeys range =
           keys_for(std::max<std::int64_t>(0, x - Shape::kRows + 1), x + n_ + Shape::kRows - 1);
+      // Pass 1: the tile's max, in four chains (one chain waits 4 cycles per key for vmaxps).
+      V max0 = neg_inf, max1 = neg_inf, max2 = neg_inf, max3 = neg_inf;
+      std::int64_t c = range.from;
+      for (; c + 4 <= range.to; c += 4) {
+        max0 = hn::Max(max0, hn::Load(d_, st + c * rp + x));
+        max1 = hn::Max(max1, hn::Load(d_, st + (c + 1) * rp + x));
+        max2 = hn::Max(max2, hn::Load(d_, st + (c + 2) * rp + x));
+        max3 = hn::Max(max3, hn::Load(d_, st + (c + 3) * rp + x));
+      }
+      for (; c < range.to; ++c) max0 = hn::Max(max0, hn::Load(d_, st + c * rp + x));
       const V m_old = hn::Load(d_, m_ + x);
-      V m_new = m_old;
-      for (std::int64_t c = range.from; c < range.to; ++c)
-        m_new = hn::Max(m_new, hn::Load(d_, st_ + c * rp_ + x));
+      V m_new = hn::Max(m_old, hn::Max(hn::Max(max0, max1), hn::Max(max2, max3)));
+      if (lazy) {
+        const auto keep = hn::And(hn::Ne(m_old, neg_inf),
+                                  hn::Le(hn::Mul(hn::Sub(m_new, m_old), log2e), threshold));
+        m_new = hn::IfThenElse(keep, m_old, m_new);
+      }
+      rescaled_ = rescaled_ || !hn::AllTrue(d_, hn::Eq(m_new, m_old));
       const V shift = hn::IfThenZeroElse(hn::Eq(m_new, neg_inf), m_new);
-      const V alpha = Exp2(d_, hn::Mul(hn::Sub(m_old, shift), log2e));
-      V sum = hn::Zero(d_);
-      for (std::int64_t c = range.from; c < range.to; ++c) {
-        T* s = st_ + c * rp_ + x;
-        const V score = hn::Load(d_, s);
-        const V prob = hn::IfThenZeroElse(hn::Eq(score, neg_inf),
-                                          Exp2(d_, hn::Mul(hn::Sub(score, shift), log2e)));
-        hn::Store(prob, d_, s);
-        sum = hn::Add(sum, prob);
+      const V alpha = Exp2<kForm>(d_, hn::Mul(hn::Sub(m_old, shift), log2e));
+      // Pass 2: P, stored over S, and its row sums.
+      V sum0 = hn::Zero(d_), sum1 = hn::Zero(d_);
+      c = range.from;
+      for (; c + 2 <= range.to; c += 2) {
+        T* s0 = st + c * rp + x;
+        const V p0 = Exp2<kForm>(d_, hn::Mul(hn::Sub(hn::Load(d_, s0), shift), log2e));
+        const V p1 = Exp2<kForm>(d_, hn::Mul(hn::Sub(hn::Load(d_, s0 + rp), shift), log2e));
+        hn::Store(p0, d_, s0);
+        hn::Store(p1, d_, s0 + rp);
+        sum0 = hn::Add(sum0, p0);
+        sum1 = hn::Add(sum1, p1);
+      }
+      if (c < range.to) {
+        T* s0 = st + c * rp + x;
+        const V p0 = Exp2<kForm>(d_, hn::Mul(hn::Sub(hn::Load(d_, s0), shift), log2e));
+        hn::Store(p0, d_, s0);
+        sum0 = hn::Add(sum0, p0);
       }
       hn::Store(m_new, d_, m_ + x);
       hn::Store(alpha, d_, alpha_ + x);
-      hn::Store(hn::MulAdd(hn::Load(d_, l_ + x), alpha, sum), d_, l_ + x);
+      hn::Store(hn::MulAdd(hn::Load(d_, l_ + x), alpha, hn::Add(sum0, sum1)), d_, l_ + x);
     }
   }
 
@@ -354,7 +395,7 @@ class ForwardTask {
         WithMicroRows<Shape>(br_ - r, [&](auto rows) {
           MulAddMicroTile<decltype(rows)::value, Shape::kVecs, true>(
               d_, st_ + range.from * rp_ + r, 1, rp_, keys, v + range.from * ldv + col, ldv,
-              alpha_ + r, o_ + r * dvp_ + col, dvp_);
+              rescaled_ ? alpha_ + r : nullptr, o_ + r * dvp_ + col, dvp_);
         });
       }
     }
@@ -423,6 +464,7 @@ class ForwardTask {
   std::int64_t n_ = 0, width_ = 0, br_ = 0, rp_ = 0, dp_ = 0, dvp_ = 0;
   bool dot_form_ = false;  // few rows: scores as dot products (ScoreTileByDots)
   bool k_unit_ = true, v_unit_ = true, dropout_ = false;
+  bool rescaled_ = true;  // some row's m moved in the last OnlineSoftmaxUpdate (α != 1)
   T *qt_ = nullptr, *st_ = nullptr, *o_ = nullptr, *m_ = nullptr, *l_ = nullptr, *alpha_ = nullptr,
     *k_pack_ = nullptr, *v_pack_ = nullptr, *z_ = nullptr;
 };
