@@ -179,16 +179,17 @@ class BackwardTask {
         const std::int64_t rows = std::min(s_.q_tile, group_rows - r0);
         UseQueryTile(seq, r0, rows);
         const BlockKind kind = ClassifyTile(p_, seq, rows_, s_.group, j0, keys);
-        if (kind == BlockKind::kEmpty) continue;
-        Tile(seq, j0, keys, rows, TileNeedsMask(p_, rows_, kind, j0, keys),
-             kind == BlockKind::kPartial, dq + r0 * dkp_);
+        const BlockKind mask = MaskBlock(p_, rows_, j0, keys);
+        if (kind == BlockKind::kEmpty || mask == BlockKind::kEmpty) continue;
+        Tile(seq, j0, keys, rows, TileNeedsMask(rows_, kind, mask, j0, keys),
+             kind == BlockKind::kPartial, mask != BlockKind::kFull, dq + r0 * dkp_);
       }
       StoreKeyGradients(j0, keys);
     }
   }
 
   // One tile: the query rows described in rows_ against the loaded K/V tile [j0, j0 + keys).
-  // `partial` and `mask_mod` as in the forward's Tile; dq holds the rows' dQ.
+  // `partial`, `mask_mod` and `mask_values` as in the forward's Tile; dq holds the rows' dQ.
   //
   // Under causal, window and varlen bounds the rows' key ranges cut the tile into a band, and
   // only the band is computed, as the forward does: S and dP per panel of rows, P and dS per
@@ -198,14 +199,14 @@ class BackwardTask {
   // Entries outside the band are never read. The products' order is fixed by the shape alone, so
   // results stay bitwise identical for any thread count.
   void Tile(const internal::Sequence& seq, std::int64_t j0, std::int64_t keys, std::int64_t rows,
-            bool partial, bool mask_mod, T* dq) {
+            bool partial, bool mask_mod, bool mask_values, T* dq) {
     steps_.Prepare(p_, seq, rows_, rp_);
     const auto computed = [&](std::int64_t row_begin, std::int64_t row_end) {
       return KeysComputed(j0, keys, rows, row_begin, row_end);
     };
     ScoreTile<Shape>(d_, qt_, p_.head_dim, rp_, k_rows_, dkp_, computed, pt_);
     steps_.Apply(d_, j0, keys, pt_, rp_, slope_);
-    if (partial) ApplyMask(d_, p_, rows_, j0, keys, pt_, rp_);
+    if (partial) ApplyMask(d_, p_, rows_, j0, keys, pt_, rp_, mask_values);
     if (mask_mod) ApplyMaskMod(p_, steps_.Block(j0, keys, rp_), pt_);
     Probabilities(computed);
     ScoreTile<Shape>(d_, dot_, p_.v_dim, rp_, v_rows_, dvp_, computed, dst_);

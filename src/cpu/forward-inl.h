@@ -29,9 +29,10 @@
 // bounds give each row a key range [begin, end) whose ends grow with the row, so the loop visits
 // only keys from the first row's begin to the last row's end, each panel of rows computes only
 // the keys between its first row's begin and its last row's end, and only tiles crossing a range
-// edge are masked; a custom block_mask can skip more tiles. Softcap, ALiBi and score_mod are
-// steps on every tile (ScoreSteps); sinks start each row's softmax with m = sink, l = 1 (no
-// value); dropout multiplies P after the row sums are taken.
+// edge are masked; a custom block_mask can skip more tiles, and so can a bool mask whose block is
+// all false (MaskBlock, masks-inl.h; an all-true block needs no mask step). Softcap, ALiBi and
+// score_mod are steps on every tile (ScoreSteps); sinks start each row's softmax with m = sink, l =
+// 1 (no value); dropout multiplies P after the row sums are taken.
 //
 // Steps of one tile: ScoreTile → ScoreSteps → ApplyMask (partial tiles only) →
 // OnlineSoftmaxUpdate → dropout → AccumulatePV; after the last tile, FinalizeRows (or
@@ -126,8 +127,10 @@ class ForwardTask {
       if (stop_.Stopped()) return;  // the caller throws sdpa::Interrupted
       const std::int64_t keys = std::min(s_.kv_tile, stop - j0);
       const BlockKind kind = ClassifyTile(p_, seq, rows_, s_.group, j0, keys);
-      if (kind == BlockKind::kEmpty) continue;
-      Tile(seq, j0, keys, TileNeedsMask(p_, rows_, kind, j0, keys), kind == BlockKind::kPartial);
+      const BlockKind mask = MaskBlock(p_, rows_, j0, keys);
+      if (kind == BlockKind::kEmpty || mask == BlockKind::kEmpty) continue;
+      Tile(seq, j0, keys, TileNeedsMask(rows_, kind, mask, j0, keys), kind == BlockKind::kPartial,
+           mask != BlockKind::kFull);
     }
     if (partials != nullptr) {
       StorePartial(*partials);
@@ -137,9 +140,10 @@ class ForwardTask {
   }
 
   // What happens to one tile of keys [j0, j0 + keys). `partial`: some key is invisible to some
-  // row (or a mask applies); `mask_mod`: the custom mask_mod must be evaluated.
+  // row (or a mask applies); `mask_mod`: the custom mask_mod must be evaluated; `mask_values`:
+  // the mask may hide some key of the tile.
   void Tile(const internal::Sequence& seq, std::int64_t j0, std::int64_t keys, bool partial,
-            bool mask_mod) {
+            bool mask_mod, bool mask_values) {
     std::int64_t ldk = 0, ldv = 0;
     const T* k = KeyTile(j0, keys, ldk);
     const T* v = ValueTile(j0, keys, ldv);
@@ -149,7 +153,7 @@ class ForwardTask {
       ScoreTile<Shape>(d_, qt_, p_.head_dim, rp_, k, ldk, KeysSeen(j0, keys), st_);
     }
     steps_.Apply(d_, j0, keys, st_, rp_, nullptr);
-    if (partial) ApplyMask(d_, p_, rows_, j0, keys, st_, rp_);
+    if (partial) ApplyMask(d_, p_, rows_, j0, keys, st_, rp_, mask_values);
     if (mask_mod) ApplyMaskMod(p_, steps_.Block(j0, keys, rp_), st_);
     OnlineSoftmaxUpdate(KeysSeen(j0, keys));
     if (dropout_) DropProbabilities(seq, j0, keys);

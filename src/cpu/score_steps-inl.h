@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/problem.h"
+#include "cpu/masks-inl.h"
 #include "cpu/micro_kernels-inl.h"
 #include "cpu/rows-inl.h"
 #include "hwy/contrib/math/math-inl.h"
@@ -234,13 +235,22 @@ void ApplySharedMaskRow(D d, const Problem& p, const std::vector<RowRef<S>>& row
 // and adds an additive mask, for keys [j0, j0 + keys) and the task's rows. Only tiles that
 // contain an invisible key or a mask come here (mask_mod is applied by the caller). The score
 // is overwritten, never combined, so NaN/Inf from masked K rows cannot survive.
+// `with_mask` false: the mask is known to keep every key of the tile (MaskBlock), so only the
+// ranges apply. Rows with their own mask rows take ApplyRowMasks (masks-inl.h) where it applies.
 template <class D, typename S, typename T = hn::TFromD<D>>
 void ApplyMask(D d, const Problem& p, const std::vector<RowRef<S>>& rows, std::int64_t j0,
-               std::int64_t keys, T* st, std::int64_t rp) {
-  MaskOutsideRanges(d, rows, j0, keys, st, rp);
-  if (p.mask_kind == MaskKind::kNone) return;
+               std::int64_t keys, T* st, std::int64_t rp, bool with_mask = true) {
+  // Ranges grow with the row: the last row has the largest begin, the first the smallest end.
+  if (j0 < rows.back().begin || j0 + keys > rows.front().end) {
+    MaskOutsideRanges(d, rows, j0, keys, st, rp);
+  }
+  if (p.mask_kind == MaskKind::kNone || !with_mask) return;
   if (p.mask.stride[1] == 0 && p.mask.stride[2] == 0) {
     ApplySharedMaskRow(d, p, rows, j0, keys, st, rp);
+    return;
+  }
+  if (RowMasksVectorWide(d, p, rp)) {
+    ApplyRowMasks(d, p, rows, j0, keys, st, rp);
     return;
   }
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
