@@ -267,15 +267,26 @@ class BackwardTask {
   }
 
   // Keys [from, to) of the tile whose S, P, dP and dS are computed for tile rows [row_begin,
-  // row_end): those of rows row_begin - (R-1) .. row_end + (R-2), widened by R-1 keys on both
-  // sides (R = Shape::kRows). A dQ micro-tile (R rows) reads the keys its rows see, which lie in
-  // this range of each of its rows; a dK/dV micro-tile (R keys) reads those keys for every row
-  // that sees one of them, and such a row's range starts before the last and ends after the
-  // first. Rows past `rows` (padding) count as the last row; ranges grow with the row.
+  // row_end) (a vector or a panel of rows), R = Shape::kRows. Every entry a product reads must
+  // be written: a dQ micro-tile (R rows) reads the keys its rows see, a dK/dV micro-tile (R keys
+  // from a multiple of R) reads its keys for every row that sees one of them.
+  //  - R divides N (8 or 4 rows on AVX-512): dQ micro-tiles lie inside one vector, so the rows'
+  //    own keys, rounded out to the dK/dV micro-tiles' grid of R keys, suffice.
+  //  - otherwise (6 rows): the keys of rows row_begin - (R-1) .. row_end + (R-2), widened by
+  //    R-1 keys on both sides.
+  // Rows past `rows` (padding) count as the last row; ranges grow with the row.
   TileKeys KeysComputed(std::int64_t j0, std::int64_t keys, std::int64_t rows,
                         std::int64_t row_begin, std::int64_t row_end) const {
     if (row_begin >= rows) return {0, 0};
-    constexpr std::int64_t kWiden = Shape::kRows - 1;
+    constexpr std::int64_t kRows = Shape::kRows;
+    if (n_ % kRows == 0) {
+      const RowRef<S>& first = rows_[static_cast<std::size_t>(row_begin)];
+      const RowRef<S>& last = rows_[static_cast<std::size_t>(std::min(row_end, rows) - 1)];
+      const std::int64_t from = std::clamp<std::int64_t>(first.begin - j0, 0, keys) / kRows * kRows;
+      const std::int64_t to = RoundUp(std::clamp<std::int64_t>(last.end - j0, from, keys), kRows);
+      return {from, std::min(to, keys)};
+    }
+    constexpr std::int64_t kWiden = kRows - 1;
     const RowRef<S>& first =
         rows_[static_cast<std::size_t>(std::max<std::int64_t>(0, row_begin - kWiden))];
     const RowRef<S>& last = rows_[static_cast<std::size_t>(std::min(row_end + kWiden, rows) - 1)];
