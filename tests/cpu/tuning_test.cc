@@ -39,7 +39,7 @@ TEST(TuningTable, RowsByCpu) {
     std::int64_t q_tile, kv_tile;
   };
   const Case cases[] = {
-      {Cpu("AuthenticAMD", 0x19, 0x11, true, 1024), "amd-zen4", 6, 2, 96, 128},  // Genoa
+      {Cpu("AuthenticAMD", 0x19, 0x11, true, 1024), "amd-zen4", 4, 4, 128, 128},  // Genoa
       {Cpu("AuthenticAMD", 0x19, 0x01, false, 512), "amd-avx2", 6, 2, 96, 128},  // Milan
       {Cpu("AuthenticAMD", 0x1A, 0x02, true, 1024), "amd-zen5", 4, 4, 128, 128},
       {Cpu("GenuineIntel", 6, 0x8F, true, 2048), "intel-avx512-server", 4, 4, 128, 128},
