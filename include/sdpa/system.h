@@ -8,9 +8,14 @@ namespace sdpa {
 
 struct SystemInfo {
   std::string version;                    // SDPA_VERSION
+  std::string cpu;                        // the CPU's brand string (CPUID), empty if unknown
   std::vector<std::string> simd_targets;  // compiled into this binary and supported by this CPU
   std::string simd_target;                // the one the CPU engine uses (honours SDPA_SIMD_TARGET)
   int threads = 1;                        // GetNumThreads()
+  // The CPU engine's per-microarchitecture choices and what chose them (SDPA_TUNING overrides):
+  // register tile, tiles, exp2 form, lazy rescaling; e.g. "amd-zen4: micro 6x2, tiles 96x128,
+  // exp2 horner, lazy rescale 2^8 (CPUID AuthenticAMD family 0x19 model 0x11, AVX-512, ...)".
+  std::string tuning;
 };
 SystemInfo GetSystemInfo();
 

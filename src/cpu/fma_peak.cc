@@ -57,6 +57,7 @@ HWY_AFTER_NAMESPACE();
 
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
+#include "cpu/tuning.h"
 #include "sdpa/attention.h"
 #include "sdpa/system.h"
 #include "sdpa/version.h"
@@ -96,9 +97,11 @@ double MeasureFmaPeakGflops(int threads, double seconds) {
 SystemInfo GetSystemInfo() {
   SystemInfo info;
   info.version = SDPA_VERSION;
+  info.cpu = cpu::DetectCpu().brand;
   info.simd_targets = cpu::SimdTargets();
   info.simd_target = cpu::ActiveSimdTarget();
   info.threads = GetNumThreads();
+  info.tuning = cpu::ActiveTuning().ToString();
   return info;
 }
 

@@ -5,9 +5,10 @@
 // holding more than one Br × Bc tile of scores (Dao, "FlashAttention-2", 2023).
 //
 // Legend (per task; see schedule.h for how rows and keys are assigned):
-//   Br   query rows of the task (<= 96), padded to Rp, a multiple of the 2N-lane panel width
-//   Bc   keys per tile (128); D head_dim; Dv v_dim, padded to Dvp for packed V
-//   Qᵀ   [Rp/2N][D][2N]  the task's queries, transposed into panels, pre-multiplied by scale
+//   W    the panel width, kVecs·N lanes of the register tile (MicroShape, tuning.h; 2N by default)
+//   Br   query rows of the task (q_tile, 96 by default), padded to Rp, a multiple of W
+//   Bc   keys per tile (kv_tile, 128); D head_dim; Dv v_dim, padded to Dvp (a multiple of W)
+//   Qᵀ   [Rp/W][D][W]    the task's queries, transposed into panels, pre-multiplied by scale
 //   Sᵀ   [Bc][Rp]        scores of one tile, transposed: key-major, so that the row max, the
 //                        exponentials and the row sums are all vertical (lane-wise) operations
 //   O    [Rp][Dvp]       unnormalised output accumulator; m, l [Rp] running max and sum
@@ -28,9 +29,10 @@
 // bounds give each row a key range [begin, end) whose ends grow with the row, so the loop visits
 // only keys from the first row's begin to the last row's end, each panel of rows computes only
 // the keys between its first row's begin and its last row's end, and only tiles crossing a range
-// edge are masked; a custom block_mask can skip more tiles. Softcap, ALiBi and score_mod are
-// steps on every tile (ScoreSteps); sinks start each row's softmax with m = sink, l = 1 (no
-// value); dropout multiplies P after the row sums are taken.
+// edge are masked; a custom block_mask can skip more tiles, and so can a bool mask whose block is
+// all false (MaskBlock, masks-inl.h; an all-true block needs no mask step). Softcap, ALiBi and
+// score_mod are steps on every tile (ScoreSteps); sinks start each row's softmax with m = sink, l =
+// 1 (no value); dropout multiplies P after the row sums are taken.
 //
 // Steps of one tile: ScoreTile → ScoreSteps → ApplyMask (partial tiles only) →
 // OnlineSoftmaxUpdate → dropout → AccumulatePV; after the last tile, FinalizeRows (or
@@ -73,8 +75,8 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // One task: a block of query rows of one (batch, kv head) against a range of keys. S is the
-// operands' storage type, T the compute type (core/types.h).
-template <typename S, typename T>
+// operands' storage type, T the compute type (core/types.h), Shape the register tile.
+template <typename S, typename T, class Shape>
 class ForwardTask {
  public:
   using D = hn::ScalableTag<T>;
@@ -84,15 +86,16 @@ class ForwardTask {
               Arena<T>& arena, std::vector<RowRef>& rows)
       : p_(p), s_(s), t_(t), stop_(stop), rows_(rows) {
     n_ = static_cast<std::int64_t>(hn::Lanes(d_));
+    width_ = Shape::kVecs * n_;
     br_ = t.row_end - t.row_begin;
-    rp_ = RoundUp(br_, 2 * n_);
-    dvp_ = RoundUp(p.v_dim, 2 * n_);
+    rp_ = RoundUp(br_, width_);
+    dvp_ = RoundUp(p.v_dim, width_);
     dot_form_ = br_ < n_;
     dp_ = dot_form_ ? RoundUp(p.head_dim, n_) : p.head_dim;
     // K/V rows are read in place when they already are compute-typed, unit-stride rows.
     constexpr bool kInPlace = std::is_same_v<S, T>;
     k_unit_ = kInPlace && p.kv.key_step() == 1 && dp_ == p.head_dim;
-    v_unit_ = kInPlace && p.kv.value_step() == 1 && p.v_dim % (2 * n_) == 0;
+    v_unit_ = kInPlace && p.kv.value_step() == 1 && p.v_dim % width_ == 0;
     // A paged source reads in place only the tiles inside one block: the others are gathered.
     k_always_ = k_unit_ && !p.kv.paged();
     v_always_ = v_unit_ && !p.kv.paged();
@@ -135,8 +138,10 @@ class ForwardTask {
       if (stop_.Stopped()) return;  // the caller throws sdpa::Interrupted
       const std::int64_t keys = std::min(s_.kv_tile, stop - j0);
       const BlockKind kind = ClassifyTile(p_, seq, rows_, s_.group, j0, keys);
-      if (kind == BlockKind::kEmpty) continue;
-      Tile(seq, j0, keys, TileNeedsMask(p_, rows_, kind, j0, keys), kind == BlockKind::kPartial);
+      const BlockKind mask = MaskBlock(p_, rows_, j0, keys);
+      if (kind == BlockKind::kEmpty || mask == BlockKind::kEmpty) continue;
+      Tile(seq, j0, keys, TileNeedsMask(rows_, kind, mask, j0, keys), kind == BlockKind::kPartial,
+           mask != BlockKind::kFull);
     }
     if (partials != nullptr) {
       StorePartial(*partials);
@@ -146,9 +151,10 @@ class ForwardTask {
   }
 
   // What happens to one tile of keys [j0, j0 + keys). `partial`: some key is invisible to some
-  // row (or a mask applies); `mask_mod`: the custom mask_mod must be evaluated.
+  // row (or a mask applies); `mask_mod`: the custom mask_mod must be evaluated; `mask_values`:
+  // the mask may hide some key of the tile.
   void Tile(const internal::Sequence& seq, std::int64_t j0, std::int64_t keys, bool partial,
-            bool mask_mod) {
+            bool mask_mod, bool mask_values) {
     std::int64_t ldk = 0;
     if (dot_form_ && k_stored_) {
       ScoreTileByDots(StoredRows<S>{p_.kv, false, t_.batch, t_.kv_head, j0}, keys);
@@ -157,11 +163,11 @@ class ForwardTask {
       if (dot_form_) {
         ScoreTileByDots(PackedRows<T>{k, ldk}, keys);
       } else {
-        ScoreTile(d_, qt_, p_.head_dim, rp_, k, ldk, KeysSeen(j0, keys), st_);
+        ScoreTile<Shape>(d_, qt_, p_.head_dim, rp_, k, ldk, KeysSeen(j0, keys), st_);
       }
     }
     steps_.Apply(d_, j0, keys, st_, rp_, nullptr);
-    if (partial) ApplyMask(d_, p_, rows_, j0, keys, st_, rp_);
+    if (partial) ApplyMask(d_, p_, rows_, j0, keys, st_, rp_, mask_values);
     if (mask_mod) ApplyMaskMod(p_, steps_.Block(j0, keys, rp_), st_);
     OnlineSoftmaxUpdate(KeysSeen(j0, keys));
     if (dropout_) DropProbabilities(seq, j0, keys);
@@ -246,7 +252,7 @@ class ForwardTask {
   // Qᵀ panels of the task's rows, pre-multiplied by scale; padded rows are 0.
   void PackQueries() {
     PackPanels(
-        br_, rp_, 2 * n_, p_.head_dim, p_.q.stride[3], static_cast<T>(p_.scale), p_.q.dtype,
+        br_, rp_, width_, p_.head_dim, p_.q.stride[3], static_cast<T>(p_.scale), p_.q.dtype,
         [&](std::int64_t r) { return rows_[static_cast<std::size_t>(r)].q; }, qt_);
   }
 
@@ -275,7 +281,7 @@ class ForwardTask {
     return k_pack_;
   }
 
-  // V rows of the tile, Dv a multiple of 2N: in place, or packed and zero-padded to Dvp.
+  // V rows of the tile, Dv a multiple of W: in place, or packed and zero-padded to Dvp.
   const T* ValueTile(std::int64_t j0, std::int64_t keys, std::int64_t& ld) {
     if constexpr (std::is_same_v<S, T>) {
       if (v_unit_ && p_.kv.RunEnd(t_.batch, j0) >= j0 + keys) {
@@ -331,56 +337,97 @@ class ForwardTask {
   }
 
   // Online softmax, lane-wise over rows: m_new = max(m, max_c Sᵀ[c]); α = exp(m - m_new);
-  // Sᵀ[c] ← P = exp(Sᵀ[c] - m_new) (exactly 0 where Sᵀ = -inf); l ← α·l + Σ_c P.
+  // Sᵀ[c] ← P = exp(Sᵀ[c] - m_new) (exactly 0 where Sᵀ = -inf: Exp2(-inf) = 0); l ← α·l + Σ_c P.
+  // Lazy rescaling (FlashAttention-4): where m is finite and the tile raises it by at most
+  // 2^lazy_rescale (in base 2), m is kept stale, so α = 1 and P <= 2^lazy_rescale; exact, since l
+  // and O carry the same stale m to FinalizeRows' division and to lse = m + ln l. When no row of
+  // the task moved its m, AccumulatePv skips the α multiply.
   // Rows with no visible score yet keep m = -inf and subtract 0 instead (avoiding -inf - -inf).
   // Keys are limited per vector of rows by keys_for, widened by a micro-tile of rows on both
   // sides so that every P entry AccumulatePv reads is written.
   template <class KeysFor>
   void OnlineSoftmaxUpdate(const KeysFor& keys_for) {
-    const V neg_inf = hn::Set(d_, -std::numeric_limits<T>::infinity());
-    const V log2e = hn::Set(d_, static_cast<T>(kLog2e));
-    for (std::int64_t x = 0; x < br_; x += n_) {
-      const TileKeys range =
-          keys_for(std::max<std::int64_t>(0, x - kMicroRows + 1), x + n_ + kMicroRows - 1);
-      const V m_old = hn::Load(d_, m_ + x);
-      V m_new = m_old;
-      for (std::int64_t c = range.from; c < range.to; ++c)
-        m_new = hn::Max(m_new, hn::Load(d_, st_ + c * rp_ + x));
-      const V shift = hn::IfThenZeroElse(hn::Eq(m_new, neg_inf), m_new);
-      const V alpha = Exp2(d_, hn::Mul(hn::Sub(m_old, shift), log2e));
-      V sum = hn::Zero(d_);
-      for (std::int64_t c = range.from; c < range.to; ++c) {
-        T* s = st_ + c * rp_ + x;
-        const V score = hn::Load(d_, s);
-        const V prob = hn::IfThenZeroElse(hn::Eq(score, neg_inf),
-                                          Exp2(d_, hn::Mul(hn::Sub(score, shift), log2e)));
-        hn::Store(prob, d_, s);
-        sum = hn::Add(sum, prob);
-      }
-      hn::Store(m_new, d_, m_ + x);
-      hn::Store(alpha, d_, alpha_ + x);
-      hn::Store(hn::MulAdd(hn::Load(d_, l_ + x), alpha, sum), d_, l_ + x);
+    if (s_.exp2 == Exp2Form::kEstrin) {
+      SoftmaxRows<Exp2Form::kEstrin>(keys_for);
+    } else {
+      SoftmaxRows<Exp2Form::kHorner>(keys_for);
     }
   }
 
-  // O[r] = α[r]·O[r] + Σ_c P[r][c]·V[c] over the task's rows, in micro-tiles of 6 rows × 2N
-  // (or, for the few rows of the dot form, one row at a time across up to 8 vectors of Dv).
+  template <Exp2Form kForm, class KeysFor>
+  void SoftmaxRows(const KeysFor& keys_for) {
+    const V neg_inf = hn::Set(d_, -std::numeric_limits<T>::infinity());
+    const V log2e = hn::Set(d_, static_cast<T>(kLog2e));
+    const V threshold = hn::Set(d_, static_cast<T>(s_.lazy_rescale));
+    const bool lazy = s_.lazy_rescale > 0;
+    T* const st = st_;
+    const std::int64_t rp = rp_;
+    rescaled_ = false;
+    for (std::int64_t x = 0; x < br_; x += n_) {
+      const TileKeys range =
+          keys_for(std::max<std::int64_t>(0, x - Shape::kRows + 1), x + n_ + Shape::kRows - 1);
+      // Pass 1: the tile's max, in four chains (one chain waits 4 cycles per key for vmaxps).
+      V max0 = neg_inf, max1 = neg_inf, max2 = neg_inf, max3 = neg_inf;
+      std::int64_t c = range.from;
+      for (; c + 4 <= range.to; c += 4) {
+        max0 = hn::Max(max0, hn::Load(d_, st + c * rp + x));
+        max1 = hn::Max(max1, hn::Load(d_, st + (c + 1) * rp + x));
+        max2 = hn::Max(max2, hn::Load(d_, st + (c + 2) * rp + x));
+        max3 = hn::Max(max3, hn::Load(d_, st + (c + 3) * rp + x));
+      }
+      for (; c < range.to; ++c) max0 = hn::Max(max0, hn::Load(d_, st + c * rp + x));
+      const V m_old = hn::Load(d_, m_ + x);
+      V m_new = hn::Max(m_old, hn::Max(hn::Max(max0, max1), hn::Max(max2, max3)));
+      if (lazy) {
+        const auto keep = hn::And(hn::Ne(m_old, neg_inf),
+                                  hn::Le(hn::Mul(hn::Sub(m_new, m_old), log2e), threshold));
+        m_new = hn::IfThenElse(keep, m_old, m_new);
+      }
+      rescaled_ = rescaled_ || !hn::AllTrue(d_, hn::Eq(m_new, m_old));
+      const V shift = hn::IfThenZeroElse(hn::Eq(m_new, neg_inf), m_new);
+      const V alpha = Exp2<kForm>(d_, hn::Mul(hn::Sub(m_old, shift), log2e));
+      // Pass 2: P, stored over S, and its row sums.
+      V sum0 = hn::Zero(d_), sum1 = hn::Zero(d_);
+      c = range.from;
+      for (; c + 2 <= range.to; c += 2) {
+        T* s0 = st + c * rp + x;
+        const V p0 = Exp2<kForm>(d_, hn::Mul(hn::Sub(hn::Load(d_, s0), shift), log2e));
+        const V p1 = Exp2<kForm>(d_, hn::Mul(hn::Sub(hn::Load(d_, s0 + rp), shift), log2e));
+        hn::Store(p0, d_, s0);
+        hn::Store(p1, d_, s0 + rp);
+        sum0 = hn::Add(sum0, p0);
+        sum1 = hn::Add(sum1, p1);
+      }
+      if (c < range.to) {
+        T* s0 = st + c * rp + x;
+        const V p0 = Exp2<kForm>(d_, hn::Mul(hn::Sub(hn::Load(d_, s0), shift), log2e));
+        hn::Store(p0, d_, s0);
+        sum0 = hn::Add(sum0, p0);
+      }
+      hn::Store(m_new, d_, m_ + x);
+      hn::Store(alpha, d_, alpha_ + x);
+      hn::Store(hn::MulAdd(hn::Load(d_, l_ + x), alpha, hn::Add(sum0, sum1)), d_, l_ + x);
+    }
+  }
+
+  // O[r] = α[r]·O[r] + Σ_c P[r][c]·V[c] over the task's rows, in micro-tiles of Shape::kRows rows
+  // × kVecs·N (or, for the few rows of the dot form, one row at a time across up to 8 vectors of
+  // Dv).
   template <class KeysFor>
   void AccumulatePv(const T* v, std::int64_t ldv, const KeysFor& keys_for) {
     if (dot_form_) {
       AccumulatePvByDots(PackedRows<T>{v, ldv}, keys_for);
       return;
     }
-    const std::int64_t width = 2 * n_;
-    for (std::int64_t col = 0; col < p_.v_dim; col += width) {
-      for (std::int64_t r = 0; r < br_; r += kMicroRows) {
-        const TileKeys range = keys_for(r, r + kMicroRows);
+    for (std::int64_t col = 0; col < p_.v_dim; col += width_) {
+      for (std::int64_t r = 0; r < br_; r += Shape::kRows) {
+        const TileKeys range = keys_for(r, r + Shape::kRows);
         // Zero keys still apply the α rescale.
         const std::int64_t keys = std::max<std::int64_t>(0, range.to - range.from);
-        WithMicroRows(br_ - r, [&](auto rows) {
-          MulAddMicroTile<decltype(rows)::value, true>(d_, st_ + range.from * rp_ + r, 1, rp_, keys,
-                                                       v + range.from * ldv + col, ldv, alpha_ + r,
-                                                       o_ + r * dvp_ + col, dvp_);
+        WithMicroRows<Shape>(br_ - r, [&](auto rows) {
+          MulAddMicroTile<decltype(rows)::value, Shape::kVecs, true>(
+              d_, st_ + range.from * rp_ + r, 1, rp_, keys, v + range.from * ldv + col, ldv,
+              rescaled_ ? alpha_ + r : nullptr, o_ + r * dvp_ + col, dvp_);
         });
       }
     }
@@ -458,9 +505,10 @@ class ForwardTask {
   std::vector<RowRef>& rows_;
   ScoreSteps<T> steps_;
   D d_;
-  std::int64_t n_ = 0, br_ = 0, rp_ = 0, dp_ = 0, dvp_ = 0;
+  std::int64_t n_ = 0, width_ = 0, br_ = 0, rp_ = 0, dp_ = 0, dvp_ = 0;
   bool dot_form_ = false;  // few rows: scores as dot products (ScoreTileByDots)
   bool k_unit_ = true, v_unit_ = true, dropout_ = false;
+  bool rescaled_ = true;  // some row's m moved in the last OnlineSoftmaxUpdate (α != 1)
   bool k_always_ = true, v_always_ = true;    // every tile is read in place (no pack buffer)
   bool k_stored_ = false, v_stored_ = false;  // dot form reads 16-bit / int8 rows directly
   static constexpr std::int64_t kMaxStoredRows = 1;
@@ -514,11 +562,14 @@ template <typename S, typename T>
 void RunForwardTyped(const Problem& p, const Schedule& s, internal::StopFlag& stop) {
   Partials<T> partials;
   if (s.split()) partials.Allocate(s.kv_splits, p.batch * p.heads * p.q_len, p.v_dim);
-  ParallelFor(static_cast<std::int64_t>(s.tasks.size()), s.threads, [&](std::int64_t index, int) {
-    static thread_local Arena<T> arena;
-    static thread_local std::vector<RowRef> rows;
-    ForwardTask<S, T> task(p, s, s.tasks[static_cast<std::size_t>(index)], stop, arena, rows);
-    task.Run(s.split() ? &partials : nullptr);
+  WithShape<T>(s.micro_rows, s.micro_vectors, [&](auto shape) {
+    ParallelFor(static_cast<std::int64_t>(s.tasks.size()), s.threads, [&](std::int64_t index, int) {
+      static thread_local Arena<T> arena;
+      static thread_local std::vector<RowRef> rows;
+      ForwardTask<S, T, decltype(shape)> task(p, s, s.tasks[static_cast<std::size_t>(index)], stop,
+                                              arena, rows);
+      task.Run(s.split() ? &partials : nullptr);
+    });
   });
   stop.ThrowIfStopped();
   if (s.split()) MergePartials(p, s, partials);
@@ -526,17 +577,33 @@ void RunForwardTyped(const Problem& p, const Schedule& s, internal::StopFlag& st
 
 // y[i] = Exp2(x[i]) for n values (whole vectors plus a scalar tail), so tests can measure the
 // accuracy of exactly the exp2 the kernel uses, on every target.
-template <typename T>
+template <Exp2Form kForm, typename T>
 void Exp2Array(const T* x, T* y, std::int64_t n) {
   const hn::ScalableTag<T> d;
   const std::int64_t lanes = static_cast<std::int64_t>(hn::Lanes(d));
   std::int64_t i = 0;
-  for (; i + lanes <= n; i += lanes) hn::StoreU(Exp2(d, hn::LoadU(d, x + i)), d, y + i);
+  for (; i + lanes <= n; i += lanes) hn::StoreU(Exp2<kForm>(d, hn::LoadU(d, x + i)), d, y + i);
   const hn::CappedTag<T, 1> d1;
-  for (; i < n; ++i) hn::StoreU(Exp2(d1, hn::LoadU(d1, x + i)), d1, y + i);
+  for (; i < n; ++i) hn::StoreU(Exp2<kForm>(d1, hn::LoadU(d1, x + i)), d1, y + i);
 }
-inline void Exp2ArrayF32(const float* x, float* y, std::int64_t n) { Exp2Array(x, y, n); }
-inline void Exp2ArrayF64(const double* x, double* y, std::int64_t n) { Exp2Array(x, y, n); }
+inline void Exp2ArrayF32(const float* x, float* y, std::int64_t n, Exp2Form form) {
+  if (form == Exp2Form::kEstrin) {
+    Exp2Array<Exp2Form::kEstrin>(x, y, n);
+  } else {
+    Exp2Array<Exp2Form::kHorner>(x, y, n);
+  }
+}
+inline void Exp2ArrayF64(const double* x, double* y, std::int64_t n) {
+  Exp2Array<Exp2Form::kHorner>(x, y, n);
+}
+
+// The register tile RunForward runs for a requested shape, as 16·rows + vectors (for tests).
+inline int DispatchedShapeF32(int rows, int vectors) {
+  return DispatchedShape<float>(rows, vectors);
+}
+inline int DispatchedShapeF64(int rows, int vectors) {
+  return DispatchedShape<double>(rows, vectors);
+}
 
 // The per-target entry point (HWY_EXPORT-ed by forward.cc).
 inline void RunForward(const Problem& p, const Schedule& s, internal::StopFlag& stop) {

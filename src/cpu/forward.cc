@@ -15,14 +15,22 @@ namespace sdpa::cpu {
 HWY_EXPORT(RunForward);
 HWY_EXPORT(Exp2ArrayF32);
 HWY_EXPORT(Exp2ArrayF64);
+HWY_EXPORT(DispatchedShapeF32);
+HWY_EXPORT(DispatchedShapeF64);
 
-void Exp2Array(const float* x, float* y, std::int64_t n) {
+void Exp2Array(const float* x, float* y, std::int64_t n, Exp2Form form) {
   ApplySimdTargetFromEnvironment();
-  HWY_DYNAMIC_DISPATCH(Exp2ArrayF32)(x, y, n);
+  HWY_DYNAMIC_DISPATCH(Exp2ArrayF32)(x, y, n, form);
 }
 void Exp2Array(const double* x, double* y, std::int64_t n) {
   ApplySimdTargetFromEnvironment();
   HWY_DYNAMIC_DISPATCH(Exp2ArrayF64)(x, y, n);
+}
+
+int DispatchedShape(bool is_double, int rows, int vectors) {
+  ApplySimdTargetFromEnvironment();
+  return is_double ? HWY_DYNAMIC_DISPATCH(DispatchedShapeF64)(rows, vectors)
+                   : HWY_DYNAMIC_DISPATCH(DispatchedShapeF32)(rows, vectors);
 }
 
 Plan ExplainForward(const internal::Problem& problem, int threads) {

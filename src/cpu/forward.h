@@ -5,6 +5,7 @@
 
 #include "core/problem.h"
 #include "cpu/schedule.h"
+#include "cpu/tuning.h"
 #include "sdpa/attention.h"
 
 namespace sdpa::cpu {
@@ -16,7 +17,11 @@ Plan ExplainForward(const internal::Problem& problem, int threads);
 void Forward(const internal::Problem& problem, int threads);
 
 // y[i] = 2^x[i] with the kernel's exp2 on the active SIMD target (for accuracy tests).
-void Exp2Array(const float* x, float* y, std::int64_t n);
+void Exp2Array(const float* x, float* y, std::int64_t n, Exp2Form form = Exp2Form::kHorner);
 void Exp2Array(const double* x, double* y, std::int64_t n);
+
+// The register tile the kernels run on the active SIMD target when a schedule asks for
+// rows × vectors, as 16·rows + vectors (tests check it against ShapeCompiled).
+int DispatchedShape(bool is_double, int rows, int vectors);
 
 }  // namespace sdpa::cpu

@@ -1,13 +1,16 @@
-// The two register-tiled micro-kernels of the forward pass: kRows × 2 vectors of accumulators.
+// The register-tiled micro-kernels of both passes: kRows × kVecs vectors of accumulators.
 //
-// With kRows = 6 that is 12 accumulators + 2 loaded vectors + 1 broadcast = 15 registers, which
-// fits AVX2's 16 and runs at ~100% of the FMA peak when its operands sit in L1 (ENGINE-NOTES.md:
-// 12×8 and 3×32 shapes were load- or latency-bound at 40-80%). The 12 independent chains cover
-// the 4-cycle FMA latency. Accumulators are named variables, not an array: GCC 12 kept an
-// `acc[6][2]` array on the stack (29-35 instead of 97 GFLOP/s).
+// The shape is a template parameter (MicroShape), chosen per CPU by the tuning table
+// (cpu/tuning.h): 6 × 2 is 12 accumulators + 2 loaded vectors + 1 broadcast = 15 registers, which
+// fits AVX2's 16 and runs at 97-98% of the FMA peak on Zen 4 when its operands sit in L1
+// (docs/performance.md); AVX-512's 32 registers also hold 4 × 4 (16 accumulators, 4 loads and 4
+// broadcasts per 16 FMAs instead of 6 per 12), which llvm-mca's two-FMA-port Intel model puts at
+// 99% of that core's peak against 85% for 6 × 2. The accumulators are an array indexed only by
+// compile-time constants (Unroll), so GCC keeps them in registers: a loop over an `acc[6][2]`
+// array kept them on the stack (29-35 instead of 97 GFLOP/s, ENGINE-NOTES.md).
 //
-// One kernel serves every product of both passes: C[kRows][2N] (+)= A[kRows][depth]·B[depth][2N]
-// with A read as broadcast scalars (any layout) and B as two vectors per step:
+// One kernel serves every product of both passes: C[kRows][kVecs·N] (+)= A[kRows][depth]·B with A
+// read as broadcast scalars (any layout) and B as kVecs vectors per step:
 //   scores Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ   (A = K or V rows, B = a packed Qᵀ or dOᵀ panel; C = 0 first)
 //   O = α·O + P·V                      (A = Pᵀ read by column; α fused into the accumulator load)
 //   dV += Pᵀ·dO, dK += dSᵀ·Q, dQ += dS·K (backward).
@@ -31,76 +34,59 @@ namespace sdpa::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-inline constexpr int kMicroRows = 6;
+// A register tile of kRows rows × kVecs vectors (panels and column blocks are kVecs·N wide).
+template <int kRowsT, int kVecsT>
+struct MicroShape {
+  static constexpr int kRows = kRowsT;
+  static constexpr int kVecs = kVecsT;
+};
+using DefaultShape = MicroShape<6, 2>;
 
-// Applies STEP(row) for rows 0..kRows-1, each guarded at compile time.
-#define SDPA_FOR_ROWS(STEP)  \
-  STEP(0)                    \
-  if constexpr (kRows > 1) { \
-    STEP(1)                  \
-  }                          \
-  if constexpr (kRows > 2) { \
-    STEP(2)                  \
-  }                          \
-  if constexpr (kRows > 3) { \
-    STEP(3)                  \
-  }                          \
-  if constexpr (kRows > 4) { \
-    STEP(4)                  \
-  }                          \
-  if constexpr (kRows > 5) { \
-    STEP(5)                  \
-  }
+// f(integral_constant<std::int64_t, I>) for I = 0..kCount-1, as straight-line code.
+template <class F, std::int64_t... kIndex>
+HWY_INLINE void UnrollImpl(const F& f, std::integer_sequence<std::int64_t, kIndex...>) {
+  (f(std::integral_constant<std::int64_t, kIndex>()), ...);
+}
+template <int kCount, class F>
+HWY_INLINE void Unroll(const F& f) {
+  UnrollImpl(f, std::make_integer_sequence<std::int64_t, kCount>());
+}
 
-// C[r][0..2N) = α[r]·C[r][0..2N) + Σ_k A(r, k)·B[k][0..2N) for the kRows rows r, where
-// A(r, k) = a[r·a_row + k·a_k] (any layout), B[k] = b + k·ldb (rows of 2N, unaligned), C rows
-// are ldc apart (aligned), and α = 1 when alpha is null. Without kAccumulate, C starts at 0
+// C[r][0..kVecs·N) = α[r]·C[r][0..kVecs·N) + Σ_k A(r, k)·B[k][0..kVecs·N) for the kRows rows r,
+// where A(r, k) = a[r·a_row + k·a_k] (any layout), B[k] = b + k·ldb (unaligned), C rows are ldc
+// apart (aligned), and C is not rescaled when alpha is null. Without kAccumulate, C starts at 0
 // (C = A·B) and alpha is ignored.
-template <int kRows, bool kAccumulate, class D, typename T = hn::TFromD<D>>
+template <int kRows, int kVecs, bool kAccumulate, class D, typename T = hn::TFromD<D>>
 HWY_INLINE void MulAddMicroTile(D d, const T* HWY_RESTRICT a, std::int64_t a_row, std::int64_t a_k,
                                 std::int64_t depth, const T* HWY_RESTRICT b, std::int64_t ldb,
                                 const hn::TFromD<D>* HWY_RESTRICT alpha, T* HWY_RESTRICT c,
                                 std::int64_t ldc) {
-  static_assert(kRows >= 1 && kRows <= kMicroRows, "micro-tile rows");
+  static_assert(kRows >= 1 && kVecs >= 1 && kRows * kVecs <= 32, "micro-tile shape");
   const std::int64_t n = static_cast<std::int64_t>(hn::Lanes(d));
   using V = hn::Vec<D>;
-  V c00 = hn::Zero(d), c01 = hn::Zero(d), c10 = hn::Zero(d), c11 = hn::Zero(d);
-  V c20 = hn::Zero(d), c21 = hn::Zero(d), c30 = hn::Zero(d), c31 = hn::Zero(d);
-  V c40 = hn::Zero(d), c41 = hn::Zero(d), c50 = hn::Zero(d), c51 = hn::Zero(d);
-  const T* a0 = a;
-  const T* a1 = a0 + a_row;
-  const T* a2 = a1 + a_row;
-  const T* a3 = a2 + a_row;
-  const T* a4 = a3 + a_row;
-  const T* a5 = a4 + a_row;
-  if constexpr (kAccumulate) {
-#define SDPA_LOAD_ROW(r)                                             \
-  {                                                                  \
-    const V scale = alpha ? hn::Set(d, alpha[r]) : hn::Set(d, T(1)); \
-    c##r##0 = hn::Mul(hn::Load(d, c + (r)*ldc), scale);              \
-    c##r##1 = hn::Mul(hn::Load(d, c + (r)*ldc + n), scale);          \
-  }
-    SDPA_FOR_ROWS(SDPA_LOAD_ROW)
-#undef SDPA_LOAD_ROW
-  }
+  V acc[kRows][kVecs];
+  Unroll<kRows>([&](auto r) {
+    Unroll<kVecs>([&](auto x) {
+      if constexpr (kAccumulate) {
+        const V old = hn::Load(d, c + r * ldc + x * n);
+        acc[r][x] = alpha != nullptr ? hn::Mul(old, hn::Set(d, alpha[r])) : old;
+      } else {
+        acc[r][x] = hn::Zero(d);
+      }
+    });
+  });
   for (std::int64_t k = 0; k < depth; ++k) {
-    const V b0 = hn::LoadU(d, b + k * ldb);
-    const V b1 = hn::LoadU(d, b + k * ldb + n);
-    const std::int64_t at = k * a_k;
-#define SDPA_MULADD_ROW(r)                \
-  {                                       \
-    const V x = hn::Set(d, a##r[at]);     \
-    c##r##0 = hn::MulAdd(x, b0, c##r##0); \
-    c##r##1 = hn::MulAdd(x, b1, c##r##1); \
+    V bk[kVecs];
+    Unroll<kVecs>([&](auto x) { bk[x] = hn::LoadU(d, b + k * ldb + x * n); });
+    const T* ak = a + k * a_k;
+    Unroll<kRows>([&](auto r) {
+      const V broadcast = hn::Set(d, ak[r * a_row]);
+      Unroll<kVecs>([&](auto x) { acc[r][x] = hn::MulAdd(broadcast, bk[x], acc[r][x]); });
+    });
   }
-    SDPA_FOR_ROWS(SDPA_MULADD_ROW)
-#undef SDPA_MULADD_ROW
-  }
-#define SDPA_STORE_ROW(r)             \
-  hn::Store(c##r##0, d, c + (r)*ldc); \
-  hn::Store(c##r##1, d, c + (r)*ldc + n);
-  SDPA_FOR_ROWS(SDPA_STORE_ROW)
-#undef SDPA_STORE_ROW
+  Unroll<kRows>([&](auto r) {
+    Unroll<kVecs>([&](auto x) { hn::Store(acc[r][x], d, c + r * ldc + x * n); });
+  });
 }
 
 // O[0..kVecs·N) = α · O + Σ_c P[c] · V[c][col..col + kVecs·N) for a single query row: the P·V
@@ -115,47 +101,16 @@ HWY_INLINE void PvRowKernel(D d, const T* HWY_RESTRICT p, std::int64_t ldp, std:
   const std::int64_t n = static_cast<std::int64_t>(hn::Lanes(d));
   using V = hn::Vec<D>;
   const V a = hn::Set(d, alpha);
-  V c0 = hn::Mul(hn::Load(d, o), a), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
-#define SDPA_FOR_VECS(STEP)  \
-  if constexpr (kVecs > 1) { \
-    STEP(1)                  \
-  }                          \
-  if constexpr (kVecs > 2) { \
-    STEP(2)                  \
-  }                          \
-  if constexpr (kVecs > 3) { \
-    STEP(3)                  \
-  }                          \
-  if constexpr (kVecs > 4) { \
-    STEP(4)                  \
-  }                          \
-  if constexpr (kVecs > 5) { \
-    STEP(5)                  \
-  }                          \
-  if constexpr (kVecs > 6) { \
-    STEP(6)                  \
-  }                          \
-  if constexpr (kVecs > 7) { \
-    STEP(7)                  \
-  }
-#define SDPA_LOAD_VEC(x) c##x = hn::Mul(hn::Load(d, o + (x)*n), a);
-  SDPA_FOR_VECS(SDPA_LOAD_VEC)
-#undef SDPA_LOAD_VEC
+  V acc[kVecs];
+  Unroll<kVecs>([&](auto x) { acc[x] = hn::Mul(hn::Load(d, o + x * n), a); });
   for (std::int64_t c = 0; c < keys; ++c) {
     T weight = p[c * ldp];
     if constexpr (Rows::kScaled) weight *= static_cast<T>(v.Scale(c));
     const V w = hn::Set(d, weight);
     const auto* row = v.Row(c) + col;
-    c0 = hn::MulAdd(w, Rows::Load(d, row), c0);
-#define SDPA_FMA_VEC(x) c##x = hn::MulAdd(w, Rows::Load(d, row + (x)*n), c##x);
-    SDPA_FOR_VECS(SDPA_FMA_VEC)
-#undef SDPA_FMA_VEC
+    Unroll<kVecs>([&](auto x) { acc[x] = hn::MulAdd(w, Rows::Load(d, row + x * n), acc[x]); });
   }
-  hn::Store(c0, d, o);
-#define SDPA_STORE_VEC(x) hn::Store(c##x, d, o + (x)*n);
-  SDPA_FOR_VECS(SDPA_STORE_VEC)
-#undef SDPA_STORE_VEC
-#undef SDPA_FOR_VECS
+  Unroll<kVecs>([&](auto x) { hn::Store(acc[x], d, o + x * n); });
 }
 
 // Calls kernel(std::integral_constant<int, C>()) with C = clamp(count, 1, kMax), so that a
@@ -172,14 +127,40 @@ template <int kMax, class Kernel>
 HWY_INLINE void WithCount(std::int64_t count, const Kernel& kernel) {
   WithCount<kMax>(count, kernel, std::make_integer_sequence<int, kMax>());
 }
-// Rows of a MulAddMicroTile call; vectors of a PvRowKernel call.
-template <class Kernel>
+// Rows of a MulAddMicroTile call of a Shape (at most Shape::kRows); vectors of a PvRowKernel call.
+template <class Shape, class Kernel>
 HWY_INLINE void WithMicroRows(std::int64_t rows, const Kernel& kernel) {
-  WithCount<kMicroRows>(rows, kernel);
+  WithCount<Shape::kRows>(rows, kernel);
 }
 template <class Kernel>
 HWY_INLINE void WithRowVectors(std::int64_t vectors, const Kernel& kernel) {
   WithCount<8>(vectors, kernel);
+}
+
+// Calls f(MicroShape<rows, vectors>()) when this target carries that shape for compute type T,
+// else f(DefaultShape()). Must agree with ShapeCompiled (tuning.cc), which the schedule asks
+// (tests/cpu/tuning_test.cc checks it on every target). Each extra shape compiles the tile loops
+// once more, so only AVX-512 float, where 32 registers make room for them, carries any.
+template <typename T, class F>
+HWY_INLINE void WithShape(int rows, int vectors, const F& f) {
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+  if constexpr (sizeof(T) == sizeof(float)) {
+    if (rows == 4 && vectors == 4) return f(MicroShape<4, 4>());
+    if (rows == 8 && vectors == 2) return f(MicroShape<8, 2>());
+  }
+#endif
+  static_cast<void>(rows);
+  static_cast<void>(vectors);
+  f(DefaultShape());
+}
+
+// 16·rows + vectors of the shape WithShape<T> runs for a request (for tests).
+template <typename T>
+int DispatchedShape(int rows, int vectors) {
+  int shape = 0;
+  WithShape<T>(rows, vectors,
+               [&](auto s) { shape = 16 * decltype(s)::kRows + decltype(s)::kVecs; });
+  return shape;
 }
 
 }  // namespace HWY_NAMESPACE

@@ -66,13 +66,23 @@ void PackRow(const void* src, DType dtype, std::int64_t stride, std::int64_t wid
 
 // Stores `width` compute-type values (each times `factor`) into a row of `dtype` (element stride
 // `stride`), rounding to nearest even.
+// Unit-stride rows of the compute type take whole vectors.
 template <typename T>
 void StoreRow(const T* src, T factor, std::int64_t width, void* dst, DType dtype,
               std::int64_t stride) {
   internal::WithStorage(dtype, [&](auto tag) {
     using S = typename decltype(tag)::Type;
     S* row = static_cast<S*>(dst);
-    for (std::int64_t x = 0; x < width; ++x) row[x * stride] = Narrow<S>(src[x] * factor);
+    std::int64_t x = 0;
+    if constexpr (std::is_same_v<S, T>) {
+      if (stride == 1) {
+        const hn::ScalableTag<T> d;
+        const auto n = static_cast<std::int64_t>(hn::Lanes(d));
+        const auto f = hn::Set(d, factor);
+        for (; x + n <= width; x += n) hn::StoreU(hn::Mul(hn::LoadU(d, src + x), f), d, row + x);
+      }
+    }
+    for (; x < width; ++x) row[x * stride] = Narrow<S>(src[x] * factor);
   });
 }
 

@@ -1,6 +1,7 @@
 // The rows of a task and the keys they may see, for both passes: RowRef (one query row: where it
 // reads, its key range), DescribeRows, and the per-tile questions asked of them (ClassifyTile:
-// does a custom block_mask skip the tile; TileNeedsMask: must its scores be masked; TileKeys:
+// does a custom block_mask skip the tile; TileNeedsMask: must its scores be masked (with
+// masks-inl.h's MaskBlock for bool masks); TileKeys:
 // which keys of the tile a group of rows needs).
 
 #if defined(SDPA_CPU_ROWS_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -89,12 +90,13 @@ inline BlockKind ClassifyTile(const Problem& p, const internal::Sequence& seq,
   return all_empty ? BlockKind::kEmpty : all_full ? BlockKind::kFull : BlockKind::kPartial;
 }
 
-// True when some score of the tile [j0, j0 + keys) needs masking for the task's rows: a mask,
-// a mask_mod the block hint did not settle, or a key outside some row's range (the first row
-// has the smallest range end, the last row the largest begin).
-inline bool TileNeedsMask(const Problem& p, const std::vector<RowRef>& rows, BlockKind kind,
+// True when some score of the tile [j0, j0 + keys) needs masking for the task's rows: a mask
+// not known to keep the whole tile (mask_block, from MaskBlock: kFull without a mask), a
+// mask_mod the block hint did not settle, or a key outside some row's range (the first row has
+// the smallest range end, the last row the largest begin).
+inline bool TileNeedsMask(const std::vector<RowRef>& rows, BlockKind kind, BlockKind mask_block,
                           std::int64_t j0, std::int64_t keys) {
-  return p.mask_kind != MaskKind::kNone || kind == BlockKind::kPartial || j0 < rows.back().begin ||
+  return mask_block != BlockKind::kFull || kind == BlockKind::kPartial || j0 < rows.back().begin ||
          j0 + keys > rows.front().end;
 }
 

@@ -4,6 +4,8 @@
 #include <sstream>
 #include <vector>
 
+#include "cpu/simd.h"
+
 namespace sdpa::cpu {
 namespace {
 
@@ -32,11 +34,12 @@ std::int64_t LongestKeys(const internal::Problem& p) {
 
 // Keys per chunk: all of a sequence's, unless fewer than `min_tasks` independent tasks exist;
 // then enough whole-tile chunks of at least kMinChunk keys to make up the difference.
-std::int64_t KeyChunk(const internal::Problem& p, std::int64_t tasks, std::int64_t min_tasks) {
+std::int64_t KeyChunk(const internal::Problem& p, std::int64_t tasks, std::int64_t min_tasks,
+                      std::int64_t kv_tile) {
   const std::int64_t keys = LongestKeys(p);
   if (tasks >= min_tasks || keys < 2 * kMinChunk) return std::max<std::int64_t>(keys, 1);
   const std::int64_t wanted = std::min(CeilDiv(min_tasks, tasks), keys / kMinChunk);
-  return CeilDiv(CeilDiv(keys, wanted), kKvTile) * kKvTile;
+  return CeilDiv(CeilDiv(keys, wanted), kv_tile) * kv_tile;
 }
 
 // One task per (sequence, kv head, block of rows_per_task group rows, key chunk), heaviest
@@ -91,6 +94,36 @@ void DescribeScoreSteps(const internal::Problem& p, std::ostringstream& why) {
   for (std::size_t i = 0; i < steps.size(); ++i) why << (i ? ", " : " ") << steps[i];
 }
 
+// Takes the tiles, the register tile and the softmax's choices from the tuning, and says so in
+// `why`. The register tile is kept only if this target carries it (ShapeCompiled) and its column
+// blocks (vectors × lanes) divide v_dim (and head_dim for the backward, whose dK and dQ use them
+// too); otherwise padding would waste more than the shape gains, and 6x2 is used.
+void ApplyTuning(const internal::Problem& p, const Tuning& t, const std::string& simd_target,
+                 int float_lanes, bool backward, Schedule& s, std::ostringstream& why) {
+  s.q_tile = t.q_tile;
+  s.kv_tile = t.kv_tile;
+  s.exp2 = t.exp2;
+  s.lazy_rescale = t.lazy_rescale;
+  const bool is_double = p.compute == DType::kFloat64;
+  const std::int64_t lanes = std::max(1, is_double ? float_lanes / 2 : float_lanes);
+  const std::int64_t width = t.micro_vectors * lanes;
+  why << "tuning " << t.name << ": ";
+  if (!ShapeCompiled(simd_target, is_double, t.micro_rows, t.micro_vectors)) {
+    why << "micro " << t.micro_rows << "x" << t.micro_vectors << " not compiled for " << simd_target
+        << (is_double ? " float64" : "") << ", so 6x2";
+  } else if (p.v_dim % width != 0 || (backward && p.head_dim % width != 0)) {
+    why << "micro " << t.micro_rows << "x" << t.micro_vectors << " would pad "
+        << (p.v_dim % width != 0 ? "v_dim" : "head_dim") << " to a multiple of " << width
+        << ", so 6x2";
+  } else {
+    s.micro_rows = t.micro_rows;
+    s.micro_vectors = t.micro_vectors;
+    why << "micro " << s.micro_rows << "x" << s.micro_vectors;
+  }
+  why << ", exp2 " << (s.exp2 == Exp2Form::kHorner ? "horner" : "estrin") << ", lazy rescale "
+      << (s.lazy_rescale > 0 ? "2^" + std::to_string(s.lazy_rescale) : std::string("off")) << "; ";
+}
+
 // Lowers s.threads to what `flops` of work pays for; says so in `why`.
 void FitThreads(double flops, Schedule& s, std::ostringstream& why) {
   const auto useful =
@@ -104,9 +137,14 @@ void FitThreads(double flops, Schedule& s, std::ostringstream& why) {
 }  // namespace
 
 Schedule MakeSchedule(const internal::Problem& p, int threads) {
+  return MakeSchedule(p, threads, ActiveTuning(), ActiveSimdTarget(), ActiveFloatLanes());
+}
+
+Schedule MakeSchedule(const internal::Problem& p, int threads, const Tuning& tuning,
+                      const std::string& simd_target, int float_lanes) {
   Schedule s;
-  s.q_tile = kQTile;
-  s.kv_tile = kKvTile;
+  std::ostringstream why;
+  ApplyTuning(p, tuning, simd_target, float_lanes, false, s, why);
   s.threads = std::max(1, threads);
   if (p.batch == 0 || p.heads == 0 || p.q_len == 0) return s;
   s.group = p.heads / p.kv_heads;
@@ -114,10 +152,9 @@ Schedule MakeSchedule(const internal::Problem& p, int threads) {
   for (std::int64_t index = 0; index < p.num_sequences(); ++index) {
     row_tasks += p.kv_heads * CeilDiv(s.group * p.Seq(index).q_len, s.q_tile);
   }
-  s.kv_chunk = KeyChunk(p, row_tasks, kMinTasks);
+  s.kv_chunk = KeyChunk(p, row_tasks, kMinTasks, s.kv_tile);
   s.kv_splits = CeilDiv(std::max<std::int64_t>(LongestKeys(p), 1), s.kv_chunk);
 
-  std::ostringstream why;
   why << row_tasks << " row task(s) of <= " << s.q_tile << " rows (" << s.group
       << " head(s) per K/V head)";
   if (s.split()) {
@@ -142,17 +179,21 @@ Schedule MakeSchedule(const internal::Problem& p, int threads) {
 }
 
 Schedule MakeBackwardSchedule(const internal::Problem& p, int threads) {
+  return MakeBackwardSchedule(p, threads, ActiveTuning(), ActiveSimdTarget(), ActiveFloatLanes());
+}
+
+Schedule MakeBackwardSchedule(const internal::Problem& p, int threads, const Tuning& tuning,
+                              const std::string& simd_target, int float_lanes) {
   Schedule s;
-  s.q_tile = kQTile;
-  s.kv_tile = kKvTile;
+  std::ostringstream why;
+  ApplyTuning(p, tuning, simd_target, float_lanes, true, s, why);
   s.threads = std::max(1, threads);
   if (p.batch == 0 || p.kv_heads == 0) return s;
   // Set even without keys: StoreQueryGradients maps the group's rows to heads with it.
   s.group = p.heads / p.kv_heads;
   if (p.kv_len == 0) return s;
-  s.kv_chunk = KeyChunk(p, p.num_sequences() * p.kv_heads, kMinBackwardTasks);
+  s.kv_chunk = KeyChunk(p, p.num_sequences() * p.kv_heads, kMinBackwardTasks, s.kv_tile);
   s.kv_splits = CeilDiv(LongestKeys(p), s.kv_chunk);
-  std::ostringstream why;
   why << "backward: tasks of (batch, kv head, " << s.kv_chunk << " keys)";
   // A task owns all rows of its group (backward-inl.h); FLOPs are ~2.5x the forward's.
   const double pairs = AddTasks(p, 0, s);

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/problem.h"
+#include "cpu/tuning.h"
 
 namespace sdpa::cpu {
 
@@ -36,7 +37,12 @@ struct Task {
 struct Schedule {
   std::int64_t q_tile = 0;   // Br: rows per task
   std::int64_t kv_tile = 0;  // Bc: keys per step
-  std::int64_t group = 1;    // G = heads / kv_heads
+  // The register tile (micro_kernels-inl.h) and the softmax's choices, from the tuning
+  // (tuning.h) as this problem and SIMD target allow.
+  int micro_rows = 6, micro_vectors = 2;
+  Exp2Form exp2 = Exp2Form::kHorner;
+  int lazy_rescale = 8;
+  std::int64_t group = 1;  // G = heads / kv_heads
   std::int64_t kv_splits = 1;
   std::int64_t kv_chunk = 0;  // keys per split
   std::vector<Task> tasks;    // heaviest first, so that all threads finish together
@@ -46,11 +52,9 @@ struct Schedule {
   bool split() const { return kv_splits > 1; }
 };
 
-// Tile sizes, as measured on the dev machine (ENGINE-NOTES.md): ~96 query rows by 128 keys keep
-// the per-thread working set (Qᵀ panel, Sᵀ tile, O accumulator, K/V tile) inside L2 for
-// head_dim <= 128 while K/V are reused across 96 rows.
-inline constexpr std::int64_t kQTile = 96;
-inline constexpr std::int64_t kKvTile = 128;
+// Tile sizes and the register tile come from the tuning table (tuning.h): on Zen 4, ~96 query
+// rows by 128 keys keep the per-thread working set (Qᵀ panel, Sᵀ tile, O accumulator, K/V tile)
+// inside L2 for head_dim <= 128 while K/V are reused across 96 rows (ENGINE-NOTES.md).
 // Below this many row tasks the keys are split (so 2-32 cores have work);
 inline constexpr std::int64_t kMinTasks = 32;
 // ...into chunks of at least this many keys (merge cost stays < 1%).
@@ -61,7 +65,10 @@ inline constexpr std::int64_t kMinChunk = 512;
 // can cost a whole scheduler time slice (a 64×64 problem took 16 ms on 2 threads, 17 us on 1).
 inline constexpr double kMinWorkPerThread = 2e6;
 
+// With the active tuning and SIMD target, or with the given ones (tests).
 Schedule MakeSchedule(const internal::Problem& problem, int threads);
+Schedule MakeSchedule(const internal::Problem& problem, int threads, const Tuning& tuning,
+                      const std::string& simd_target, int float_lanes);
 
 // The backward's partition (backward-inl.h): one task per (batch, kv head, key chunk) owns the
 // gradients of its keys and all query rows of its group (row_begin = 0, row_end = G·Lq). Keys are
@@ -69,5 +76,7 @@ Schedule MakeSchedule(const internal::Problem& problem, int threads);
 // keeps its own dQ, summed in chunk order afterwards. Shape-only, so thread-count independent.
 inline constexpr std::int64_t kMinBackwardTasks = 8;
 Schedule MakeBackwardSchedule(const internal::Problem& problem, int threads);
+Schedule MakeBackwardSchedule(const internal::Problem& problem, int threads, const Tuning& tuning,
+                              const std::string& simd_target, int float_lanes);
 
 }  // namespace sdpa::cpu

@@ -1,5 +1,5 @@
-// What both passes do to a tile of scores Sᵀ[key][row] (row stride rp, a multiple of the 2N
-// panel width; see forward-inl.h for the legend): compute it (ScoreTile), apply the variants'
+// What both passes do to a tile of scores Sᵀ[key][row] (row stride rp, a multiple of the
+// panel width W; see forward-inl.h for the legend): compute it (ScoreTile), apply the variants'
 // per-score steps (ScoreSteps: softcap, ALiBi, score_mod), and mask it (ApplyMask: key ranges,
 // bool and additive masks; ApplyMaskMod). AllFinite guards the products against NaN/Inf in
 // masked V or K rows.
@@ -20,6 +20,7 @@
 
 #include "core/problem.h"
 #include "core/types.h"
+#include "cpu/masks-inl.h"
 #include "cpu/micro_kernels-inl.h"
 #include "cpu/rows-inl.h"
 #include "hwy/contrib/math/math-inl.h"
@@ -34,23 +35,23 @@ using internal::Problem;
 
 inline constexpr double kLog2e = 1.442695040888963407359924681001892137;
 
-// Sᵀ[c][r] = A[c] · panels[:, r] for all rp rows (panels of 2N) and the keys each panel needs,
-// keys_for(first row, end row) -> TileKeys within [0, keys): the scores K·Qᵀ (forward and
+// Sᵀ[c][r] = A[c] · panels[:, r] for all rp rows (panels of Shape::kVecs·N) and the keys each panel
+// needs, keys_for(first row, end row) -> TileKeys within [0, keys): the scores K·Qᵀ (forward and
 // backward) and dPᵀ = V·dOᵀ (backward). A rows are `lda` apart. On a causal diagonal tile a
 // panel's keys stop at its last row's end, and under a window they start at its first row's
 // begin, so the parts of the tile outside the band are not computed (their Sᵀ entries are left
 // as they were; the caller masks them).
-template <class D, class KeysFor, typename T = hn::TFromD<D>>
+template <class Shape, class D, class KeysFor, typename T = hn::TFromD<D>>
 void ScoreTile(D d, const T* panels, std::int64_t depth, std::int64_t rp, const T* a,
                std::int64_t lda, const KeysFor& keys_for, T* st) {
-  const std::int64_t width = 2 * static_cast<std::int64_t>(hn::Lanes(d));
+  const std::int64_t width = Shape::kVecs * static_cast<std::int64_t>(hn::Lanes(d));
   for (std::int64_t panel = 0; panel < rp / width; ++panel) {
     const T* b = panels + panel * depth * width;
     const TileKeys range = keys_for(panel * width, (panel + 1) * width);
-    for (std::int64_t c = range.from; c < range.to; c += kMicroRows) {
-      WithMicroRows(range.to - c, [&](auto rows) {
-        MulAddMicroTile<decltype(rows)::value, false>(d, a + c * lda, lda, 1, depth, b, width,
-                                                      nullptr, st + c * rp + panel * width, rp);
+    for (std::int64_t c = range.from; c < range.to; c += Shape::kRows) {
+      WithMicroRows<Shape>(range.to - c, [&](auto rows) {
+        MulAddMicroTile<decltype(rows)::value, Shape::kVecs, false>(
+            d, a + c * lda, lda, 1, depth, b, width, nullptr, st + c * rp + panel * width, rp);
       });
     }
   }
@@ -239,6 +240,10 @@ void ApplyMaskOf(D d, const Problem& p, const std::vector<RowRef>& rows, std::in
     ApplySharedMaskRow<M>(d, p, rows, j0, keys, st, rp);
     return;
   }
+  if (RowMasksVectorWide(d, p, rp)) {
+    ApplyRowMasks<M>(d, p, rows, j0, keys, st, rp);
+    return;
+  }
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const std::int64_t ms = p.mask.stride[3];
   for (std::size_t r = 0; r < rows.size(); ++r) {
@@ -265,11 +270,16 @@ void ApplyMaskOf(D d, const Problem& p, const std::vector<RowRef>& rows, std::in
 // and adds an additive mask, for keys [j0, j0 + keys) and the task's rows. Only tiles that
 // contain an invisible key or a mask come here (mask_mod is applied by the caller). The score
 // is overwritten, never combined, so NaN/Inf from masked K rows cannot survive.
+// `with_mask` false: the mask is known to keep every key of the tile (MaskBlock), so only the
+// ranges apply. Rows with their own mask rows take ApplyRowMasks (masks-inl.h) where it applies.
 template <class D, typename T = hn::TFromD<D>>
 void ApplyMask(D d, const Problem& p, const std::vector<RowRef>& rows, std::int64_t j0,
-               std::int64_t keys, T* st, std::int64_t rp) {
-  MaskOutsideRanges(d, rows, j0, keys, st, rp);
-  if (p.mask_kind == MaskKind::kNone) return;
+               std::int64_t keys, T* st, std::int64_t rp, bool with_mask = true) {
+  // Ranges grow with the row: the last row has the largest begin, the first the smallest end.
+  if (j0 < rows.back().begin || j0 + keys > rows.front().end) {
+    MaskOutsideRanges(d, rows, j0, keys, st, rp);
+  }
+  if (p.mask_kind == MaskKind::kNone || !with_mask) return;
   if (p.mask_kind == MaskKind::kBool) {
     ApplyMaskOf<bool>(d, p, rows, j0, keys, st, rp);
   } else {

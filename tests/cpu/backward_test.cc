@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "api/validate.h"
+#include "cpu/on_tuning.h"
 #include "cpu/schedule.h"
 #include "cpu/simd.h"
 #include "sdpa/sdpa.h"
@@ -19,7 +20,6 @@
 #include "testing/expect.h"
 #include "testing/naive_attention.h"
 #include "testing/naive_backward.h"
-#include "testing/on_target.h"
 #include "testing/problems.h"
 #include "testing/tensors.h"
 
@@ -150,7 +150,7 @@ double MaxAbsDiff(const Array& a, const Array& b) {
   return m;
 }
 
-class BackwardMatches : public sdpa_test::OnTarget {};
+class BackwardMatches : public sdpa_test::OnTargetAndTuning {};
 
 // float64: the engine within 1e-11 of the reference (the reference rounds once; the engine's
 // exp2 is within 2e-14 and its sums over at most a few thousand terms add a few 1e-13).
@@ -304,7 +304,9 @@ TEST_P(BackwardMatches, BitwiseIdenticalForAnyThreadCount) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTargets, BackwardMatches, ::testing::ValuesIn(sdpa::cpu::SimdTargets()),
-                         sdpa_test::TargetName);
+                         sdpa_test::ParamName);
+INSTANTIATE_TEST_SUITE_P(Tunings, BackwardMatches, ::testing::ValuesIn(sdpa_test::TunedTargets()),
+                         sdpa_test::ParamName);
 
 // Keys are chunked only when there are fewer than kMinBackwardTasks (batch, kv head) pairs and
 // enough keys; the chunks depend on the shape, never on the thread count.

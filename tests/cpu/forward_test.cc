@@ -7,17 +7,18 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "cpu/on_tuning.h"
 #include "cpu/schedule.h"
 #include "cpu/simd.h"
 #include "sdpa/sdpa.h"
 #include "testing/expect.h"
 #include "testing/harness.h"
 #include "testing/naive_attention.h"
-#include "testing/on_target.h"
 
 namespace {
 
@@ -127,7 +128,7 @@ const std::vector<Case>& Cases() {
   return cases;
 }
 
-class EngineMatches : public sdpa_test::OnTarget {};
+class EngineMatches : public sdpa_test::OnTargetAndTuning {};
 
 // float64: the engine within 1e-12 of the reference (issue 3's bound).
 TEST_P(EngineMatches, ReferenceInFloat64) {
@@ -325,45 +326,67 @@ TEST_P(EngineMatches, BitwiseIdenticalForAnyThreadCount) {
 
 // The forced target is the one that runs.
 TEST_P(EngineMatches, ForcedTargetTakesEffect) {
-  EXPECT_EQ(sdpa::cpu::ActiveSimdTarget(), GetParam());
+  EXPECT_EQ(sdpa::cpu::ActiveSimdTarget(), Target());
   const Array q = Array::Uniform({1, 1, 4, 4}, 1);
   sdpa_test::Buffer<float> qb(q);
   const sdpa::Plan plan = sdpa::Explain(qb.view(), qb.view(), qb.view());
-  EXPECT_EQ(plan.simd_target, GetParam());
+  EXPECT_EQ(plan.simd_target, Target());
   EXPECT_EQ(plan.backend, sdpa::Backend::kCpu);
 }
 
-// exp2 as the kernel computes it: relative error <= 4e-7 (float32) and 2e-14 (float64) over
-// [-125, 0], exactly 1 at 0, NaN for NaN.
+// exp2 as the kernel computes it, in both polynomial forms: relative error <= 4e-7 (float32) and
+// 2e-14 (float64) over [-125, 8] (scores minus a stale max reach up to the lazy rescaling
+// threshold, 2^8), exactly 1 at 0, exactly 0 at -inf and below -127, NaN for NaN.
 TEST_P(EngineMatches, Exp2Accuracy) {
   const std::int64_t n = 200001;
+  const double lo = -125, hi = 8;
   std::vector<float> x(static_cast<std::size_t>(n)), y(x.size());
   std::vector<double> xd(x.size()), yd(x.size());
   for (std::int64_t i = 0; i < n; ++i) {
-    x[static_cast<std::size_t>(i)] =
-        static_cast<float>(-125.0 * static_cast<double>(i) / static_cast<double>(n - 1));
-    xd[static_cast<std::size_t>(i)] = -125.0 * static_cast<double>(i) / static_cast<double>(n - 1);
+    const double at = lo + (hi - lo) * static_cast<double>(i) / static_cast<double>(n - 1);
+    x[static_cast<std::size_t>(i)] = static_cast<float>(at);
+    xd[static_cast<std::size_t>(i)] = at;
   }
-  sdpa::cpu::Exp2Array(x.data(), y.data(), n);
   sdpa::cpu::Exp2Array(xd.data(), yd.data(), n);
-  double worst = 0, worst_d = 0;
+  double worst_d = 0;
   for (std::size_t i = 0; i < x.size(); ++i) {
-    const double want = std::exp2(static_cast<double>(x[i]));
-    worst = std::max(worst, std::fabs(static_cast<double>(y[i]) / want - 1));
     worst_d = std::max(worst_d, std::fabs(yd[i] / std::exp2(xd[i]) - 1));
   }
-  EXPECT_LE(worst, 4e-7);
   EXPECT_LE(worst_d, 2e-14);
-  std::vector<float> special = {0.0f, std::nanf(""), -0.5f, -1.0f};
-  std::vector<float> out(special.size());
-  sdpa::cpu::Exp2Array(special.data(), out.data(), static_cast<std::int64_t>(special.size()));
-  EXPECT_EQ(out[0], 1.0f);
-  EXPECT_TRUE(std::isnan(out[1]));
-  EXPECT_EQ(out[3], 0.5f);
+  for (const auto form : {sdpa::cpu::Exp2Form::kHorner, sdpa::cpu::Exp2Form::kEstrin}) {
+    SCOPED_TRACE(form == sdpa::cpu::Exp2Form::kHorner ? "horner" : "estrin");
+    sdpa::cpu::Exp2Array(x.data(), y.data(), n, form);
+    double worst = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      const double want = std::exp2(static_cast<double>(x[i]));
+      worst = std::max(worst, std::fabs(static_cast<double>(y[i]) / want - 1));
+    }
+    EXPECT_LE(worst, 4e-7);
+    const float inf = std::numeric_limits<float>::infinity();
+    std::vector<float> special = {0.0f, std::nanf(""), -0.5f, -1.0f, -inf, -127.0f, -1e30f};
+    std::vector<float> out(special.size());
+    sdpa::cpu::Exp2Array(special.data(), out.data(), static_cast<std::int64_t>(special.size()),
+                         form);
+    EXPECT_EQ(out[0], 1.0f);
+    EXPECT_TRUE(std::isnan(out[1]));
+    EXPECT_EQ(out[3], 0.5f);
+    EXPECT_EQ(out[4], 0.0f);
+    EXPECT_EQ(out[5], 0.0f);
+    EXPECT_EQ(out[6], 0.0f);
+  }
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> special = {0.0, -inf, std::nan("")};
+  std::vector<double> out(special.size());
+  sdpa::cpu::Exp2Array(special.data(), out.data(), 3);
+  EXPECT_EQ(out[0], 1.0);
+  EXPECT_EQ(out[1], 0.0);
+  EXPECT_TRUE(std::isnan(out[2]));
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTargets, EngineMatches, ::testing::ValuesIn(sdpa::cpu::SimdTargets()),
-                         sdpa_test::TargetName);
+                         sdpa_test::ParamName);
+INSTANTIATE_TEST_SUITE_P(Tunings, EngineMatches, ::testing::ValuesIn(sdpa_test::TunedTargets()),
+                         sdpa_test::ParamName);
 
 // SDPA_SIMD_TARGET names a target that must exist.
 TEST(SimdTarget, UnknownNameIsAnError) {

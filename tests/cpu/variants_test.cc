@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "cpu/on_tuning.h"
 #include "cpu/simd.h"
 #include "sdpa/sdpa.h"
-#include "testing/on_target.h"
 #include "testing/tensors.h"
 
 namespace {
@@ -21,7 +21,7 @@ namespace {
 using sdpa::Backend;
 using sdpa::Tensor;
 
-class VariantsOnTarget : public sdpa_test::OnTarget {};
+class VariantsOnTarget : public sdpa_test::OnTargetAndTuning {};
 
 // A random problem with a random subset of the variants, sized around the tiles (96 rows,
 // 128 keys) and the split-key threshold.
@@ -202,10 +202,12 @@ TEST_P(VariantsOnTarget, CustomFunctionsMatchReference) {
 }
 
 TEST_P(VariantsOnTarget, ForcedTargetTakesEffect) {
-  EXPECT_EQ(sdpa::cpu::ActiveSimdTarget(), GetParam());
+  EXPECT_EQ(sdpa::cpu::ActiveSimdTarget(), Target());
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTargets, VariantsOnTarget,
-                         ::testing::ValuesIn(sdpa::cpu::SimdTargets()), sdpa_test::TargetName);
+                         ::testing::ValuesIn(sdpa::cpu::SimdTargets()), sdpa_test::ParamName);
+INSTANTIATE_TEST_SUITE_P(Tunings, VariantsOnTarget, ::testing::ValuesIn(sdpa_test::TunedTargets()),
+                         sdpa_test::ParamName);
 
 }  // namespace
