@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import importlib
 import sys
 import threading
 import warnings
@@ -70,16 +71,21 @@ except ImportError as e:
 
 from . import torch as sdpa_torch
 
-try:  # transformers >= 4.53: models build their masks through this interface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-except ImportError:  # older versions give every custom implementation a 4-D additive mask
-    AttentionMaskInterface = None
-    sdpa_mask = None
 
-try:
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-except ImportError:  # pragma: no cover - every version this module supports has it
-    sdpa_attention_forward = None
+
+def _optional(module: str, name: str) -> Any:
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+# transformers >= 4.53 builds the masks through AttentionMaskInterface; older versions give every
+# custom implementation a 4-D additive mask.
+AttentionMaskInterface: Any = _optional("transformers.masking_utils", "AttentionMaskInterface")
+sdpa_mask: Any = _optional("transformers.masking_utils", "sdpa_mask")
+sdpa_attention_forward: Any = _optional("transformers.integrations.sdpa_attention",
+                                        "sdpa_attention_forward")
 
 __all__ = ["NAME", "attention_forward", "call_counts", "register", "reset_call_counts"]
 
@@ -252,7 +258,7 @@ def _band_options(mask: torch.Tensor, q_len: int, kv_len: int) -> Dict[str, Any]
             options["window"] = (left_side, right_side)
     if key is not None:
         try:
-            mask._sdpa_band = (key, options)
+            setattr(mask, "_sdpa_band", (key, options))
         except (AttributeError, RuntimeError):  # a tensor that takes no attributes: recompute
             pass
     return options
@@ -383,8 +389,8 @@ def _accept_name_for_every_model() -> None:
             return NAME
         return original(self, requested_attention, *args, **kwargs)
 
-    get_correct_attn_implementation._sdpa_cpu_accepted = True  # type: ignore[attr-defined]
-    PreTrainedModel.get_correct_attn_implementation = get_correct_attn_implementation
+    setattr(get_correct_attn_implementation, "_sdpa_cpu_accepted", True)
+    setattr(PreTrainedModel, "get_correct_attn_implementation", get_correct_attn_implementation)
 
 
 def register() -> None:

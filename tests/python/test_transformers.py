@@ -498,3 +498,9 @@ def test_minilm_embeddings_equal_eager():
     assert bool((cosine >= 1 - 1e-6).all()), cosine
     assert actual.shape == (len(SENTENCES), 384)  # the model's width
 
+
+
+def test_docstring_examples():
+    import doctest
+    result = doctest.testmod(sdpa_hf, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 2 and result.failed == 0, result
