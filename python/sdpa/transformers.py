@@ -62,7 +62,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 try:
     import torch
-    from transformers.modeling_utils import AttentionInterface, PreTrainedModel
+    from transformers import modeling_utils
+    from transformers.modeling_utils import PreTrainedModel
 except ImportError as e:
     raise ImportError(
         f"sdpa.transformers needs PyTorch and Hugging Face transformers >= 4.48, which could not "
@@ -80,8 +81,10 @@ def _optional(module: str, name: str) -> Any:
         return None
 
 
-# transformers >= 4.53 builds the masks through AttentionMaskInterface; older versions give every
-# custom implementation a 4-D additive mask.
+# transformers >= 4.50 registers attention functions with AttentionInterface, 4.48 and 4.49 in
+# the dict ALL_ATTENTION_FUNCTIONS. transformers >= 4.53 builds the masks through
+# AttentionMaskInterface; older versions give every custom implementation a 4-D additive mask.
+AttentionInterface: Any = getattr(modeling_utils, "AttentionInterface", None)
 AttentionMaskInterface: Any = _optional("transformers.masking_utils", "AttentionMaskInterface")
 sdpa_mask: Any = _optional("transformers.masking_utils", "sdpa_mask")
 sdpa_attention_forward: Any = _optional("transformers.integrations.sdpa_attention",
@@ -191,10 +194,14 @@ def _unsupported(query, key, value, mask, kwargs) -> Optional[Tuple[str, str]]:
         scores = (batch, heads, q_len, key.shape[2])
         if not isinstance(mask, torch.Tensor) or mask.device.type != "cpu":
             return "mask", f"the attention mask is a {type(mask).__name__} not on the CPU"
+        if mask.ndim == 0:
+            return "mask", "the attention mask is a 0-d tensor"
         if not (mask.dtype == torch.bool or mask.dtype == query.dtype
                 or (mask.dtype == torch.float32 and query.dtype == torch.float64)):
             return "mask", f"the attention mask is {mask.dtype} for {query.dtype} inputs"
-        if not _broadcastable(tuple(mask.shape), scores):
+        # A mask for more keys than the cache holds (transformers < 4.53) is cut to Lkv.
+        shape = tuple(mask.shape[:-1]) + (min(mask.shape[-1], key.shape[2]),)
+        if not _broadcastable(shape, scores):
             return "mask", (f"the attention mask's shape {tuple(mask.shape)} does not broadcast "
                             f"to the scores {scores}")
     return None
@@ -237,14 +244,14 @@ def _mask_band(mask: torch.Tensor, q_len: int, kv_len: int) -> Optional[Tuple[in
 
 
 def _band_options(mask: torch.Tensor, q_len: int, kv_len: int) -> Dict[str, Any]:
-    """causal= or window= for the band of `mask`, remembered on the mask (transformers passes
-    one mask object to every layer of a forward)."""
+    """causal= or window= for the band of `mask[..., :kv_len]`, remembered on `mask`
+    (transformers passes one mask object to every layer of a forward)."""
     # Inference tensors have no version counter to tell an in-place change: found every time.
     key = None if mask.is_inference() else (mask._version, q_len, kv_len)
     cached = getattr(mask, "_sdpa_band", None)
     if key is not None and cached is not None and cached[0] == key:
         return cached[1]
-    band = _mask_band(mask, q_len, kv_len)
+    band = _mask_band(mask[..., :kv_len], q_len, kv_len)
     options: Dict[str, Any] = {}
     if band is not None:
         left, right = band
@@ -309,7 +316,10 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
             # transformers' "sdpa" crops these keys too: top-left, row i < Lq sees j <= i only.
             key, value = key[:, :, :q_len], value[:, :, :q_len]
     else:
-        options["mask"] = attention_mask
+        # transformers < 4.53 may build the mask for more keys than the cache holds; its own
+        # attention functions dropped the rest, as here.
+        mask = attention_mask[..., :kv_len] if attention_mask.shape[-1] > kv_len else attention_mask
+        options["mask"] = mask
         options.update(_band_options(attention_mask, q_len, kv_len))
     if kwargs.get("softcap") is not None:
         options["softcap"] = kwargs["softcap"]
@@ -385,7 +395,7 @@ def _accept_name_for_every_model() -> None:
 
     @functools.wraps(original)
     def get_correct_attn_implementation(self, requested_attention, *args, **kwargs):
-        if requested_attention == NAME and NAME in AttentionInterface._global_mapping:
+        if requested_attention == NAME and NAME in modeling_utils.ALL_ATTENTION_FUNCTIONS:
             return NAME
         return original(self, requested_attention, *args, **kwargs)
 
@@ -398,7 +408,10 @@ def register() -> None:
     again is harmless): attention_forward in AttentionInterface, transformers' boolean "sdpa"
     mask builder in AttentionMaskInterface (without it, transformers would give a custom
     implementation no mask at all), and the name for models without torch-SDPA support."""
-    AttentionInterface.register(NAME, attention_forward)
+    if AttentionInterface is not None:
+        AttentionInterface.register(NAME, attention_forward)
+    else:
+        modeling_utils.ALL_ATTENTION_FUNCTIONS[NAME] = attention_forward
     if AttentionMaskInterface is not None:
         AttentionMaskInterface.register(NAME, sdpa_mask)
     _accept_name_for_every_model()

@@ -13,7 +13,9 @@ when transformers (or the MiniLM package) is not installed.
 
 import dataclasses
 import importlib.util
+import inspect
 import os
+import sys
 import warnings
 from typing import Any, Callable, Dict, Optional
 
@@ -36,10 +38,15 @@ except ImportError:
 import sdpa.torch  # noqa: E402  (after the skips)
 import sdpa.transformers as sdpa_hf  # noqa: E402
 from transformers import (  # noqa: E402
-    BertConfig, BertModel, Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
-    GptOssConfig, GptOssForCausalLM,
-    LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-    Qwen2ForCausalLM)
+    BertConfig, BertModel, Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM,
+    MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
+
+# Newer families: Gemma 3 (transformers >= 4.50), GPT-OSS (>= 4.55).
+Gemma3ForCausalLM = getattr(transformers, "Gemma3ForCausalLM", None)
+Gemma3TextConfig = getattr(transformers, "Gemma3TextConfig", None)
+GptOssForCausalLM = getattr(transformers, "GptOssForCausalLM", None)
+GptOssConfig = getattr(transformers, "GptOssConfig", None)
 
 TOLERANCE = 1e-4  # |x - eager| <= TOLERANCE * (1 + |eager|), float32
 NEW_TOKENS = 64
@@ -83,6 +90,16 @@ CASES = [
         num_attention_heads=4, max_position_embeddings=64, initializer_range=0.2,
         attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0), 2, causal=False),
 ]
+
+
+def _uses_attention_interface(model_class) -> bool:
+    """Whether the model's attention layers call the registered function (BERT does from
+    transformers 4.53 on; earlier its layers are chosen from a class table without "sdpa_cpu")."""
+    source = inspect.getsource(sys.modules[model_class.__module__])
+    return "ALL_ATTENTION_FUNCTIONS" in source
+
+
+CASES = [c for c in CASES if c.model is not None and _uses_attention_interface(c.model)]
 DECODERS = [c for c in CASES if c.causal]
 
 
@@ -136,7 +153,6 @@ def counts():
 
 
 def test_registers_the_name_and_its_mask():
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     assert ALL_ATTENTION_FUNCTIONS[sdpa_hf.NAME] is sdpa_hf.attention_forward
     try:
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
@@ -151,6 +167,8 @@ def test_registers_the_name_and_its_mask():
 def test_set_attn_implementation_switches_every_layer(case):
     """Also for Gemma 2 and GPT-OSS, which transformers 5 marks as not supporting torch SDPA."""
     model = make_model(case, "eager")
+    if not hasattr(model, "set_attn_implementation"):
+        pytest.skip(f"transformers {transformers.__version__} has no set_attn_implementation")
     model.set_attn_implementation(sdpa_hf.NAME)
     assert model.config._attn_implementation == sdpa_hf.NAME
     ids, mask = batch(padded=False, length=6)
@@ -229,6 +247,8 @@ def test_what_sdpa_is_asked(case, padded, monkeypatch):
     them causal="bottom_right", and sliding layers of window W get window=(W - 1, 0), since
     transformers' sliding mask keeps key j for query i iff i - W < j <= i (W keys, its own
     included)."""
+    if sdpa_hf.AttentionMaskInterface is None:
+        pytest.skip(f"transformers {transformers.__version__} builds 4-D additive masks itself")
     seen = []
     library = sdpa_hf.sdpa_torch.attention
 
@@ -504,3 +524,22 @@ def test_docstring_examples():
     import doctest
     result = doctest.testmod(sdpa_hf, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 2 and result.failed == 0, result
+
+
+def test_docs_examples():
+    """The `py transformers` blocks of docs/python.md run and print what their comments say."""
+    import contextlib
+    import io
+    import pathlib
+    import re
+    doc = pathlib.Path(__file__).resolve().parents[2] / "docs" / "python.md"
+    if not doc.exists():
+        pytest.skip("docs/python.md is not next to the tests")
+    blocks = re.findall(r"```py transformers\n(.*?)```", doc.read_text(), flags=re.S)
+    assert blocks
+    for block in blocks:
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            exec(compile(block, str(doc), "exec"), {})
+        for shown in re.findall(r"print\(.*\)  # (.*)", block):
+            assert shown in stdout.getvalue(), f"{shown!r} not printed by:\n{block}"
