@@ -54,24 +54,38 @@ BEGIN, END = "<!-- transformers:begin -->", "<!-- transformers:end -->"
 
 
 class AttentionClock:
-    """Wraps the attention function of each implementation to sum the seconds spent in it."""
+    """Wraps the attention function of each implementation to sum the seconds spent in it, and
+    keeps the arguments of the first call after capture() (layer 0's)."""
 
     def __init__(self):
         self.seconds = 0.0
+        self.captured = None
+        self.capturing = False
+        self.functions = {}
         for name in ("sdpa_cpu", "sdpa"):  # the registry the models read (one object)
+            self.functions[name] = ALL_ATTENTION_FUNCTIONS[name]
             ALL_ATTENTION_FUNCTIONS[name] = self._timed(ALL_ATTENTION_FUNCTIONS[name])
         # Eager is the default transformers passes to get_interface, looked up in the module.
+        self.functions["eager"] = modeling_llama.eager_attention_forward
         modeling_llama.eager_attention_forward = self._timed(
             modeling_llama.eager_attention_forward)
 
     def _timed(self, function):
         def timed(*args, **kwargs):
+            if self.capturing:
+                self.captured, self.capturing = (args, kwargs), False
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - start
         return timed
+
+    def capture(self, run):
+        """The (args, kwargs) of the first attention call of run()."""
+        self.capturing, self.captured = True, None
+        run()
+        return self.captured
 
     def measure(self, run):
         """(total seconds, attention seconds) of run()."""
@@ -95,6 +109,28 @@ def prefill(model, ids, cache=None):
     # transformers 5 renames past_key_values to cache (the old name warns until 5.40).
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     return model(input_ids=ids, use_cache=cache is not None, logits_to_keep=1, **{name: cache})
+
+
+def isolated_calls(clock, call, impls, samples, repeats):
+    """Median seconds of one attention call per implementation, on the arguments layer 0 got
+    from "sdpa_cpu" (the same as "sdpa" gets; eager gets transformers' additive mask instead of
+    None + is_causal, as in the model). Implementations take turns; each sample is the median
+    of `repeats` calls."""
+    (module, query, key, value, mask), kwargs = call[0][:5], dict(call[1])
+    causal = kwargs.pop("is_causal", None)
+    causal = module.is_causal if causal is None else causal
+    eager_mask = sdpa.transformers._additive_mask(mask, query, key, causal)
+    times = {i: [] for i in impls}
+    for rep in range(samples):
+        for impl in impls[rep % len(impls):] + impls[:rep % len(impls)]:
+            m = eager_mask if impl == "eager" else mask
+            calls = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                clock.functions[impl](module, query, key, value, m, **kwargs)
+                calls.append(time.perf_counter() - start)
+            times[impl].append(statistics.median(calls))
+    return {i: statistics.median(t) for i, t in times.items()}
 
 
 def median_pair(samples):
@@ -121,7 +157,7 @@ def run(args, log):
     clock = AttentionClock()
     model = make_model(dtype)
     g = torch.Generator().manual_seed(0)
-    results = {"prefill": {}, "decode": {}}
+    results = {"prefill": {}, "decode": {}, "prefill_call": {}, "decode_call": {}}
     load = [os.getloadavg()[0]]
     with torch.inference_mode():
         for length in args.lengths:
@@ -139,6 +175,11 @@ def run(args, log):
                     log(f"prefill L={length} {impl}: {samples[impl][-1][0]:.3f} s "
                         f"(attention {samples[impl][-1][1]:.3f} s)")
             results["prefill"][length] = {i: median_pair(s) for i, s in samples.items()}
+            model.set_attn_implementation("sdpa_cpu")
+            call = clock.capture(lambda: prefill(model, ids))
+            results["prefill_call"][length] = isolated_calls(
+                clock, call, impls, args.call_samples, 1)
+            log(f"prefill L={length} one call: {results['prefill_call'][length]}")
 
         # Decode: one prefilled cache, copied for every sample.
         context = args.context
@@ -160,6 +201,11 @@ def run(args, log):
                 log(f"decode context={context} {impl}: {samples[impl][-1][0] * 1e3:.2f} ms/token "
                     f"(attention {samples[impl][-1][1] * 1e3:.2f} ms)")
         results["decode"][context] = {i: median_pair(s) for i, s in samples.items()}
+        model.set_attn_implementation("sdpa_cpu")
+        call = clock.capture(lambda: prefill(model, token, copy.deepcopy(cache)))
+        results["decode_call"][context] = isolated_calls(
+            clock, call, list(IMPLS), args.call_samples, 20)
+        log(f"decode context={context} one call: {results['decode_call'][context]}")
     load.append(os.getloadavg()[0])
     counts = sdpa.transformers.call_counts()
     return results, load, counts
@@ -198,6 +244,16 @@ def report(args, results, load, counts):
             total, attention = row[impl]
             lines.append(f"| {context} | {impl} | {1 / total:.1f} | {total * 1e3:.2f} | "
                          f"{attention * 1e3:.2f} | {row['sdpa'][1] / attention:.2f}× |")
+    lines += ["", "One attention call alone (layer 0's arguments, called directly; "
+              f"{args.call_samples} samples in turns, decode samples the median of 20 calls), "
+              "ms:", "", "| call | sdpa_cpu | sdpa | eager | sdpa / sdpa_cpu |",
+              "|---|---|---|---|---|"]
+    calls = [(f"prefill L={n}", row) for n, row in results["prefill_call"].items()]
+    calls += [(f"decode context={n}", row) for n, row in results["decode_call"].items()]
+    for name, row in calls:
+        eager = f"{row['eager'] * 1e3:.2f}" if "eager" in row else "–"
+        lines.append(f"| {name} | {row['sdpa_cpu'] * 1e3:.2f} | {row['sdpa'] * 1e3:.2f} | "
+                     f"{eager} | {row['sdpa'] / row['sdpa_cpu']:.2f}× |")
     fallbacks = counts["fallback"]
     lines += ["", f"sdpa.transformers.call_counts() after the run: {counts['sdpa']} calls "
               f"through sdpa, {fallbacks} fallbacks" + (f" ({counts})" if fallbacks else "") + "."]
@@ -223,6 +279,8 @@ def main():
     parser.add_argument("--context", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=16, help="decode steps per sample")
     parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--call-samples", type=int, default=9,
+                        help="samples of the isolated attention calls")
     parser.add_argument("--eager-max", type=int, default=4096)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
