@@ -9,6 +9,7 @@ The model is random-init LlamaForCausalLM from a config (nothing is downloaded):
 implementation ("sdpa_cpu" = sdpa.transformers, "sdpa" = transformers' torch SDPA, "eager"):
 
   prefill  one forward of B=1 × L tokens (logits of the last token only, as generate() does),
+  padded   one attention call of a prefill of B = 2 × L tokens, row 1 left-padded (--padded),
   decode   the time of one new token at a context of --context tokens, from a prefilled
            DynamicCache (copied for every sample so each sample starts at the same length);
            reported as tokens/s.
@@ -157,7 +158,8 @@ def run(args, log):
     clock = AttentionClock()
     model = make_model(dtype)
     g = torch.Generator().manual_seed(0)
-    results = {"prefill": {}, "decode": {}, "prefill_call": {}, "decode_call": {}}
+    results = {"prefill": {}, "decode": {}, "prefill_call": {}, "padded_call": {},
+               "decode_call": {}}
     load = [os.getloadavg()[0]]
     with torch.inference_mode():
         for length in args.lengths:
@@ -180,6 +182,19 @@ def run(args, log):
             results["prefill_call"][length] = isolated_calls(
                 clock, call, impls, args.call_samples, 1)
             log(f"prefill L={length} one call: {results['prefill_call'][length]}")
+
+        # A padded batch (one call alone): B = 2, row 1 left-padded by a quarter. "sdpa" then
+        # gets transformers' 4-D bool mask, "sdpa_cpu" the same mask and its band.
+        for length in args.padded:
+            ids = torch.randint(0, 32000, (2, length), generator=g)
+            mask = torch.ones(2, length, dtype=torch.long)
+            mask[1, :length // 4] = 0
+            model.set_attn_implementation("sdpa_cpu")
+            call = clock.capture(lambda: model(input_ids=ids, attention_mask=mask,
+                                               logits_to_keep=1))
+            results["padded_call"][length] = isolated_calls(
+                clock, call, ["sdpa_cpu", "sdpa"], args.call_samples, 1)
+            log(f"padded prefill L={length} one call: {results['padded_call'][length]}")
 
         # Decode: one prefilled cache, copied for every sample.
         context = args.context
@@ -249,6 +264,8 @@ def report(args, results, load, counts):
               "ms:", "", "| call | sdpa_cpu | sdpa | eager | sdpa / sdpa_cpu |",
               "|---|---|---|---|---|"]
     calls = [(f"prefill L={n}", row) for n, row in results["prefill_call"].items()]
+    calls += [(f"prefill L={n}, B=2, row 1 left-padded by {n // 4}", row)
+              for n, row in results["padded_call"].items()]
     calls += [(f"decode context={n}", row) for n, row in results["decode_call"].items()]
     for name, row in calls:
         eager = f"{row['eager'] * 1e3:.2f}" if "eager" in row else "–"
@@ -277,6 +294,8 @@ def main():
     parser.add_argument("--lengths", default="1024,4096,8192",
                         type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--context", type=int, default=4096)
+    parser.add_argument("--padded", default="4096", type=lambda s: [int(x) for x in s.split(",")],
+                        help="lengths of the padded-batch prefill (one call alone)")
     parser.add_argument("--steps", type=int, default=16, help="decode steps per sample")
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--call-samples", type=int, default=9,

@@ -5,11 +5,13 @@
     model.set_attn_implementation("sdpa_cpu")          # or switch a loaded model
 
 Importing this module calls register(), which puts attention_forward into transformers'
-AttentionInterface and transformers' own boolean mask builder (sdpa_mask, the one the "sdpa"
-implementation uses) into its AttentionMaskInterface under the name "sdpa_cpu". Every attention
-layer that calls the interface (Llama, Mistral, Qwen2, Gemma 2/3, GPT-OSS, BERT and most models
-of transformers >= 4.48) then computes with sdpa.torch.attention: forward and backward
-(autograd), prefill and each decode step of generate() with a DynamicCache.
+AttentionInterface (the ALL_ATTENTION_FUNCTIONS dict in 4.48-4.49) and transformers' own boolean
+mask builder (sdpa_mask, the one the "sdpa" implementation uses) into its AttentionMaskInterface
+(4.53 on) under the name "sdpa_cpu", and lets models that set _supports_sdpa = False (Gemma 2,
+GPT-OSS) take that name (_accept_name_for_every_model). Every attention layer that calls the
+interface (Llama, Mistral, Qwen2, Gemma 2/3, GPT-OSS, BERT from 4.53 on, most current models)
+then computes with sdpa.torch.attention: forward and backward (autograd), prefill and each
+decode step of generate() with a DynamicCache.
 
 How transformers' arguments map onto sdpa's (transformers/integrations/sdpa_attention.py is
 the contract: the same arguments mean the same thing as for attn_implementation="sdpa"):
