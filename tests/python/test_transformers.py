@@ -543,3 +543,13 @@ def test_docs_examples():
             exec(compile(block, str(doc), "exec"), {})
         for shown in re.findall(r"print\(.*\)  # (.*)", block):
             assert shown in stdout.getvalue(), f"{shown!r} not printed by:\n{block}"
+
+
+def test_import_without_transformers_is_a_clear_error(monkeypatch):
+    import importlib
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now fails
+    monkeypatch.delitem(sys.modules, "sdpa.transformers")
+    monkeypatch.delattr(sdpa, "transformers")
+    with pytest.raises(ImportError, match=r"^sdpa.transformers needs PyTorch and Hugging Face "
+                                          r"transformers >= 4.48.*pip install transformers"):
+        importlib.import_module("sdpa.transformers")
