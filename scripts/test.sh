@@ -7,11 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3}
-scripts/setup.sh
+# torch first: setup.sh installs the transformers test dependencies only next to a torch.
 if [[ "${SDPA_SKIP_TORCH:-0}" != 1 ]] && ! "$python" -c "import torch" 2> /dev/null; then
   timeout 600 "$python" -m pip install -q torch==2.13.0 ||
     echo "test: torch==2.13.0 could not be installed; PyTorch comparisons will skip" >&2
 fi
+scripts/setup.sh
 
 build=${SDPA_BUILD_DIR:-build/test}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release ${SDPA_CMAKE_ARGS:-} > /dev/null
