@@ -59,6 +59,7 @@
 #include "core/problem.h"
 #include "core/types.h"
 #include "cpu/arena.h"
+#include "cpu/bf16_kernels.h"
 #include "cpu/dropout-inl.h"
 #include "cpu/exp2-inl.h"
 #include "cpu/micro_kernels-inl.h"
@@ -108,7 +109,12 @@ class ForwardTask {
     k_stored_ = stored && p.kv.key_step() == 1 && p.head_dim % n_ == 0;
     v_stored_ = stored && p.kv.value_step() == 1 && p.v_dim % n_ == 0;
     dropout_ = p.dropout_p > 0;
+    native_ = NativeBf16(p, dot_form_, rp_);
+    const std::int64_t pair_rows = s.kv_tile / 2 + 1;
     arena.Reset(Arena<T>::Footprint(rp_ * dp_) + Arena<T>::Footprint(s.kv_tile * rp_) +
+                (native_
+                     ? Arena<T>::Footprint(pair_rows * rp_) + Arena<T>::Footprint(pair_rows * dvp_)
+                     : 0) +
                 Arena<T>::Footprint(rp_ * dvp_) + 3 * Arena<T>::Footprint(rp_) +
                 (k_always_ ? 0 : Arena<T>::Footprint(s.kv_tile * dp_)) +
                 (v_always_ ? 0 : Arena<T>::Footprint(s.kv_tile * dvp_)) +
@@ -122,6 +128,27 @@ class ForwardTask {
     k_pack_ = k_always_ ? nullptr : arena.Take(s.kv_tile * dp_);
     v_pack_ = v_always_ ? nullptr : arena.Take(s.kv_tile * dvp_);
     z_ = dropout_ ? arena.Take(s.kv_tile * rp_) : nullptr;
+    if (native_) {  // uint32 pairs in float-sized slots
+      qp_ = reinterpret_cast<std::uint32_t*>(qt_);
+      pp_ = reinterpret_cast<std::uint32_t*>(arena.Take(pair_rows * rp_));
+      vp_ = reinterpret_cast<std::uint32_t*>(arena.Take(pair_rows * dvp_));
+    }
+  }
+
+  // Whether this task multiplies bfloat16 pairs with vdpbf16ps (cpu/bf16_kernels.h), twice the
+  // float32 FMA's multiply-adds per instruction: bfloat16 queries, keys and values, the AVX-512
+  // target on a CPU with AVX512-BF16, contiguous unit-stride K/V rows with an even head_dim, and
+  // the tiled form (panels of 32 rows).
+  static bool NativeBf16(const Problem& p, bool dot_form, std::int64_t rp) {
+#if HWY_TARGET == HWY_AVX3
+    if constexpr (std::is_same_v<S, bfloat16> && std::is_same_v<T, float>) {
+      return !dot_form && rp % 32 == 0 && p.q.dtype == DType::kBFloat16 && !p.kv.paged() &&
+             p.kv.key_step() == 1 && p.kv.value_step() == 1 && p.head_dim % 2 == 0 &&
+             p.head_dim > 0 && bf16::Available();
+    }
+#endif
+    (void)p, (void)dot_form, (void)rp;
+    return false;
   }
 
   // The tile loop: stream the visible K/V tiles of the task's key range through the rows.
@@ -155,6 +182,7 @@ class ForwardTask {
   // the mask may hide some key of the tile.
   void Tile(const internal::Sequence& seq, std::int64_t j0, std::int64_t keys, bool partial,
             bool mask_mod, bool mask_values) {
+    if (native_) return NativeTile(seq, j0, keys, partial, mask_mod, mask_values);
     std::int64_t ldk = 0;
     if (dot_form_ && k_stored_) {
       ScoreTileByDots(StoredRows<S>{p_.kv, false, t_.batch, t_.kv_head, j0}, keys);
@@ -171,7 +199,7 @@ class ForwardTask {
     if (mask_mod) ApplyMaskMod(p_, steps_.Block(j0, keys, rp_), st_);
     OnlineSoftmaxUpdate(KeysSeen(j0, keys));
     if (dropout_) DropProbabilities(seq, j0, keys);
-    if constexpr (kIs16Bit<S>) RoundProbabilities(keys);
+    if constexpr (kIs16Bit<S>) RoundProbabilities(keys);  // (NativeTile rounds as it packs)
     // Decode reads V straight from its storage unless some key is masked or dropped (below).
     if (dot_form_ && v_stored_ && !partial && !dropout_) {
       AccumulatePvByDots(StoredRows<S>{p_.kv, true, t_.batch, t_.kv_head, j0}, KeysSeen(j0, keys));
@@ -196,6 +224,8 @@ class ForwardTask {
     if (dot_form_) {
       PackQueryRows();
       std::fill(st_, st_ + s_.kv_tile * rp_, T(0));  // padded rows stay finite
+    } else if (native_) {
+      bf16::PackQueryPairs(br_, rp_, p_.head_dim, p_.q.stride[3], QueryRows(), qp_);
     } else {
       PackQueries();
     }
@@ -203,6 +233,68 @@ class ForwardTask {
     std::fill(m_, m_ + rp_, -std::numeric_limits<T>::infinity());
     std::fill(l_, l_ + rp_, T(0));
     if (with_sinks) StartWithSinks();
+  }
+
+  // The tile with vdpbf16ps (NativeBf16): Sᵀ of the whole tile from the query pairs and K read in
+  // place (then scaled: the queries stay unscaled bfloat16, as rounding a scaled query would add
+  // an error), the usual score steps, masks and online softmax over every key of the tile (the
+  // per-panel key bands of ScoreTile are not used here, so no P entry is left stale), then P and V
+  // as pairs (P rounded to nearest even, as RoundProbabilities does) and P·V.
+  void NativeTile(const internal::Sequence& seq, std::int64_t j0, std::int64_t keys, bool partial,
+                  bool mask_mod, bool mask_values) {
+    if constexpr (std::is_same_v<S, bfloat16> && std::is_same_v<T, float>) {
+      const auto all_keys = [keys](std::int64_t, std::int64_t) { return TileKeys{0, keys}; };
+      const bfloat16* k = p_.kv.KeyRow<bfloat16>(t_.batch, t_.kv_head, j0);
+      for (std::int64_t panel = 0; panel < rp_ / 32; ++panel) {
+        bf16::ScorePanel(qp_, p_.head_dim / 2, panel, k, p_.kv.key_ld(), 0, keys, st_, rp_);
+      }
+      const V scale = hn::Set(d_, static_cast<T>(p_.scale));
+      for (std::int64_t e = 0; e < keys * rp_; e += n_) {
+        hn::Store(hn::Mul(hn::Load(d_, st_ + e), scale), d_, st_ + e);
+      }
+      steps_.Apply(d_, j0, keys, st_, rp_, nullptr);
+      if (partial) ApplyMask(d_, p_, rows_, j0, keys, st_, rp_, mask_values);
+      if (mask_mod) ApplyMaskMod(p_, steps_.Block(j0, keys, rp_), st_);
+      OnlineSoftmaxUpdate(all_keys);
+      if (dropout_) DropProbabilities(seq, j0, keys);
+      const bfloat16* v = p_.kv.ValueRow<bfloat16>(t_.batch, t_.kv_head, j0);
+      if ((partial || dropout_) && !AllFiniteBf16(v, p_.kv.value_ld(), keys, p_.v_dim)) {
+        std::int64_t ldv = 0;  // rare (NaN/Inf in V): the widened tile and the zero-skipping path
+        const T* wide = ValueTile(j0, keys, ldv);
+        AccumulatePvSkippingZeros(wide, ldv, all_keys);
+        return;
+      }
+      bf16::PackProbabilityPairs(st_, rp_, keys, pp_);
+      bf16::PackValuePairs(v, p_.kv.value_ld(), keys, p_.v_dim, dvp_, vp_);
+      for (std::int64_t r = 0; r < br_; r += 6) {
+        bf16::AccumulateRows(pp_, rp_, r, std::min<std::int64_t>(6, br_ - r), 0, (keys + 1) / 2,
+                             vp_, dvp_, rescaled_ ? alpha_ : nullptr, o_, dvp_);
+      }
+    } else {
+      (void)seq, (void)j0, (void)keys, (void)partial, (void)mask_mod, (void)mask_values;
+    }
+  }
+
+  // True when keys rows of `width` bfloat16 values, `ld` apart, are all finite (exponent bits
+  // not all ones).
+  static bool AllFiniteBf16(const bfloat16* x, std::int64_t ld, std::int64_t keys,
+                            std::int64_t width) {
+    for (std::int64_t c = 0; c < keys; ++c) {
+      for (std::int64_t e = 0; e < width; ++e) {
+        if ((x[c * ld + e].bits & 0x7F80u) == 0x7F80u) return false;
+      }
+    }
+    return true;
+  }
+
+  // The task's query rows as pointers of their storage type, for the pair packing.
+  const bfloat16* const* QueryRows() {
+    query_rows_.resize(static_cast<std::size_t>(br_));
+    for (std::int64_t r = 0; r < br_; ++r) {
+      query_rows_[static_cast<std::size_t>(r)] =
+          static_cast<const bfloat16*>(rows_[static_cast<std::size_t>(r)].q);
+    }
+    return query_rows_.data();
   }
 
   // P rounded to the 16-bit type of V before P·V (pack-inl.h RoundToStorage); the row sums
@@ -509,6 +601,9 @@ class ForwardTask {
   bool dot_form_ = false;  // few rows: scores as dot products (ScoreTileByDots)
   bool k_unit_ = true, v_unit_ = true, dropout_ = false;
   bool rescaled_ = true;  // some row's m moved in the last OnlineSoftmaxUpdate (α != 1)
+  bool native_ = false;   // vdpbf16ps products (NativeBf16)
+  std::uint32_t *qp_ = nullptr, *pp_ = nullptr, *vp_ = nullptr;  // pairs (bf16_kernels.h)
+  std::vector<const bfloat16*> query_rows_;
   bool k_always_ = true, v_always_ = true;    // every tile is read in place (no pack buffer)
   bool k_stored_ = false, v_stored_ = false;  // dot form reads 16-bit / int8 rows directly
   static constexpr std::int64_t kMaxStoredRows = 1;

@@ -8,6 +8,7 @@
 #include "cpu/forward-inl.h"
 
 #if HWY_ONCE
+#include "cpu/bf16_kernels.h"
 #include "cpu/simd.h"
 
 namespace sdpa::cpu {
@@ -44,6 +45,14 @@ Plan ExplainForward(const internal::Problem& problem, int threads) {
   plan.kv_splits = schedule.kv_splits;
   plan.threads = schedule.threads;
   plan.reason = schedule.reason;
+  // forward-inl.h NativeBf16 (the tiled form; decode rows widen bfloat16 in registers instead).
+  if (problem.q.dtype == DType::kBFloat16 && problem.kv.k.dtype == DType::kBFloat16) {
+    const bool native = bf16::Available() && plan.simd_target == "AVX3" && !problem.kv.paged() &&
+                        problem.head_dim % 2 == 0;
+    plan.reason += native ? "; bfloat16 products with vdpbf16ps (AVX512-BF16)"
+                          : "; bfloat16 widened to float32 at the tile pack (no AVX512-BF16 "
+                            "products here)";
+  }
   return plan;
 }
 
