@@ -128,8 +128,8 @@ F32 = dict(query=np.ones((3, 4, 8), np.float32), key=np.ones((3, 5, 8), np.float
      r"^sdpa: mask.shape\[0\] is 2 but must be 1 or 3 \(heads\)"),
     (dict(mask=np.ones((1, 1, 1, 4, 5), bool)), ValueError,
      r"^sdpa: mask has rank 5 but at most 4 dimensions are supported"),
-    (dict(F32, mask=np.zeros((4, 5))), TypeError,
-     r"^sdpa: mask.dtype is float64 but must be bool or float32 \(the query's dtype\)"),
+    (dict(F32, mask=np.zeros((4, 5), np.complex64)), TypeError,
+     r"^sdpa: mask.dtype is complex64 but must be bool \(True = attend\) or a float dtype"),
     # options.scale
     (dict(scale=np.inf), ValueError, r"^sdpa: scale is inf but must be finite"),
     # options.window
@@ -182,8 +182,8 @@ def test_library_messages_name_the_python_argument(kwargs, error, match):
     (dict(attn_mask=np.ones((5, 2), bool)), ValueError,
      r"^sdpa: attn_mask.shape\[0\] is 5 but must be 1 or 3 \(q_len\)"),
     (dict(query=np.ones((3, 8), np.float32), key=np.ones((2, 8), np.float32),
-          value=np.ones((2, 8), np.float32), attn_mask=np.zeros((3, 2))), TypeError,
-     r"^sdpa: attn_mask.dtype is float64 but must be bool or float32 \(the query's dtype\)"),
+          value=np.ones((2, 8), np.float32), attn_mask=np.zeros((3, 2), np.complex64)), TypeError,
+     r"^sdpa: attn_mask.dtype is complex64 but must be bool \(True = attend\) or a float"),
     (dict(scale=np.nan), ValueError, r"^sdpa: scale is nan but must be finite"),
     (dict(dropout_p=-0.5), ValueError, r"^sdpa: dropout_p is -0.5 but must be in \[0, 1\]"),
     (dict(window=(-2, None)), ValueError, r"^sdpa: window\[0\] is -2 but must be >= 0"),
@@ -241,7 +241,8 @@ def test_backward_messages(kwargs, error, match):
     (([[1.0]], [[1.0], [2.0]], [[1.0]]), ValueError,
      r"^sdpa: V.shape\[0\] \(kv_len\) is 1 but K.shape\[0\] is 2$"),
     ((np.ones((1, 1), np.float32), [[1.0]], [[1.0]]), TypeError,
-     r"^sdpa: K.dtype is float64 but Q.dtype is float32$"),
+     r"^sdpa: K.dtype is float64 but Q.dtype is float32; float64 needs query, key and "
+     r"value all float64$"),
 ])
 def test_self_attention_messages_name_q_k_v(args, error, match):
     with pytest.raises(error, match=match):
@@ -360,7 +361,7 @@ def _bad_calls():
         q, k, v, attn_mask=np.ones((4, 4), bool))))
     calls.append(("sdpa attn_mask dtype", lambda: sdpa.scaled_dot_product_attention(
         q.astype(np.float32), k.astype(np.float32), v.astype(np.float32),
-        attn_mask=np.ones((4, 5)))))
+        attn_mask=np.ones((4, 5), np.complex64))))
     calls.append(("sdpa is_causal", lambda: sdpa.scaled_dot_product_attention(
         q, k, v, is_causal="yes")))
     calls.append(("sdpa enable_gqa", lambda: sdpa.scaled_dot_product_attention(
