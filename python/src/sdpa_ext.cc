@@ -222,6 +222,23 @@ std::tuple<OutArray, OutArray, OutArray> ComputeQkv(const InArray& x, const InAr
   return {ToNumpy(std::move(qkv.Q)), ToNumpy(std::move(qkv.K)), ToNumpy(std::move(qkv.V))};
 }
 
+// (out, lse): sdpa::MergePartials over the partials outs[s] / lses[s].
+nb::tuple MergePartials(const std::vector<InArray>& outs, const std::vector<InArray>& lses) {
+  std::vector<sdpa::TensorView> out_views, lse_views;
+  for (std::size_t s = 0; s < outs.size(); ++s) {
+    out_views.push_back(ToView(("outs[" + std::to_string(s) + "]").c_str(), outs[s]));
+  }
+  for (std::size_t s = 0; s < lses.size(); ++s) {
+    lse_views.push_back(ToView(("lses[" + std::to_string(s) + "]").c_str(), lses[s]));
+  }
+  sdpa::MergedPartials merged;
+  {
+    nb::gil_scoped_release release;
+    merged = sdpa::MergePartials(out_views, lse_views);
+  }
+  return nb::make_tuple(ToNumpy(std::move(merged.out)), ToNumpy(std::move(merged.lse)));
+}
+
 }  // namespace
 
 NB_MODULE(_sdpa, m) {
@@ -287,6 +304,8 @@ NB_MODULE(_sdpa, m) {
         "grad_value), and grad_sinks after them when options.sinks is not empty.");
   m.def("explain", &Explain, nb::arg("query"), nb::arg("key"), nb::arg("value"), nb::arg("options"),
         "sdpa::Explain(...).ToString(): the backend, path and threads a call would use.");
+  m.def("merge_partials", &MergePartials, nb::arg("outs"), nb::arg("lses"),
+        "sdpa::MergePartials over lists of rank 2-4 arrays; returns (out, lse).");
   m.def("self_attention", &SelfAttention, nb::arg("Q"), nb::arg("K"), nb::arg("V"),
         "sdpa::self_attention on rank-2 arrays.");
   m.def("compute_qkv", &ComputeQkv, nb::arg("X"), nb::arg("W_q"), nb::arg("W_k"), nb::arg("W_v"),
