@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _sdpa
-from ._arrays import as_mask, as_operand
+from ._arrays import as_mask, as_operand, from_library, library_array
 from ._broadcast import to_engine
 from ._errors import python_names
 from ._options import boolean, make_options, with_variants
@@ -119,7 +119,7 @@ def scaled_dot_product_attention(query: npt.ArrayLike, key: npt.ArrayLike, value
     q, k, v, m, out_shape = to_engine(q, k, v, m, enable_gqa, heads_last=per_head)
     options = make_options(q, mask=m, causal="top_left" if is_causal else None, scale=scale,
                            dropout_p=dropout_p, seed=seed, **variants)
-    return _sdpa.forward(q, k, v, options, False).reshape(out_shape)
+    return forward((q, k, v), options, False).reshape(out_shape)
 
 
 @overload
@@ -233,7 +233,7 @@ def attention(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
     """
     q, k, v, m = _operands(query, key, value, mask)
     options = make_options(q, mask=m, causal=causal, scale=scale, backend=backend, **variants)
-    return _sdpa.forward(q, k, v, options, boolean("return_lse", return_lse))
+    return forward((q, k, v), options, boolean("return_lse", return_lse))
 
 
 @_public
@@ -289,15 +289,34 @@ def attention_backward(grad_out: npt.ArrayLike, query: npt.ArrayLike, key: npt.A
     m = None if mask is None else as_mask("mask", mask, q.dtype)
     options = make_options(q, mask=m, causal=causal, scale=scale, backend=backend,
                            backward=True, **variants)
-    return gradients((dout, q, k, v, o, l), options, with_sinks=variants.get("sinks") is not None)
+    grads = gradients((dout, q, k, v, o, l), options, with_sinks=variants.get("sinks") is not None)
+    return tuple(map(from_library, grads))
 
 
-def gradients(arrays: Tuple[npt.NDArray[Any], ...], options: _sdpa.Options,
-              with_sinks: bool) -> Tuple[FloatArray, ...]:
+@overload
+def forward(arrays: Tuple[Any, Any, Any], options: _sdpa.Options,
+            return_lse: Literal[False]) -> FloatArray: ...
+@overload
+def forward(arrays: Tuple[Any, Any, Any], options: _sdpa.Options,
+            return_lse: bool) -> Union[FloatArray, Tuple[FloatArray, FloatArray]]: ...
+def forward(arrays: Tuple[Any, Any, Any], options: _sdpa.Options,
+            return_lse: bool) -> Union[FloatArray, Tuple[FloatArray, FloatArray]]:
+    """_sdpa.forward for arrays (query, key, value): out, or (out, lse) with `return_lse`, in
+    their dtypes (bfloat16 crosses as its bits, see _arrays; lse is never bfloat16)."""
+    query, key, value = (library_array(a) for a in arrays)
+    if not return_lse:
+        return from_library(_sdpa.forward(query, key, value, options, False))
+    out, lse = _sdpa.forward(query, key, value, options, True)
+    return from_library(out), lse
+
+
+def gradients(arrays: Tuple[Any, ...], options: _sdpa.Options,
+              with_sinks: bool) -> Tuple[npt.NDArray[Any], ...]:
     """_sdpa.backward for arrays (grad_out, query, key, value, out, lse), with grad_sinks after
     the three gradients whenever sinks were given: the library leaves it out when options.sinks
-    is empty, which with zero query heads is one sink per head."""
-    grad_out, query, key, value, out, lse = arrays
+    is empty, which with zero query heads is one sink per head. bfloat16 gradients are returned
+    as the extension gives them, as their uint16 bits (_arrays.from_library views them)."""
+    grad_out, query, key, value, out, lse = (library_array(a) for a in arrays)
     grads = _sdpa.backward(grad_out, query, key, value, out, lse, options)
     if with_sinks and len(grads) == 3:
         grads += (np.zeros(0, grads[0].dtype),)
@@ -325,7 +344,7 @@ def explain(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
     if variants.get("seed") is None:
         variants["seed"] = 0  # the plan does not depend on it: draw none
     options = make_options(q, mask=m, causal=causal, scale=scale, backend=backend, **variants)
-    return _sdpa.explain(q, k, v, options)
+    return _sdpa.explain(library_array(q), library_array(k), library_array(v), options)
 
 
 @_public

@@ -104,7 +104,8 @@ def test_seed_functions_take_tensors():
 
 
 @pytest.mark.parametrize("tensor, error, match", [
-    (lambda t: t.half(), TypeError, r"^sdpa: query.dtype is float16 but must be float32"),
+    (lambda t: t.to(torch.complex64), TypeError,
+     r"^sdpa: query.dtype is complex64 but must be float32, float64, float16 or bfloat16"),
     (lambda t: t.bfloat16(), TypeError,
      r"^sdpa: query \(Tensor, dtype torch.bfloat16\) cannot be read through DLPack"),
     (lambda t: t.clone().requires_grad_(), TypeError,
