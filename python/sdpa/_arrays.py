@@ -14,7 +14,8 @@ Rules (docs/python.md states them for users):
     DLPack), and from_library() views the uint16 results the extension returns for bfloat16 as
     ml_dtypes.bfloat16. ml_dtypes is imported only when a bfloat16 array is met.
   * Lists and scalars are read with numpy.asarray; objects with __dlpack__ (PyTorch CPU tensors,
-    JAX, CuPy, ...) with numpy.from_dlpack, so both are zero-copy.
+    JAX, CuPy, ...) with numpy.from_dlpack, so both are zero-copy; a torch bfloat16 tensor, which
+    numpy cannot take through DLPack, as an ml_dtypes.bfloat16 view of its uint16 bits.
   * The library takes any element strides, so views are passed as they are -- strided slices of a
     packed QKV buffer, broadcast views with stride 0, negative strides -- as long as every stride
     is a whole number of elements, the data is aligned and, for query/key/value (whose rows a
@@ -77,6 +78,9 @@ def to_ndarray(name, x):
         return x
     if hasattr(x, "__dlpack__"):
         try:
+            # (one that requires grad goes to from_dlpack, to be refused as any other)
+            if str(getattr(x, "dtype", "")) == "torch.bfloat16" and not x.requires_grad:
+                return _torch_bfloat16(x)
             return np.from_dlpack(x)
         except (TypeError, ValueError, BufferError, RuntimeError) as e:
             dtype = getattr(x, "dtype", "unknown")
@@ -88,6 +92,14 @@ def to_ndarray(name, x):
         return np.asarray(x)
     except ValueError as e:  # ragged nested lists
         raise ValueError(f"sdpa: {name} is not a rectangular array: {e}") from e
+
+
+def _torch_bfloat16(tensor):
+    """A torch bfloat16 tensor as an ml_dtypes.bfloat16 array sharing its memory: numpy cannot
+    take kDLBfloat through DLPack, so its bits go as uint16 and are viewed back."""
+    import torch  # the tensor's own module: imported already
+
+    return np.from_dlpack(tensor.view(torch.uint16)).view(bfloat16())
 
 
 def _native(dtype):
