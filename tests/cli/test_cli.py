@@ -923,6 +923,8 @@ VARIANT_FAILURES = [
      r"^sdpa: --alibi-slopes \S+in_a\.npy: dtype is int64 but must be float32 or float64$"),
     ("alibi_file_bool", lambda d: ["--alibi-slopes", save_list(d, "in_a.npy", [1, 0], bool)],
      r"dtype is bool but must be float32 or float64$"),
+    ("sinks_file_float16", lambda d: ["--sinks", save_list(d, "in_s.npy", [1, 0], np.float16)],
+     r"^sdpa: --sinks \S+in_s\.npy: dtype is float16 but must be float32 or float64$"),
     ("alibi_file_2d", lambda d: ["--alibi-slopes",
                                  "@" + save(d, "in_a.npy", np.ones((1, 2)))],
      r"--alibi-slopes \S+: shape is \(1, 2\) but must be 1-D with at least one value$"),

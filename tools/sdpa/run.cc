@@ -301,7 +301,10 @@ std::vector<T> ListValues(const ListArg<T>& list) {
   const std::string where = list.flag + " " + *list.path + ": ";
   const npy::Array array = ReadArray(list.flag, *list.path);
   constexpr bool kIntegers = std::is_integral_v<T>;
-  if (npy::IsInteger(array.type()) != kIntegers || array.type() == npy::ElementType::kBool) {
+  // (16-bit floats are refused too: per-head values are few, and float32 holds them exactly)
+  const bool float_list =
+      array.type() == npy::ElementType::kFloat32 || array.type() == npy::ElementType::kFloat64;
+  if (kIntegers ? !npy::IsInteger(array.type()) : !float_list) {
     throw CliError(where + "dtype is " + npy::ElementTypeName(array.type()) + " but must be " +
                    (kIntegers ? "int32 or int64" : "float32 or float64"));
   }
