@@ -216,7 +216,7 @@ nb::object Forward(const Operand& query, const Operand& key, const Operand& valu
 // (grad_query, grad_key, grad_value), each the shape and dtype of its input, and grad_sinks
 // ([heads]) after them when options.sinks is not empty.
 nb::tuple Backward(const Operand& grad_out, const Operand& query, const Operand& key,
-                   const Operand& value, const Operand& out, const InArray& lse,
+                   const Operand& value, const Operand& out, const Operand& lse,
                    const Options& options) {
   const sdpa::TensorView dout = ToView("grad_out", grad_out), q = ToView("query", query),
                          k = ToView("key", key), v = ToView("value", value), o = ToView("out", out),

@@ -368,3 +368,30 @@ def test_explain_takes_16_bit_arrays(rng):
     assert "sdpa plan:" in sdpa.explain(q, q, q, causal="top_left")
     h = q.astype(F16)
     assert "sdpa plan:" in sdpa.explain(h, h, h)
+
+
+@pytest.mark.parametrize("name, dtype, match", [
+    ("out", np.float64, r"^sdpa: out\.dtype is float64 but query\.dtype is bfloat16; out must be "
+                        r"float32, bfloat16 or float16"),
+    ("grad_out", np.float64, r"^sdpa: grad_out\.dtype is float64 but query\.dtype is bfloat16"),
+    ("lse", BF16, r"^sdpa: lse\.dtype is bfloat16 but query\.dtype is bfloat16; lse must be "
+                  r"float32"),
+], ids=["float64_out", "float64_grad_out", "bfloat16_lse"])
+def test_backward_dtype_errors_name_the_argument(rng, name, dtype, match):
+    q, k, v = (rounded(rng, (4, 8), BF16) for _ in range(3))
+    out, lse = sdpa.attention(q, k, v, return_lse=True)
+    arrays = {"grad_out": out, "out": out, "lse": lse}
+    arrays[name] = arrays[name].astype(dtype)
+    with pytest.raises(TypeError, match=match):
+        sdpa.attention_backward(arrays["grad_out"], q, k, v, arrays["out"], arrays["lse"])
+
+
+def test_out_and_grad_out_of_another_16_bit_dtype_are_accepted(rng):
+    """out and grad_out may be any of float32, bfloat16 and float16, whatever the query's."""
+    q, k, v = (rounded(rng, (6, 8), BF16) for _ in range(3))
+    out, lse = sdpa.attention(q, k, v, return_lse=True)
+    grads = sdpa.attention_backward(out.astype(F16), q, k, v, out.astype(F32), lse)
+    refs = variant_backward(f64(out), f64(q), f64(k), f64(v))[:3]
+    for name, grad, ref in zip(("grad_query", "grad_key", "grad_value"), grads, refs):
+        assert grad.dtype == BF16
+        assert_within(grad, ref, GRAD_BOUND[BF16], np.abs(ref).max(), name)
