@@ -74,7 +74,9 @@ def scaled_dot_product_attention(query: npt.ArrayLike, key: npt.ArrayLike, value
     top-left with ``is_causal=True``, else bottom-right), ``alibi_slopes``, ``softcap`` and
     ``sinks``, per head of dim -3 of the result.
 
-    float32 in gives float32 out, float64 gives float64, ints and bools compute in float64.
+    float32 in gives float32 out, float64 gives float64, ints and bools compute in float64;
+    float16 and bfloat16 (``ml_dtypes.bfloat16``) compute in float32 and give their own dtype
+    (key and value share one; the query's may differ, float64 goes with float64 only).
     A row that sees no key gives zeros (PyTorch 2.5+ does the same). Inputs are read in place
     when their last dim is contiguous (views, broadcasts, slices of a packed QKV buffer); they are
     never modified. Objects with ``__dlpack__`` (PyTorch CPU tensors) are accepted; the result is
@@ -162,7 +164,8 @@ def attention(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
       FlashAttention and KV-cache decoding). Combines with ``mask``.
     - ``scale``: default ``1 / sqrt(D)``.
     - ``return_lse``: also return the log-sum-exp of each row's scaled, masked scores,
-      shaped ``(B, H, Lq)`` (one rank below ``query``), in the query's dtype.
+      shaped ``(B, H, Lq)`` (one rank below ``query``), in the query's dtype (float32 for a
+      float16 or bfloat16 query).
     - ``backend``: ``None`` or ``"auto"`` (the ``SDPA_BACKEND`` environment variable if set, else
       the CPU engine), ``"cpu"``, or ``"reference"`` (the plain float64-accumulating oracle: slow,
       for checks and benchmarks).
@@ -257,7 +260,8 @@ def attention_backward(grad_out: npt.ArrayLike, query: npt.ArrayLike, key: npt.A
       recomputes the attention weights from ``lse`` instead of storing them).
     - ``grad_out``: shaped like ``out``.
 
-    The results have the shapes of ``query``, ``key`` and ``value`` and the query's dtype. With
+    The results have the shapes and dtypes of ``query``, ``key`` and ``value`` (``out`` and
+    ``grad_out`` may be any of float32, float16 and bfloat16 in a 16-bit call). With
     GQA/MQA, ``grad_key`` and ``grad_value`` sum over the query heads that share a kv head. A row
     with no visible key contributes nothing (its ``grad_query`` row is 0). The mask gets no
     gradient. Results do not depend on the thread count (bitwise).
