@@ -20,8 +20,8 @@
 // partial results are merged by log-sum-exp (sdpa/merge.h). The backward circulates the dK/dV
 // accumulators, in float32, on a second channel one step behind K/V, so they arrive on their owner.
 // Supported options: scale, causal (kTopLeft and kBottomRight are the same here: the global
-// sequence is square), GQA/MQA, Dv != D, softcap, sinks (forward; the backward takes the lse the
-// forward returned and gives no grad_sinks), backend, interrupt. Refused with sdpa::Error, because
+// sequence is square), GQA/MQA, Dv != D, softcap, sinks (the backward takes the lse the forward
+// returned; grad_sinks from its overload), backend, interrupt. Refused with sdpa::Error, because
 // a block of keys from another rank cannot express them through Forward's options: mask,
 // window, alibi_slopes, varlen (cu_seqlens), dropout and custom score/mask functions (Ulysses
 // takes window, ALiBi and sinks).
@@ -109,6 +109,14 @@ void RingBackward(MPI_Comm comm, const TensorView& query, const TensorView& key,
                   const TensorView& grad_out, const MutableTensorView& grad_query,
                   const MutableTensorView& grad_key, const MutableTensorView& grad_value,
                   const Options& options = {}, const Distribution& distribution = {});
+// Same, also writing grad_sinks [heads] float32: ∂L/∂options.sinks summed over the batch and every
+// rank's rows (the same value on every rank). options.sinks must be set.
+void RingBackward(MPI_Comm comm, const TensorView& query, const TensorView& key,
+                  const TensorView& value, const TensorView& out, const TensorView& lse,
+                  const TensorView& grad_out, const MutableTensorView& grad_query,
+                  const MutableTensorView& grad_key, const MutableTensorView& grad_value,
+                  const MutableTensorView& grad_sinks, const Options& options,
+                  const Distribution& distribution = {});
 
 // lse may be null.
 void UlyssesForward(MPI_Comm comm, const TensorView& query, const TensorView& key,

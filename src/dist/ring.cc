@@ -237,11 +237,51 @@ void RingForward(MPI_Comm comm, const TensorView& query, const TensorView& key,
   ForwardImpl(comm, query, key, value, out, nullptr, options, distribution);
 }
 
-void RingBackward(MPI_Comm user_comm, const TensorView& query, const TensorView& key,
+namespace {
+
+// grad_sinks[h] = −Σ_{b, i} exp(sink_h − lse_i) · D_i with D_i = Σ_e dO_ie · O_ie, over every
+// rank's rows: the local sum, then one MPI_Allreduce (the backward of the sink partial).
+void SinkGradients(const dist::Comm& comm, const dist::Shard& s, const TensorView& out,
+                   const TensorView& lse, const TensorView& grad_out, const Options& options,
+                   const MutableTensorView& grad_sinks) {
+  std::vector<double> sums(static_cast<std::size_t>(s.heads), 0.0);
+  const float* o = static_cast<const float*>(out.data);
+  const float* d_o = static_cast<const float*>(grad_out.data);
+  const float* l = static_cast<const float*>(lse.data);
+  for (std::int64_t b = 0; b < s.batch; ++b) {
+    for (std::int64_t h = 0; h < s.heads; ++h) {
+      const double sink = options.sinks[static_cast<std::size_t>(h)];
+      if (sink == -std::numeric_limits<double>::infinity()) continue;
+      for (std::int64_t i = 0; i < s.len; ++i) {
+        const double row_lse = l[b * lse.stride(0) + h * lse.stride(1) + i * lse.stride(2)];
+        if (row_lse == -std::numeric_limits<double>::infinity()) continue;
+        double delta = 0;
+        for (std::int64_t e = 0; e < s.v_dim; ++e) {
+          delta += static_cast<double>(o[b * out.stride(0) + h * out.stride(1) + i * out.stride(2) +
+                                         e * out.stride(3)]) *
+                   d_o[b * grad_out.stride(0) + h * grad_out.stride(1) + i * grad_out.stride(2) +
+                       e * grad_out.stride(3)];
+        }
+        sums[static_cast<std::size_t>(h)] -= std::exp(sink - row_lse) * delta;
+      }
+    }
+  }
+  std::vector<double> total(sums.size());
+  dist::Check(MPI_Allreduce(sums.data(), total.data(), static_cast<int>(sums.size()), MPI_DOUBLE,
+                            MPI_SUM, comm.get()),
+              "MPI_Allreduce");
+  float* g = static_cast<float*>(grad_sinks.data);
+  for (std::int64_t h = 0; h < s.heads; ++h) {
+    g[h * grad_sinks.stride(0)] = static_cast<float>(total[static_cast<std::size_t>(h)]);
+  }
+}
+
+void BackwardImpl(MPI_Comm user_comm, const TensorView& query, const TensorView& key,
                   const TensorView& value, const TensorView& out, const TensorView& lse,
                   const TensorView& grad_out, const MutableTensorView& grad_query,
                   const MutableTensorView& grad_key, const MutableTensorView& grad_value,
-                  const Options& options, const Distribution& distribution) {
+                  const MutableTensorView* grad_sinks, const Options& options,
+                  const Distribution& distribution) {
   const char* kFunction = "RingBackward";
   const auto start = std::chrono::steady_clock::now();
   dist::CheckMpiReady(user_comm, distribution.progress, kFunction);
@@ -267,6 +307,14 @@ void RingBackward(MPI_Comm user_comm, const TensorView& query, const TensorView&
                       grad_names);
     dist::CheckOutput("grad_key", grad_key, {s.batch, s.kv_heads, s.len, s.head_dim},
                       {TensorView(grad_query)}, {"grad_query"});
+    if (grad_sinks != nullptr) {
+      if (options.sinks.empty()) internal::Fail("grad_sinks is given but options.sinks is empty");
+      if (static_cast<std::int64_t>(options.sinks.size()) != s.heads) {
+        internal::Fail("options.sinks has ", options.sinks.size(),
+                       " values but must have one per query head (", s.heads, ")");
+      }
+      dist::CheckOutput("grad_sinks", *grad_sinks, {s.heads}, inputs, names);
+    }
     dist::CountOf(s.batch * s.kv_heads * s.len * (s.head_dim + s.v_dim), "key and value");
     return s;
   });
@@ -350,11 +398,33 @@ void RingBackward(MPI_Comm user_comm, const TensorView& query, const TensorView&
   dist::Unpack(dq.data(), grad_query);
   dist::Unpack(dkv_recv.data(), grad_key);
   dist::Unpack(dkv_recv.data() + s.batch * s.kv_heads * c * s.head_dim, grad_value);
+  if (grad_sinks != nullptr) SinkGradients(comm, s, out, lse, grad_out, options, *grad_sinks);
   if (distribution.profile != nullptr) {
     profile.total_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     *distribution.profile = profile;
   }
+}
+
+}  // namespace
+
+void RingBackward(MPI_Comm comm, const TensorView& query, const TensorView& key,
+                  const TensorView& value, const TensorView& out, const TensorView& lse,
+                  const TensorView& grad_out, const MutableTensorView& grad_query,
+                  const MutableTensorView& grad_key, const MutableTensorView& grad_value,
+                  const Options& options, const Distribution& distribution) {
+  BackwardImpl(comm, query, key, value, out, lse, grad_out, grad_query, grad_key, grad_value,
+               nullptr, options, distribution);
+}
+
+void RingBackward(MPI_Comm comm, const TensorView& query, const TensorView& key,
+                  const TensorView& value, const TensorView& out, const TensorView& lse,
+                  const TensorView& grad_out, const MutableTensorView& grad_query,
+                  const MutableTensorView& grad_key, const MutableTensorView& grad_value,
+                  const MutableTensorView& grad_sinks, const Options& options,
+                  const Distribution& distribution) {
+  BackwardImpl(comm, query, key, value, out, lse, grad_out, grad_query, grad_key, grad_value,
+               &grad_sinks, options, distribution);
 }
 
 }  // namespace sdpa

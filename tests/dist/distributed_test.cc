@@ -159,6 +159,7 @@ double MaxAbs(const Array& a) {
 struct Full {
   Array q, k, v, dout;         // float32-representable values, [B, H|Hkv, L, D|Dv]
   Array out, lse, dq, dk, dv;  // float64 reference
+  Array dsinks;                // [H] with sinks
   sdpa::Options options;
 };
 
@@ -199,14 +200,20 @@ Full Reference(const Case& c, std::int64_t seq) {
   auto mut = [](Array& a) {
     return sdpa::MutableTensorView(a.values.data(), DType::kFloat64, Layout::Contiguous(a.shape));
   };
-  sdpa::Backward(view(f.q), view(f.k), view(f.v), view(f.out), view(f.lse), view(f.dout), mut(f.dq),
-                 mut(f.dk), mut(f.dv), ref);
+  if (c.sinks) {
+    f.dsinks = Array({c.heads});
+    sdpa::Backward(view(f.q), view(f.k), view(f.v), view(f.out), view(f.lse), view(f.dout),
+                   mut(f.dq), mut(f.dk), mut(f.dv), mut(f.dsinks), ref);
+  } else {
+    sdpa::Backward(view(f.q), view(f.k), view(f.v), view(f.out), view(f.lse), view(f.dout),
+                   mut(f.dq), mut(f.dk), mut(f.dv), ref);
+  }
   return f;
 }
 
 // One rank's shard of the inputs as float32, and its results.
 struct ShardRun {
-  std::vector<float> q, k, v, dout, out, lse, dq, dk, dv;
+  std::vector<float> q, k, v, dout, out, lse, dq, dk, dv, dsinks;
 };
 
 sdpa::TensorView V(const std::vector<float>& x, std::vector<std::int64_t> shape) {
@@ -241,9 +248,16 @@ ShardRun RunShard(const Case& c, const Full& f, const std::vector<std::int64_t>&
     d.progress = progress;
     sdpa::RingForward(MPI_COMM_WORLD, V(s.q, qs), V(s.k, ks), V(s.v, vs), M(s.out, os), lse,
                       f.options, d);
-    sdpa::Options bwd = f.options;
-    sdpa::RingBackward(MPI_COMM_WORLD, V(s.q, qs), V(s.k, ks), V(s.v, vs), V(s.out, os),
-                       V(s.lse, ls), V(s.dout, os), M(s.dq, qs), M(s.dk, ks), M(s.dv, vs), bwd, d);
+    if (c.sinks) {
+      s.dsinks.assign(static_cast<std::size_t>(c.heads), 0.0f);
+      sdpa::RingBackward(MPI_COMM_WORLD, V(s.q, qs), V(s.k, ks), V(s.v, vs), V(s.out, os),
+                         V(s.lse, ls), V(s.dout, os), M(s.dq, qs), M(s.dk, ks), M(s.dv, vs),
+                         M(s.dsinks, {c.heads}), f.options, d);
+    } else {
+      sdpa::RingBackward(MPI_COMM_WORLD, V(s.q, qs), V(s.k, ks), V(s.v, vs), V(s.out, os),
+                         V(s.lse, ls), V(s.dout, os), M(s.dq, qs), M(s.dk, ks), M(s.dv, vs),
+                         f.options, d);
+    }
   } else {
     sdpa::UlyssesForward(MPI_COMM_WORLD, V(s.q, qs), V(s.k, ks), V(s.v, vs), M(s.out, os), &lse,
                          f.options, c.layout);
@@ -275,6 +289,10 @@ void CheckAgainstReference(const Case& c, Algorithm algorithm) {
                      2e-5 * MaxAbs(f.dk), "grad_key"));
   EXPECT_TRUE(Within(FromFloat(s.dv, {c.batch, c.kv_heads, n, c.v_dim}), RowsOf(f.dv, pos),
                      2e-5 * MaxAbs(f.dv), "grad_value"));
+  if (!s.dsinks.empty()) {  // the whole sequence's sum, on every rank
+    EXPECT_TRUE(
+        Within(FromFloat(s.dsinks, {c.heads}), f.dsinks, 2e-5 * MaxAbs(f.dsinks), "grad_sinks"));
+  }
 }
 
 TEST(Ring, EveryShardMatchesTheFullSequenceReference) {
