@@ -89,13 +89,33 @@ inline void CheckMpiReady(MPI_Comm comm, Progress progress, const char* function
 // compute, timed.
 class Requests {
  public:
+  Requests() = default;
+  Requests(const Requests&) = delete;
+  Requests& operator=(const Requests&) = delete;
+  // Only on an error path (a step threw): pending receives are cancelled and completed, so that
+  // nothing writes into the buffers after they are freed; pending sends are released (MPI
+  // finishes or drops them). The peers of the call are left waiting either way (distributed.h).
+  ~Requests() {
+    for (std::size_t n = 0; n < requests_.size(); ++n) {
+      if (requests_[n] == MPI_REQUEST_NULL) continue;
+      if (is_recv_[n]) {
+        MPI_Cancel(&requests_[n]);
+        MPI_Wait(&requests_[n], MPI_STATUS_IGNORE);
+      } else {
+        MPI_Request_free(&requests_[n]);
+      }
+    }
+  }
+
   void Recv(float* data, std::int64_t n, int from, int tag, MPI_Comm comm) {
+    is_recv_.push_back(true);
     requests_.push_back(MPI_REQUEST_NULL);
     Check(MPI_Irecv(data, CountOf(n, "a received block"), MPI_FLOAT, from, tag, comm,
                     &requests_.back()),
           "MPI_Irecv");
   }
   void Send(const float* data, std::int64_t n, int to, int tag, MPI_Comm comm) {
+    is_recv_.push_back(false);
     requests_.push_back(MPI_REQUEST_NULL);
     Check(MPI_Isend(data, CountOf(n, "a sent block"), MPI_FLOAT, to, tag, comm, &requests_.back()),
           "MPI_Isend");
@@ -115,6 +135,7 @@ class Requests {
     Check(MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE),
           "MPI_Waitall");
     requests_.clear();
+    is_recv_.clear();
   }
   std::int64_t TakeBytesSent() {
     const std::int64_t b = bytes_sent_;
@@ -124,6 +145,7 @@ class Requests {
 
  private:
   std::vector<MPI_Request> requests_;
+  std::vector<bool> is_recv_;
   std::int64_t bytes_sent_ = 0;
 };
 

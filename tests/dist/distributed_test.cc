@@ -424,6 +424,27 @@ TEST(Ring, ABadArgumentOnOneRankMakesEveryRankThrow) {
       << zigzag;
 }
 
+// Every rank interrupted during its first block: each throws sdpa::Interrupted with its messages
+// in flight (cancelled and released), and the next call on the communicator works.
+TEST(Ring, InterruptOnEveryRankThrowsAndTheNextCallWorks) {
+  const std::int64_t n = 1024, H = 2, D = 64;
+  std::vector<float> q(static_cast<std::size_t>(H * n * D), 0.25f), out(q.size());
+  sdpa::Options stop;
+  stop.interrupt = [] { return true; };
+  bool interrupted = false;
+  try {
+    sdpa::RingForward(MPI_COMM_WORLD, V(q, {1, H, n, D}), V(q, {1, H, n, D}), V(q, {1, H, n, D}),
+                      M(out, {1, H, n, D}), stop, SequenceLayout::kContiguous);
+  } catch (const sdpa::Interrupted&) {
+    interrupted = true;
+  }
+  EXPECT_TRUE(interrupted);
+  MPI_Barrier(MPI_COMM_WORLD);
+  sdpa::RingForward(MPI_COMM_WORLD, V(q, {1, H, n, D}), V(q, {1, H, n, D}), V(q, {1, H, n, D}),
+                    M(out, {1, H, n, D}), sdpa::Options{}, SequenceLayout::kContiguous);
+  EXPECT_NEAR(out[0], 0.25f, 1e-6);  // uniform values attend to 0.25
+}
+
 TEST(Layouts, ShardAndPlaceRoundTripAndZigzagIsTheRingFlashAttentionOrder) {
   const int P = World();
   const std::int64_t L = 4 * P;
