@@ -13,7 +13,8 @@
 //   kZigzag      (ring-flash-attention, Megatron "162534") the sequence in 2P equal chunks, rank r
 //                holds chunk r then chunk 2P-1-r: causal work is equal on every rank. Needs
 //                L % 2P == 0 (every shard the same even length).
-// ShardSequence / PlaceShard move between a full sequence and a rank's shard in either layout.
+// ShardSequence / PlaceShard (sdpa/sequence_layout.h, no MPI needed) move between a full sequence
+// and a rank's shard in either layout.
 //
 // RingForward / RingBackward: ring attention (Liu et al. 2023). Queries stay; K/V blocks travel
 // rank r -> r+1 while the current block computes (MPI_Irecv / MPI_Isend, double buffered); the
@@ -54,12 +55,10 @@
 #include <vector>
 
 #include "sdpa/options.h"
+#include "sdpa/sequence_layout.h"
 #include "sdpa/tensor.h"
 
 namespace sdpa {
-
-enum class SequenceLayout { kContiguous, kZigzag };
-const char* SequenceLayoutName(SequenceLayout layout);  // "contiguous", "zigzag"
 
 // How the K/V (and dK/dV) messages in flight progress while a block computes. Open MPI does not
 // progress messages in the background: without MPI calls during the compute, a large message
@@ -129,21 +128,5 @@ void UlyssesBackward(MPI_Comm comm, const TensorView& query, const TensorView& k
                      const MutableTensorView& grad_key, const MutableTensorView& grad_value,
                      const Options& options = {},
                      SequenceLayout layout = SequenceLayout::kContiguous);
-
-// ---- Layouts (no communication) -----------------------------------------------------------
-// Rows of a sequence of seq_len on `rank` of `world`: contiguous splits like numpy.array_split
-// (the first seq_len % world ranks one row more); zigzag needs seq_len % (2·world) == 0.
-std::int64_t ShardLength(SequenceLayout layout, std::int64_t seq_len, int rank, int world);
-// The global position of each of the shard's rows, in order.
-std::vector<std::int64_t> ShardPositions(SequenceLayout layout, std::int64_t seq_len, int rank,
-                                         int world);
-// Copies `rank`'s shard out of `full` into `shard`: dimension `seq_dim` (negative counts from the
-// end: -2 for [.., seq, dim] operands, -1 for lse [.., seq]) holds the sequence, of seq_len in
-// `full` and ShardLength in `shard`; the other dimensions are equal. Same dtype (any), rank 1-4.
-void ShardSequence(const TensorView& full, const MutableTensorView& shard, SequenceLayout layout,
-                   int rank, int world, int seq_dim = -2);
-// The inverse: writes `shard`'s rows to their positions in `full`.
-void PlaceShard(const TensorView& shard, const MutableTensorView& full, SequenceLayout layout,
-                int rank, int world, int seq_dim = -2);
 
 }  // namespace sdpa

@@ -8,16 +8,12 @@
 #include <vector>
 
 #include "dist/comm.h"
+#include "dist/ring_steps.h"
 #include "sdpa/distributed.h"
 #include "sdpa/options.h"
 #include "sdpa/tensor.h"
 
 namespace sdpa::dist {
-
-// A rank's shard geometry, as every rank must agree on it (len may differ with contiguous).
-struct Shard {
-  std::int64_t batch = 0, heads = 0, kv_heads = 0, len = 0, head_dim = 0, v_dim = 0;
-};
 
 // What the ranks agreed on.
 struct Agreed {

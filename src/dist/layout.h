@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "sdpa/distributed.h"
+#include "sdpa/sequence_layout.h"
 
 namespace sdpa::dist {
 

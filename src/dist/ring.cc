@@ -36,9 +36,9 @@
 #include <vector>
 
 #include "api/validate.h"
-#include "core/merge.h"
 #include "dist/check.h"
 #include "dist/comm.h"
+#include "dist/ring_steps.h"
 #include "dist/views.h"
 #include "sdpa/attention.h"
 #include "sdpa/distributed.h"
@@ -46,81 +46,12 @@
 namespace sdpa {
 namespace {
 
-using dist::Block;
-using dist::MutableBlock;
-using dist::Rows;
-
 constexpr int kTagKv = 1, kTagDkv = 2;
 
-// What one step computes: query rows [q_begin, q_end) against keys [k_begin, k_end) of the block,
-// causal over local indices or dense. Empty when there is nothing to compute.
-struct Case {
-  std::int64_t q_begin = 0, q_end = 0, k_begin = 0, k_end = 0;
-  Causal causal = Causal::kNone;
-  bool empty() const { return q_begin >= q_end || k_begin >= k_end; }
-};
-
-Case StepCase(bool causal, SequenceLayout layout, int rank, int src, std::int64_t c,
-              std::int64_t n) {
-  Case k{0, c, 0, n, Causal::kNone};
-  if (!causal) return k;
-  if (src == rank) {
-    k.causal = Causal::kTopLeft;
-  } else if (layout == SequenceLayout::kContiguous) {
-    if (src > rank) k.q_end = 0;  // every key is later
-  } else if (src < rank) {
-    k.k_end = n / 2;  // src's first chunk only
-  } else {
-    k.q_begin = c / 2;  // the second query chunk only
-  }
-  return k;
-}
-
-struct Ring {
-  int rank = 0, world = 1;
-  dist::Shard shard;
-  std::vector<std::int64_t> lengths;
-  std::int64_t max_len = 0;
-  bool causal = false;
-  SequenceLayout layout = SequenceLayout::kZigzag;
-
-  std::int64_t KvSize(std::int64_t n) const {
-    return shard.batch * shard.kv_heads * n * (shard.head_dim + shard.v_dim);
-  }
-  std::int64_t Len(int s) const { return lengths[static_cast<std::size_t>(s)]; }
-  TensorView Keys(const float* kv, std::int64_t n) const {
-    return Block(kv, shard.batch, shard.kv_heads, n, shard.head_dim);
-  }
-  TensorView Values(const float* kv, std::int64_t n) const {
-    return Block(kv + shard.batch * shard.kv_heads * n * shard.head_dim, shard.batch,
-                 shard.kv_heads, n, shard.v_dim);
-  }
-  Case StepCase(int src) const {
-    return sdpa::StepCase(causal, layout, rank, src, Len(rank), Len(src));
-  }
-};
-
-Ring MakeRing(const dist::Comm& comm, const dist::Agreed& agreed, const Options& options,
-              SequenceLayout layout) {
-  Ring ring;
-  ring.rank = comm.rank();
-  ring.world = comm.size();
-  ring.shard = agreed.shard;
-  ring.lengths = agreed.lengths;
-  ring.max_len = *std::max_element(agreed.lengths.begin(), agreed.lengths.end());
-  ring.causal = options.causal != Causal::kNone;
-  ring.layout = layout;
-  return ring;
-}
-
-// The options of one block call: the caller's, with the step's causal rule, no sinks (they join
-// once, at the end) and the progress hook as the interrupt.
-Options BlockOptions(const Options& options, const Case& k, const std::function<bool()>& hook) {
-  Options o = options;
-  o.causal = k.causal;
-  o.sinks.clear();
-  o.interrupt = hook;
-  return o;
+dist::RingGeometry MakeRing(const dist::Comm& comm, const dist::Agreed& agreed,
+                            const Options& options, SequenceLayout layout) {
+  return dist::MakeGeometry(comm.rank(), comm.size(), agreed.shard, agreed.lengths, options,
+                            layout);
 }
 
 void ForwardImpl(MPI_Comm user_comm, const TensorView& query, const TensorView& key,
@@ -149,19 +80,13 @@ void ForwardImpl(MPI_Comm user_comm, const TensorView& query, const TensorView& 
     dist::CountOf(s.batch * s.kv_heads * s.len * (s.head_dim + s.v_dim), "key and value");
     return s;
   });
-  const Ring ring = MakeRing(comm, agreed, options, distribution.layout);
-  const dist::Shard& s = ring.shard;
-  const std::int64_t c = s.len, rows = s.batch * s.heads * c;
+  const dist::RingGeometry ring = MakeRing(comm, agreed, options, distribution.layout);
 
   // Double-buffered K/V blocks; the running (out, lse) and one step's partial.
   std::vector<float> cur(static_cast<std::size_t>(ring.KvSize(ring.max_len)));
   std::vector<float> nxt(cur.size());
-  dist::Pack(key, cur.data());
-  dist::Pack(value, cur.data() + s.batch * s.kv_heads * c * s.head_dim);
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  std::vector<float> acc(static_cast<std::size_t>(rows * s.v_dim), 0.0f);
-  std::vector<float> acc_lse(static_cast<std::size_t>(rows), kNegInf);
-  std::vector<float> part(acc.size()), part_lse(acc_lse.size());
+  dist::PackBlock(ring, key, value, cur.data());
+  dist::ForwardState state(ring);
 
   RingProfile profile;
   profile.steps.resize(static_cast<std::size_t>(ring.world));
@@ -169,52 +94,18 @@ void ForwardImpl(MPI_Comm user_comm, const TensorView& query, const TensorView& 
   dist::StepRunner runner(distribution.progress, options.interrupt);
   for (int t = 0; t < ring.world; ++t) {
     const int src = (ring.rank - t + ring.world) % ring.world;
-    const std::int64_t n = ring.Len(src);
     if (t + 1 < ring.world) {  // pass block src on, receive block src - 1
       const int next_src = (src - 1 + ring.world) % ring.world;
       requests.Recv(nxt.data(), ring.KvSize(ring.Len(next_src)), comm.prev(), kTagKv, comm.get());
-      requests.Send(cur.data(), ring.KvSize(n), comm.next(), kTagKv, comm.get());
+      requests.Send(cur.data(), ring.KvSize(ring.Len(src)), comm.next(), kTagKv, comm.get());
     }
-    const Case k = ring.StepCase(src);
-    runner.Run(
-        requests, profile.steps[static_cast<std::size_t>(t)],
-        [&](const std::function<bool()>& hook) {
-          if (k.empty()) return;
-          // step 2: the partial of rows [q_begin, q_end) over keys [k_begin, k_end)
-          const MutableTensorView part_out =
-              MutableBlock(part.data(), s.batch, s.heads, c, s.v_dim);
-          MutableTensorView part_l(part_lse.data(), DType::kFloat32,
-                                   Layout::Contiguous({s.batch, s.heads, c}));
-          part_l.data = part_lse.data() + k.q_begin;
-          part_l.layout.shape[2] = k.q_end - k.q_begin;
-          Forward(Rows(query, k.q_begin, k.q_end),
-                  Rows(ring.Keys(cur.data(), n), k.k_begin, k.k_end),
-                  Rows(ring.Values(cur.data(), n), k.k_begin, k.k_end),
-                  Rows(part_out, k.q_begin, k.q_end), part_l, BlockOptions(options, k, hook));
-          // step 3: merge into the running result
-          for (std::int64_t bh = 0; bh < s.batch * s.heads; ++bh) {
-            for (std::int64_t i = k.q_begin; i < k.q_end; ++i) {
-              const std::int64_t row = bh * c + i;
-              internal::MergeInto(
-                  acc.data() + row * s.v_dim, acc_lse[static_cast<std::size_t>(row)],
-                  part.data() + row * s.v_dim, part_lse[static_cast<std::size_t>(row)], s.v_dim);
-            }
-          }
-        });
+    runner.Run(requests, profile.steps[static_cast<std::size_t>(t)],
+               [&](const std::function<bool()>& hook) {
+                 dist::ForwardStep(ring, query, cur.data(), src, options, hook, state);
+               });
     std::swap(cur, nxt);
   }
-  // The sinks: one more partial per row, lse = sink, out = 0.
-  if (!options.sinks.empty()) {
-    const std::vector<float> zeros(static_cast<std::size_t>(s.v_dim), 0.0f);
-    for (std::int64_t row = 0; row < rows; ++row) {
-      const float sink =
-          static_cast<float>(options.sinks[static_cast<std::size_t>((row / c) % s.heads)]);
-      internal::MergeInto(acc.data() + row * s.v_dim, acc_lse[static_cast<std::size_t>(row)],
-                          zeros.data(), sink, s.v_dim);
-    }
-  }
-  dist::Unpack(acc.data(), out);
-  if (lse != nullptr) dist::Unpack(acc_lse.data(), dist::WithUnitWidth(*lse));
+  dist::FinishForward(ring, options, state, out, lse);
   if (distribution.profile != nullptr) {
     profile.total_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -318,21 +209,14 @@ void BackwardImpl(MPI_Comm user_comm, const TensorView& query, const TensorView&
     dist::CountOf(s.batch * s.kv_heads * s.len * (s.head_dim + s.v_dim), "key and value");
     return s;
   });
-  const Ring ring = MakeRing(comm, agreed, options, distribution.layout);
+  const dist::RingGeometry ring = MakeRing(comm, agreed, options, distribution.layout);
   const dist::Shard& s = ring.shard;
   const std::int64_t c = s.len;
 
   std::vector<float> cur(static_cast<std::size_t>(ring.KvSize(ring.max_len)));
-  std::vector<float> nxt(cur.size()), dkv_part(cur.size()), dkv_send(cur.size()),
-      dkv_recv(cur.size());
-  dist::Pack(key, cur.data());
-  dist::Pack(value, cur.data() + s.batch * s.kv_heads * c * s.head_dim);
-  std::vector<float> dq(static_cast<std::size_t>(s.batch * s.heads * c * s.head_dim), 0.0f);
-  std::vector<float> dq_part(dq.size());
-  // The block Backward takes no sinks: its lse (the forward's) already holds them, and
-  // p = exp(s - lse) is then the true probability.
-  Options block_base = options;
-  block_base.sinks.clear();
+  std::vector<float> nxt(cur.size()), dkv_send(cur.size()), dkv_recv(cur.size());
+  dist::PackBlock(ring, key, value, cur.data());
+  dist::BackwardState state(ring);
 
   RingProfile profile;
   profile.steps.resize(static_cast<std::size_t>(ring.world));
@@ -346,42 +230,17 @@ void BackwardImpl(MPI_Comm user_comm, const TensorView& query, const TensorView&
       requests.Recv(nxt.data(), ring.KvSize(ring.Len(next_src)), comm.prev(), kTagKv, comm.get());
       requests.Send(cur.data(), ring.KvSize(n), comm.next(), kTagKv, comm.get());
     }
-    const Case k = ring.StepCase(src);
-    const std::int64_t dk_size = s.batch * s.kv_heads * n * s.head_dim;
     runner.Run(requests, profile.steps[static_cast<std::size_t>(t)],
                [&](const std::function<bool()>& hook) {
-                 std::fill(dkv_part.begin(), dkv_part.begin() + ring.KvSize(n), 0.0f);
-                 if (k.empty()) return;
-                 const MutableTensorView dq_view =
-                     MutableBlock(dq_part.data(), s.batch, s.heads, c, s.head_dim);
-                 const MutableTensorView dk_view =
-                     MutableBlock(dkv_part.data(), s.batch, s.kv_heads, n, s.head_dim);
-                 const MutableTensorView dv_view =
-                     MutableBlock(dkv_part.data() + dk_size, s.batch, s.kv_heads, n, s.v_dim);
-                 TensorView lse_rows = lse;
-                 lse_rows.data = static_cast<const float*>(lse.data) + k.q_begin * lse.stride(2);
-                 lse_rows.layout.shape[2] = k.q_end - k.q_begin;
-                 Backward(Rows(query, k.q_begin, k.q_end),
-                          Rows(ring.Keys(cur.data(), n), k.k_begin, k.k_end),
-                          Rows(ring.Values(cur.data(), n), k.k_begin, k.k_end),
-                          Rows(out, k.q_begin, k.q_end), lse_rows,
-                          Rows(grad_out, k.q_begin, k.q_end), Rows(dq_view, k.q_begin, k.q_end),
-                          Rows(dk_view, k.k_begin, k.k_end), Rows(dv_view, k.k_begin, k.k_end),
-                          BlockOptions(block_base, k, hook));
-                 for (std::int64_t bh = 0; bh < s.batch * s.heads; ++bh) {
-                   for (std::int64_t i = k.q_begin; i < k.q_end; ++i) {
-                     float* d = dq.data() + (bh * c + i) * s.head_dim;
-                     const float* p = dq_part.data() + (bh * c + i) * s.head_dim;
-                     for (std::int64_t e = 0; e < s.head_dim; ++e) d[e] += p[e];
-                   }
-                 }
+                 dist::BackwardStep(ring, query, out, lse, grad_out, cur.data(), src, options, hook,
+                                    state);
                });
     // The accumulator of block src: what r-1 sent (it held src at step t-1) plus this rank's
     // part; then on to r+1, and receive the accumulator of block src-1 from r-1.
     const std::int64_t size = ring.KvSize(n);
     for (std::int64_t x = 0; x < size; ++x) {
       const std::size_t u = static_cast<std::size_t>(x);
-      dkv_send[u] = t == 0 ? dkv_part[u] : dkv_recv[u] + dkv_part[u];
+      dkv_send[u] = t == 0 ? state.dkv_part[u] : dkv_recv[u] + state.dkv_part[u];
     }
     const int next_src = (src - 1 + ring.world) % ring.world;
     requests.Recv(dkv_recv.data(), ring.KvSize(ring.Len(next_src)), comm.prev(), kTagDkv,
@@ -395,7 +254,7 @@ void BackwardImpl(MPI_Comm user_comm, const TensorView& query, const TensorView&
   profile.steps.back().wait_seconds +=
       std::chrono::duration<double>(std::chrono::steady_clock::now() - waited).count();
   profile.steps.back().bytes_sent += requests.TakeBytesSent();
-  dist::Unpack(dq.data(), grad_query);
+  dist::Unpack(state.dq.data(), grad_query);
   dist::Unpack(dkv_recv.data(), grad_key);
   dist::Unpack(dkv_recv.data() + s.batch * s.kv_heads * c * s.head_dim, grad_value);
   if (grad_sinks != nullptr) SinkGradients(comm, s, out, lse, grad_out, options, *grad_sinks);
