@@ -22,12 +22,13 @@ Needs mpi4py and an sdpa built with MPI (``sdpa.distributed.available()``).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
 try:
-    from . import _sdpa_mpi
+    _sdpa_mpi: Any = importlib.import_module("sdpa._sdpa_mpi")
 except ImportError:  # built without MPI
     _sdpa_mpi = None
 
@@ -171,7 +172,7 @@ def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
 
 
-_FUNCTION = None
+_FUNCTION: Any = None
 
 
 def _torch_function():
