@@ -12,6 +12,8 @@
 #include <climits>
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -85,16 +87,61 @@ inline void CheckMpiReady(MPI_Comm comm, Progress progress, const char* function
   }
 }
 
+// A block that messages read from or write into, shared with the requests that use it so that
+// it can outlive the call that made it (Requests::~Requests).
+using Buffer = std::shared_ptr<std::vector<float>>;
+inline Buffer MakeBuffer(std::size_t n) { return std::make_shared<std::vector<float>>(n); }
+
+// Sends a failed call left pending, with the blocks they read. A peer that had matched such a
+// send still reads the block after the call has thrown (Open MPI's shared-memory transport
+// copies straight out of the sender's memory), so the block lives on here until its send
+// completes; Reap() (at the start of every later call) tests them and frees what is done.
+class AbandonedSends {
+ public:
+  static void Keep(MPI_Request request, Buffer block) {
+    std::lock_guard<std::mutex> lock(Mutex());
+    Pending().push_back({request, std::move(block)});
+  }
+  static void Reap() {
+    std::lock_guard<std::mutex> lock(Mutex());
+    auto& pending = Pending();
+    for (std::size_t n = 0; n < pending.size();) {
+      int done = 0;
+      if (MPI_Test(&pending[n].request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS || done) {
+        pending[n] = std::move(pending.back());
+        pending.pop_back();
+      } else {
+        ++n;
+      }
+    }
+  }
+
+ private:
+  struct Send {
+    MPI_Request request;
+    Buffer block;
+  };
+  static std::mutex& Mutex() {
+    static std::mutex mutex;
+    return mutex;
+  }
+  static std::vector<Send>& Pending() {
+    static std::vector<Send> pending;
+    return pending;
+  }
+};
+
 // The requests of one ring step (K/V and, in the backward, dK/dV), and the wait after its
 // compute, timed.
 class Requests {
  public:
-  Requests() = default;
+  Requests() { AbandonedSends::Reap(); }
   Requests(const Requests&) = delete;
   Requests& operator=(const Requests&) = delete;
   // Only on an error path (a step threw): pending receives are cancelled and completed, so that
-  // nothing writes into the buffers after they are freed; pending sends are released (MPI
-  // finishes or drops them). The peers of the call are left waiting either way (distributed.h).
+  // nothing writes into the buffers after they are freed; pending sends are handed to
+  // AbandonedSends with their blocks, which a peer may still be reading. The peers of the call
+  // are left waiting either way (distributed.h).
   ~Requests() {
     for (std::size_t n = 0; n < requests_.size(); ++n) {
       if (requests_[n] == MPI_REQUEST_NULL) continue;
@@ -102,22 +149,26 @@ class Requests {
         MPI_Cancel(&requests_[n]);
         MPI_Wait(&requests_[n], MPI_STATUS_IGNORE);
       } else {
-        MPI_Request_free(&requests_[n]);
+        AbandonedSends::Keep(requests_[n], std::move(blocks_[n]));
       }
     }
   }
 
   void Recv(float* data, std::int64_t n, int from, int tag, MPI_Comm comm) {
     is_recv_.push_back(true);
+    blocks_.emplace_back();
     requests_.push_back(MPI_REQUEST_NULL);
     Check(MPI_Irecv(data, CountOf(n, "a received block"), MPI_FLOAT, from, tag, comm,
                     &requests_.back()),
           "MPI_Irecv");
   }
-  void Send(const float* data, std::int64_t n, int to, int tag, MPI_Comm comm) {
+  // Sends the first n values of `block`.
+  void Send(const Buffer& block, std::int64_t n, int to, int tag, MPI_Comm comm) {
     is_recv_.push_back(false);
+    blocks_.push_back(block);
     requests_.push_back(MPI_REQUEST_NULL);
-    Check(MPI_Isend(data, CountOf(n, "a sent block"), MPI_FLOAT, to, tag, comm, &requests_.back()),
+    Check(MPI_Isend(block->data(), CountOf(n, "a sent block"), MPI_FLOAT, to, tag, comm,
+                    &requests_.back()),
           "MPI_Isend");
     bytes_sent_ += n * static_cast<std::int64_t>(sizeof(float));
   }
@@ -136,6 +187,7 @@ class Requests {
           "MPI_Waitall");
     requests_.clear();
     is_recv_.clear();
+    blocks_.clear();
   }
   std::int64_t TakeBytesSent() {
     const std::int64_t b = bytes_sent_;
@@ -146,6 +198,7 @@ class Requests {
  private:
   std::vector<MPI_Request> requests_;
   std::vector<bool> is_recv_;
+  std::vector<Buffer> blocks_;  // of the sends (null for receives)
   std::int64_t bytes_sent_ = 0;
 };
 

@@ -83,9 +83,9 @@ void ForwardImpl(MPI_Comm user_comm, const TensorView& query, const TensorView& 
   const dist::RingGeometry ring = MakeRing(comm, agreed, options, distribution.layout);
 
   // Double-buffered K/V blocks; the running (out, lse) and one step's partial.
-  std::vector<float> cur(static_cast<std::size_t>(ring.KvSize(ring.max_len)));
-  std::vector<float> nxt(cur.size());
-  dist::PackBlock(ring, key, value, cur.data());
+  dist::Buffer cur = dist::MakeBuffer(static_cast<std::size_t>(ring.KvSize(ring.max_len)));
+  dist::Buffer nxt = dist::MakeBuffer(cur->size());
+  dist::PackBlock(ring, key, value, cur->data());
   dist::ForwardState state(ring);
 
   RingProfile profile;
@@ -96,12 +96,12 @@ void ForwardImpl(MPI_Comm user_comm, const TensorView& query, const TensorView& 
     const int src = (ring.rank - t + ring.world) % ring.world;
     if (t + 1 < ring.world) {  // pass block src on, receive block src - 1
       const int next_src = (src - 1 + ring.world) % ring.world;
-      requests.Recv(nxt.data(), ring.KvSize(ring.Len(next_src)), comm.prev(), kTagKv, comm.get());
-      requests.Send(cur.data(), ring.KvSize(ring.Len(src)), comm.next(), kTagKv, comm.get());
+      requests.Recv(nxt->data(), ring.KvSize(ring.Len(next_src)), comm.prev(), kTagKv, comm.get());
+      requests.Send(cur, ring.KvSize(ring.Len(src)), comm.next(), kTagKv, comm.get());
     }
     runner.Run(requests, profile.steps[static_cast<std::size_t>(t)],
                [&](const std::function<bool()>& hook) {
-                 dist::ForwardStep(ring, query, cur.data(), src, options, hook, state);
+                 dist::ForwardStep(ring, query, cur->data(), src, options, hook, state);
                });
     std::swap(cur, nxt);
   }
@@ -213,9 +213,11 @@ void BackwardImpl(MPI_Comm user_comm, const TensorView& query, const TensorView&
   const dist::Shard& s = ring.shard;
   const std::int64_t c = s.len;
 
-  std::vector<float> cur(static_cast<std::size_t>(ring.KvSize(ring.max_len)));
-  std::vector<float> nxt(cur.size()), dkv_send(cur.size()), dkv_recv(cur.size());
-  dist::PackBlock(ring, key, value, cur.data());
+  dist::Buffer cur = dist::MakeBuffer(static_cast<std::size_t>(ring.KvSize(ring.max_len)));
+  dist::Buffer nxt = dist::MakeBuffer(cur->size());
+  dist::Buffer dkv_send = dist::MakeBuffer(cur->size());
+  std::vector<float> dkv_recv(cur->size());
+  dist::PackBlock(ring, key, value, cur->data());
   dist::BackwardState state(ring);
 
   RingProfile profile;
@@ -227,25 +229,25 @@ void BackwardImpl(MPI_Comm user_comm, const TensorView& query, const TensorView&
     const std::int64_t n = ring.Len(src);
     if (t + 1 < ring.world) {
       const int next_src = (src - 1 + ring.world) % ring.world;
-      requests.Recv(nxt.data(), ring.KvSize(ring.Len(next_src)), comm.prev(), kTagKv, comm.get());
-      requests.Send(cur.data(), ring.KvSize(n), comm.next(), kTagKv, comm.get());
+      requests.Recv(nxt->data(), ring.KvSize(ring.Len(next_src)), comm.prev(), kTagKv, comm.get());
+      requests.Send(cur, ring.KvSize(n), comm.next(), kTagKv, comm.get());
     }
     runner.Run(requests, profile.steps[static_cast<std::size_t>(t)],
                [&](const std::function<bool()>& hook) {
-                 dist::BackwardStep(ring, query, out, lse, grad_out, cur.data(), src, options, hook,
-                                    state);
+                 dist::BackwardStep(ring, query, out, lse, grad_out, cur->data(), src, options,
+                                    hook, state);
                });
     // The accumulator of block src: what r-1 sent (it held src at step t-1) plus this rank's
     // part; then on to r+1, and receive the accumulator of block src-1 from r-1.
     const std::int64_t size = ring.KvSize(n);
     for (std::int64_t x = 0; x < size; ++x) {
       const std::size_t u = static_cast<std::size_t>(x);
-      dkv_send[u] = t == 0 ? state.dkv_part[u] : dkv_recv[u] + state.dkv_part[u];
+      (*dkv_send)[u] = t == 0 ? state.dkv_part[u] : dkv_recv[u] + state.dkv_part[u];
     }
     const int next_src = (src - 1 + ring.world) % ring.world;
     requests.Recv(dkv_recv.data(), ring.KvSize(ring.Len(next_src)), comm.prev(), kTagDkv,
                   comm.get());
-    requests.Send(dkv_send.data(), size, comm.next(), kTagDkv, comm.get());
+    requests.Send(dkv_send, size, comm.next(), kTagDkv, comm.get());
     std::swap(cur, nxt);
   }
   // The accumulator of this rank's own block has come back around the ring.
