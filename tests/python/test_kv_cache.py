@@ -625,3 +625,32 @@ def test_keyword_only_and_required_lengths():
         sdpa.attention_with_kvcache(x, cache, cache.copy())
     with pytest.raises(TypeError):
         sdpa.attention_with_kvcache(x, cache, cache.copy(), None, None, [0])
+
+
+def test_gil_is_released_while_computing(rng):
+    """Another Python thread keeps running while a chunked-prefill call computes (with the GIL
+    held it could not tick at all until the call returned). Counts ticks, times nothing."""
+    import threading
+    import time
+
+    q = rng.standard_normal((1, 8, 32, 64), dtype=np.float32)
+    k_cache = rng.standard_normal((1, 2, 8192, 64), dtype=np.float32)
+    v_cache = rng.standard_normal((1, 2, 8192, 64), dtype=np.float32)
+    ticks, running, stop = [], threading.Event(), threading.Event()
+
+    def count():
+        running.set()
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.0005)
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    running.wait()
+    began = time.perf_counter()
+    for _ in range(3):
+        sdpa.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens=[8192])
+    ended = time.perf_counter()
+    stop.set()
+    counter.join()
+    assert len([t for t in ticks if began < t < ended]) >= 5
