@@ -184,6 +184,11 @@ def main():
     except ImportError:
         torch = None
     sdpa.set_num_threads(args.threads)
+    try:  # numpy's BLAS gets the same threads
+        from threadpoolctl import threadpool_limits
+        blas_limit = threadpool_limits(limits=args.threads)  # noqa: F841 (stays in effect)
+    except ImportError:
+        blas_limit = None
     rng = np.random.default_rng(0)
     load_before = os.getloadavg()[0]
 
@@ -213,7 +218,9 @@ def main():
     lines = [
         f"Measured by `bench/kv_cache_bench.py` on {datetime.date.today()}: Hq = {HEADS}, "
         f"Hkv = {KV_HEADS}, D = {DIM}, every sequence at the full context, no append; paged = "
-        f"blocks of {BLOCK} in a shuffled table. {args.threads} threads for sdpa and torch. "
+        f"blocks of {BLOCK} in a shuffled table. {args.threads} threads for sdpa, torch"
+        + (" and numpy's BLAS (threadpoolctl). " if blas_limit is not None else
+           " (numpy's BLAS: its default). ") +
         f"CPU: {machine()}. sdpa {sdpa.__version__}, numpy {np.__version__}"
         + (f", torch {torch.__version__}" if torch is not None else "") +
         f". Load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after. Medians of "

@@ -1,7 +1,9 @@
 """Types of sdpa._sdpa, the nanobind extension (python/src/sdpa_ext.cc): the package's private
 back end, which only converts types. Arrays are CPU arrays the library reads in place (numpy
 arrays, or any object with the buffer protocol or __dlpack__), of float32, float64 or (masks)
-bool; results are new numpy arrays of the inputs' float dtype.
+bool; results are new numpy arrays of the inputs' float dtype. attention_with_kvcache also takes
+int8 caches and int32 lengths and block tables, and writes into k_cache, v_cache, k_scale and
+v_scale in place (they must be writable).
 
 tests/python/test_typing.py checks that these names and parameters are the extension's."""
 
