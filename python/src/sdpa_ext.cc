@@ -304,7 +304,6 @@ nb::object AttentionWithKvCache(const InArray& query, const CacheArray& k_cache,
   call.Run([&](const sdpa::Options& o) {
     const sdpa::MutableTensorView lse_view = lse.mutable_view();
     sdpa::AttentionWithKvCache(q, cache, lens, append, out.mutable_view(), &lse_view, o);
-    return 0;
   });
   return nb::make_tuple(ToNumpy(std::move(out)), ToNumpy(std::move(lse)));
 }
