@@ -28,6 +28,11 @@ minutes) and rewrites just that section of <out>/benchmarks.md; a run that canno
 keeps the section already there. Text between the notes markers of an existing
 <out>/benchmarks.md is kept across runs; `--json FILE` saves the raw results and
 `--from-json FILE` remakes the report and plot from them without measuring.
+
+The 16-bit section (issue 13: sdpa bfloat16/float16 next to PyTorch's own bfloat16/float16
+SDPA and both in float32, B=1 H=8, L in {1024, 4096}, D in {64, 128}, full and causal, interleaved
+in one process) comes from `--only half` (a few minutes; needs torch and ml_dtypes), which
+rewrites just that section; a full run keeps the one already there.
 """
 
 import argparse
@@ -52,6 +57,8 @@ NOTES_BEGIN = "<!-- notes:begin -->"
 NOTES_END = "<!-- notes:end -->"
 VARIANTS_BEGIN = "<!-- variants:begin -->"  # the Variants section, which --only variants rewrites
 VARIANTS_END = "<!-- variants:end -->"
+HALF_BEGIN = "<!-- half:begin -->"  # the 16-bit section, which --only half rewrites
+HALF_END = "<!-- half:end -->"
 NUMPY_MAX_SCORE_BYTES = 4 << 30  # the unfused path materialises B·H·Lq·Lkv float32 scores
 REFERENCE_MAX_FLOPS = 3e8  # the reference runs at ~1 GFLOP/s: keep a call under ~0.3 s
 
@@ -83,10 +90,12 @@ def parse_args(argv=None):
     parser.add_argument("--from-json", default=None,
                         help="measure nothing: rewrite the report and plot from a file that "
                              "--json wrote (to change the notes or the layout)")
-    parser.add_argument("--only", choices=("variants",), default=None,
+    parser.add_argument("--only", choices=("variants", "half"), default=None,
                         help="variants: run only forward_bench's variant rows (issue 7: window, "
                              "varlen, variant overheads, a few minutes) and rewrite only the "
-                             "Variants section of <out>/benchmarks.md, keeping the rest")
+                             "Variants section of <out>/benchmarks.md, keeping the rest; half: "
+                             "the same for the 16-bit section (issue 13: sdpa and torch in "
+                             "float32, bfloat16 and float16)")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
@@ -367,8 +376,8 @@ class Peers:
 
 
 def to_numpy(result, np):
-    if hasattr(result, "numpy"):
-        return result.numpy()
+    if hasattr(result, "numpy"):  # a torch tensor, in float32 (bfloat16 has no numpy form)
+        return result.float().numpy()
     return np.asarray(result)
 
 
@@ -392,22 +401,32 @@ def measure_shape(peers, shape, args, log):
         else:
             functions[name] = function
 
+    sample_interleaved(functions, results, args, np, first="sdpa")
+    summary = "  ".join(f"{name} {results[name]['seconds'] * 1e3:.3g} ms" for name in functions)
+    log(f"{shape.label():<40} {summary}")
+    return results
+
+
+def sample_interleaved(functions, results, args, np, first):
+    """Fills results[name] for each of `functions` with the median seconds per call and the
+    samples, taken interleaved in a rotating order; "max_abs_diff" is against the output of
+    `first` (which must come first in `functions`)."""
     # Warm-up: one call each, which also sizes the samples and checks the outputs agree.
     ours = None
     calls = {}
     for name, function in functions.items():
         start = time.perf_counter()
-        out = to_numpy(function(), np)
+        out = to_numpy(function(), np).astype(np.float64)
         warm = time.perf_counter() - start
         calls[name] = max(1, int(args.sample_seconds / max(warm, 1e-6)))
         results[name] = {"warmup_s": warm}
-        if name == "sdpa":
+        if name == first:
             ours = out
         elif ours is not None:
-            results[name]["max_abs_diff"] = float(np.max(np.abs(out.astype(np.float64) - ours)))
+            results[name]["max_abs_diff"] = float(np.max(np.abs(out - ours)))
         del out
         time.sleep(IDLE_SECONDS.get(name, 0.02))  # as between samples, below
-    slowest = max((r["warmup_s"] for r in results.values() if "warmup_s" in r), default=0)
+    slowest = max((results[name]["warmup_s"] for name in functions), default=0)
     repeats = args.repeats if slowest < 2.0 else min(args.repeats, 3)
 
     order = list(functions)
@@ -424,9 +443,224 @@ def measure_shape(peers, shape, args, log):
     for name in order:
         results[name].update(seconds=statistics.median(samples[name]), samples=samples[name],
                              calls_per_sample=calls[name])
-    summary = "  ".join(f"{name} {results[name]['seconds'] * 1e3:.3g} ms" for name in order)
-    log(f"{shape.label():<40} {summary}")
-    return results
+
+
+# -------------------------------------------------------------------------------------------
+# 16-bit (issue 13): sdpa and torch in float32, bfloat16 and float16, side by side
+
+HALF_DTYPES = ("float32", "bfloat16", "float16")
+HALF_IMPLS = tuple(f"{who} {dtype}" for who in ("sdpa", "torch") for dtype in HALF_DTYPES)
+
+
+def half_grid(quick):
+    if quick:
+        return [Shape("prefill", 2, 128, 128, 32, causal) for causal in (False, True)]
+    return [Shape("prefill", 8, length, length, dim, causal)
+            for dim in (64, 128) for length in (1024, 4096) for causal in (False, True)]
+
+
+def half_functions(peers, shape):
+    """The six calls on `shape`: sdpa (numpy arrays; bfloat16 as ml_dtypes.bfloat16) and
+    torch's F.scaled_dot_product_attention, each on the same values rounded to each dtype."""
+    import ml_dtypes
+
+    np, torch, sdpa = peers.np, peers.torch, peers.sdpa
+    operands = make_operands(shape, np)
+    causal = "top_left" if shape.causal else None
+    sdpa_fn = torch.nn.functional.scaled_dot_product_attention
+    functions = {}
+    for dtype in HALF_DTYPES:
+        tensors = [torch.from_numpy(x).to(getattr(torch, dtype)) for x in operands]
+        if dtype == "bfloat16":
+            arrays = [t.view(torch.uint16).numpy().view(ml_dtypes.bfloat16) for t in tensors]
+        else:
+            arrays = [t.numpy() for t in tensors]
+        functions[f"sdpa {dtype}"] = lambda a=arrays: sdpa.attention(*a, causal=causal)
+
+        def run_torch(t=tensors):
+            with torch.inference_mode():
+                return sdpa_fn(*t, is_causal=shape.causal)
+        functions[f"torch {dtype}"] = run_torch
+    return {name: functions[name] for name in HALF_IMPLS}
+
+
+def measure_half(peers, args, log):
+    """The 16-bit section's measurements: {"rows": [{shape fields, results}], "plans": ...}."""
+    if peers.torch is None:
+        return {"skipped": "torch is not installed"}
+    try:
+        import ml_dtypes  # noqa: F401
+    except ImportError:
+        return {"skipped": "ml_dtypes is not installed (pip install ml_dtypes)"}
+    rows = []
+    for shape in half_grid(args.quick):
+        results = {}
+        sample_interleaved(half_functions(peers, shape), results, args, peers.np,
+                           first="sdpa float32")
+        summary = "  ".join(f"{name} {results[name]['seconds'] * 1e3:.3g} ms"
+                            for name in HALF_IMPLS)
+        log(f"{shape.label():<40} {summary}")
+        rows.append({"shape": vars(shape), "results": results})
+    return {"rows": rows, "plans": half_plans(peers)}
+
+
+def half_plans(peers):
+    """What the engine says it does with 16-bit inputs (its Explain 'why' for bfloat16, and
+    float16), at the section's largest shape."""
+    import ml_dtypes
+
+    np = peers.np
+    plans = {}
+    for dtype in ("bfloat16", "float16"):
+        x = np.zeros((1, 8, 4096, 64), dtype=ml_dtypes.bfloat16 if dtype == "bfloat16"
+                     else np.float16)
+        plans[dtype] = peers.sdpa.explain(x, x, x)
+    return plans
+
+
+def section_half(half, context):
+    """## 16-bit: GFLOP/s of each implementation and dtype, and the ratios that matter."""
+    lines = [HALF_BEGIN, "## 16-bit: bfloat16 and float16 (issue 13)", ""]
+    if "rows" not in half:
+        return lines + [f"Not measured: {half.get('skipped', 'no rows')}.", "", HALF_END]
+    cpu = context["cpu"]
+    flags = cpu["flags"]
+    present = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512fp16",
+                           "amx_bf16") if f in flags]
+    lines += [
+        f"Measured {context['date']} with `bench/compare.py --only half --threads "
+        f"{context['threads']}`: sdpa {context['versions']['sdpa']} (commit "
+        f"{context['commit'] or 'unknown'}), torch {context['versions']['torch']}, "
+        f"{context['threads']} threads, median of interleaved samples in one process; load "
+        f"average {context['load'][0]:.2f} at the start, {context['load'][1]:.2f} at the end. "
+        "This section is measured on its own, possibly on another machine than the sections "
+        "around it: compare within its table.",
+        "",
+        f"CPU: {cpu['model']} ({context.get('cpu_id', 'family/model unknown')}); 16-bit "
+        f"relevant flags: {', '.join(present) or 'none'}. "
+        + ("AVX512-BF16 is present: bfloat16 products use vdpbf16ps."
+           if "avx512_bf16" in flags else
+           "No AVX512-BF16: bfloat16 runs the widening path (operands widened to float32 at the "
+           "tile pack, float32 FMAs), float16 the F16C conversion; both read half the bytes."),
+        "",
+    ]
+    if context["load"][0] > 1.3 or context["load"][1] > 1.3:
+        lines += [f"Warning: the load average was above 1.3 (other processes shared the "
+                  f"{cpu['cpus']} CPUs), so the absolute rates are low and noisy; the six "
+                  "implementations were sampled interleaved, so the ratios suffer less.", ""]
+    header = ("| shape | " + " | ".join(HALF_IMPLS)
+              + " | bf16 sdpa/torch | f16 sdpa/torch | sdpa bf16/f32 | sdpa f16/f32 |")
+    lines += ["GFLOP/s (FLOPs = 4·B·H·pairs·D, pairs the visible (query, key) pairs):", "",
+              header, "|" + "---|" * (header.count("|") - 1)]
+    worst = {}
+    for row in half["rows"]:
+        fields = row["shape"]
+        shape = Shape(fields["kind"], fields["heads"], fields["q_len"], fields["kv_len"],
+                      fields["head_dim"], fields["causal"], fields["kv_heads"], fields["batch"])
+        rate = {name: shape.flops() / row["results"][name]["seconds"] * 1e-9
+                for name in HALF_IMPLS}
+        for name in HALF_IMPLS:
+            diff = row["results"][name].get("max_abs_diff")
+            if diff is not None:
+                worst[name] = max(worst.get(name, 0.0), diff)
+        cells = [f"{rate[name]:.1f}" for name in HALF_IMPLS]
+        cells += [f"{rate[a] / rate[b]:.2f}×" for a, b in (
+            ("sdpa bfloat16", "torch bfloat16"), ("sdpa float16", "torch float16"),
+            ("sdpa bfloat16", "sdpa float32"), ("sdpa float16", "sdpa float32"))]
+        lines.append(f"| {shape.label()} | " + " | ".join(cells) + " |")
+    lines += ["", "Largest |difference| from sdpa float32 over the rows (standard-normal inputs, "
+              "each implementation on its own rounded inputs): "
+              + ", ".join(f"{name} {worst[name]:.2g}" for name in HALF_IMPLS if name in worst)
+              + ".", ""]
+    lines += ["Paths (sdpa's Explain at L=4096 D=64):", ""]
+    for dtype, plan in half["plans"].items():
+        why = plan.split("why: ", 1)[-1].strip()
+        lines.append(f"- {dtype}: `{plan.splitlines()[0]}`; {why}")
+    lines += ["", HALF_END]
+    return lines
+
+
+def cpu_identity():
+    """"family F model M" of the first CPU (/proc/cpuinfo), which names the microarchitecture
+    when the model name does not (a virtual machine's "AMD EPYC")."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip():
+                    break
+    except OSError:
+        pass
+    if "cpu family" not in fields:
+        return "family/model unknown"
+    family, model = int(fields["cpu family"]), int(fields.get("model", "0"))
+    text = f"family {family} (0x{family:x}) model {model} (0x{model:x})"
+    return text + AMD_FAMILIES.get((family, model >= 0x30), "")
+
+
+# AMD's families by (family, model >= 0x30): a name for the report's CPU line, since a virtual
+# machine's model name is often just "AMD EPYC".
+AMD_FAMILIES = {(23, False): ": AMD Zen 1 / Zen+", (23, True): ": AMD Zen 2",
+                (25, False): ": AMD Zen 3", (25, True): ": AMD Zen 3 / Zen 4",
+                (26, False): ": AMD Zen 5", (26, True): ": AMD Zen 5"}
+
+
+def replace_section(path, lines, begin_marker, end_marker):
+    """Writes a marked section into the report at `path`, keeping everything else: between its
+    markers if it has them, else before ## Memory (or ## Plot, ## Notes, or at the end)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    section = "\n".join(lines)
+    begin, end = text.find(begin_marker), text.find(end_marker)
+    if begin >= 0 and end > begin:
+        after = text[end + len(end_marker):]
+        text = text[:begin] + section.rstrip("\n") + after
+    else:
+        at = next((i for i in (text.find("\n" + h) for h in ("## Memory", "## Plot", "## Notes"))
+                   if i >= 0), -1)
+        if at < 0:
+            text = text + ("\n" if text and not text.endswith("\n") else "") + section
+        else:
+            text = text[:at + 1] + section + "\n" + text[at + 1:]
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main_half(args, log):
+    """--only half: measure the 16-bit section (or take it from --from-json) and replace it in
+    <out>/benchmarks.md."""
+    if args.from_json:
+        with open(args.from_json) as f:
+            run = json.load(f)
+        half, context = run["half"], run["half_context"]
+        context["cpu"]["flags"] = set(context["cpu"]["flags"])
+    else:
+        load_start = os.getloadavg()[0]
+        peers = Peers(args.threads)
+        half = measure_half(peers, args, log)
+        context = {
+            "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "threads": args.threads,
+            "cpu": cpu_description(), "cpu_id": cpu_identity(), "commit": repo_commit(),
+            "load": (load_start, os.getloadavg()[0]),
+            "versions": {"sdpa": peers.sdpa.__version__,
+                         "torch": peers.torch.__version__ if peers.torch else "not installed"},
+        }
+    if args.json:
+        cpu = dict(context["cpu"], flags=sorted(context["cpu"]["flags"]))
+        with open(args.json, "w") as f:
+            json.dump({"half": half, "half_context": dict(context, cpu=cpu)}, f, indent=1)
+    os.makedirs(args.out, exist_ok=True)
+    report = os.path.join(args.out, "benchmarks.md")
+    replace_section(report, section_half(half, context), HALF_BEGIN, HALF_END)
+    log(f"wrote the 16-bit section of {report}")
+    return 0 if "rows" in half else 1
 
 
 def backward_grid(quick):
@@ -1067,27 +1301,8 @@ def section_variants(variants):
 
 
 def replace_variants_section(path, lines):
-    """Writes the Variants section into the report at `path`, keeping everything else: between
-    its markers if it has them, else before ## Memory (or ## Plot, ## Notes, or at the end)."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        text = ""
-    section = "\n".join(lines)
-    begin, end = text.find(VARIANTS_BEGIN), text.find(VARIANTS_END)
-    if begin >= 0 and end > begin:
-        after = text[end + len(VARIANTS_END):]
-        text = text[:begin] + section.rstrip("\n") + after
-    else:
-        at = next((i for i in (text.find("\n" + h) for h in ("## Memory", "## Plot", "## Notes"))
-                   if i >= 0), -1)
-        if at < 0:
-            text = text + ("\n" if text and not text.endswith("\n") else "") + section
-        else:
-            text = text[:at + 1] + section + "\n" + text[at + 1:]
-    with open(path, "w") as f:
-        f.write(text)
+    """Writes the Variants section into the report at `path`, keeping everything else."""
+    replace_section(path, lines, VARIANTS_BEGIN, VARIANTS_END)
 
 
 def section_memory(memory):
@@ -1129,6 +1344,7 @@ def write_report(path, context, shapes, results, memory):
              + section_backward(context.get("backward") or [], peak)
              + section_skipped(shapes, results)
              + variants_lines(context)
+             + ([context["previous_half"], ""] if context.get("previous_half") else [])
              + section_memory(memory)
              + ["## Plot", "", "![throughput vs L](benchmarks.png)", ""]
              + ["## Notes", "", NOTES_BEGIN, notes, NOTES_END, ""])
@@ -1229,6 +1445,8 @@ def main(argv=None):
 
     if args.only == "variants":
         return main_variants(args, log)
+    if args.only == "half":
+        return main_half(args, log)
     if args.from_json:
         write_outputs(args.out, *load_run(args.from_json), log)
         return 0
@@ -1357,7 +1575,8 @@ def write_outputs(out, context, shapes, results, memory, log):
     os.makedirs(out, exist_ok=True)
     report = os.path.join(out, "benchmarks.md")
     context = dict(context, notes=read_notes(report),
-                   previous_variants=read_between(report, VARIANTS_BEGIN, VARIANTS_END, True))
+                   previous_variants=read_between(report, VARIANTS_BEGIN, VARIANTS_END, True),
+                   previous_half=read_between(report, HALF_BEGIN, HALF_END, True))
     rows, decode_rows = write_report(report, context, shapes, results, memory)
     problem = write_plot(os.path.join(out, "benchmarks.png"), rows, decode_rows, context)
     if problem:

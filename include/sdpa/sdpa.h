@@ -14,6 +14,7 @@
 #include "sdpa/error.h"
 #include "sdpa/half.h"
 #include "sdpa/kv_cache.h"
+#include "sdpa/merge.h"
 #include "sdpa/options.h"
 #include "sdpa/seed.h"
 #include "sdpa/system.h"

@@ -70,6 +70,11 @@ struct Layout {
   std::int64_t shape[kMaxRank] = {0, 0, 0, 0};
   std::int64_t strides[kMaxRank] = {0, 0, 0, 0};  // in elements
 
+  Layout() = default;
+  // A braced shape is its row-major layout, so that TensorView(data, DType::kBFloat16,
+  // {1, 8, 4096, 128}) means what it reads as (an aggregate would take the 1 as the rank).
+  Layout(std::initializer_list<std::int64_t> dims) : Layout(Contiguous(dims)) {}
+
   // Row-major (C-order) layout of `shape`. Throws sdpa::Error if rank > 4.
   static Layout Contiguous(std::initializer_list<std::int64_t> shape);
   static Layout Contiguous(const std::vector<std::int64_t>& shape);

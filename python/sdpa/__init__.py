@@ -43,6 +43,10 @@ torch.autograd.Function whose forward and backward are computed here::
     sdpa.torch.attention(query, key, value, *, mask=None, causal=None, scale=None, backend=None,
                          **variants)
 
+Merging attention over disjoint key sets (split-KV, cascade and ring attention)::
+
+    merge_partials(outs, lses) -> (out, lse)
+
 Errors: ValueError for shapes and values, TypeError for dtypes and argument types; the message
 starts with "sdpa: " and names the argument as the caller wrote it, the expected and the actual
 value. Arguments are strict: booleans are bool or numpy.bool_, numbers are real (int, float,
@@ -58,6 +62,7 @@ from ._sdpa import __version__
 from ._attention import (attention, attention_backward, explain, get_num_threads,
                          scaled_dot_product_attention, set_num_threads)
 from ._kv_cache import attention_with_kvcache
+from ._merge import merge_partials
 from ._seed import compute_qkv, self_attention
 
 __all__ = [
@@ -68,6 +73,7 @@ __all__ = [
     "compute_qkv",
     "explain",
     "get_num_threads",
+    "merge_partials",
     "scaled_dot_product_attention",
     "self_attention",
     "set_num_threads",

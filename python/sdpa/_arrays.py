@@ -1,13 +1,21 @@
 """Turns what the caller passed into arrays the C++ library can read in place.
 
 Rules (docs/python.md states them for users):
-  * float32 and float64 arrays keep their dtype; ints and bools become float64; anything else
-    (float16, complex, strings, objects) is a TypeError naming the argument and the dtype.
-  * Masks: bool stays bool (True = attend); float masks are added to the scores and must have the
-    query's dtype, except that a float32 mask is widened for a float64 query (PyTorch accepts it);
-    ints and Python lists take the query's dtype.
+  * float32, float64, float16 and bfloat16 (ml_dtypes.bfloat16) arrays keep their dtype; ints
+    and bools become float64; anything else (complex, strings, objects) is a TypeError naming the
+    argument and the dtype. Which dtypes combine in one call is the library's rule
+    (docs/semantics.md, 13.9), checked there.
+  * Masks: bool stays bool (True = attend); float masks of any of those float dtypes are added to
+    the scores as they are, except that a float16/bfloat16/float32 mask is widened for a float64
+    query (the library computes float64 calls in float64 only); ints and Python lists take the
+    query's dtype, float32 for a 16-bit query.
+  * bfloat16 crosses into the extension as its bits: library_array() wraps the uint16 view of a
+    bfloat16 array in _sdpa.BFloat16 (numpy exports no bfloat16 through the buffer protocol or
+    DLPack), and from_library() views the uint16 results the extension returns for bfloat16 as
+    ml_dtypes.bfloat16. ml_dtypes is imported only when a bfloat16 array is met.
   * Lists and scalars are read with numpy.asarray; objects with __dlpack__ (PyTorch CPU tensors,
-    JAX, CuPy, ...) with numpy.from_dlpack, so both are zero-copy.
+    JAX, CuPy, ...) with numpy.from_dlpack, so both are zero-copy; a torch bfloat16 tensor, which
+    numpy cannot take through DLPack, as an ml_dtypes.bfloat16 view of its uint16 bits.
   * The library takes any element strides, so views are passed as they are -- strided slices of a
     packed QKV buffer, broadcast views with stride 0, negative strides -- as long as every stride
     is a whole number of elements, the data is aligned and, for query/key/value (whose rows a
@@ -20,7 +28,48 @@ Rules (docs/python.md states them for users):
 
 import numpy as np
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from . import _sdpa
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
+_HALF_DTYPES = (np.dtype(np.float16),)  # and bfloat16, which is not numpy's (is_bfloat16)
+
+
+def is_bfloat16(dtype):
+    """True for ml_dtypes.bfloat16 (recognised by name: ml_dtypes need not be imported)."""
+    return dtype.name == "bfloat16" and dtype.itemsize == 2
+
+
+def bfloat16():
+    """ml_dtypes.bfloat16, imported when first needed: an optional dependency."""
+    try:
+        import ml_dtypes
+    except ImportError as e:
+        raise ImportError(
+            f"sdpa: bfloat16 numpy arrays need ml_dtypes, which could not be imported ({e}); "
+            "install it with `pip install ml_dtypes` (or `pip install sdpa[bfloat16]`)") from e
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def is_float(dtype):
+    """float32, float64, float16 or bfloat16, in any byte order."""
+    return _native(dtype) in _FLOAT_DTYPES or is_bfloat16(dtype)
+
+
+def is_16_bit(dtype):
+    return _native(dtype) in _HALF_DTYPES or is_bfloat16(dtype)
+
+
+def library_array(a):
+    """`a` as the extension takes it: bfloat16 as _sdpa.BFloat16 of its uint16 bits, any other
+    array (and None) as it is."""
+    if isinstance(a, np.ndarray) and is_bfloat16(a.dtype):
+        return _sdpa.BFloat16(a.view(np.uint16))
+    return a
+
+
+def from_library(a):
+    """A result of the extension in its dtype: uint16 results are the bits of bfloat16 ones."""
+    return a.view(bfloat16()) if a.dtype == np.uint16 else a
 
 
 def to_ndarray(name, x):
@@ -29,6 +78,9 @@ def to_ndarray(name, x):
         return x
     if hasattr(x, "__dlpack__"):
         try:
+            # (one that requires grad goes to from_dlpack, to be refused as any other)
+            if str(getattr(x, "dtype", "")) == "torch.bfloat16" and not x.requires_grad:
+                return _torch_bfloat16(x)
             return np.from_dlpack(x)
         except (TypeError, ValueError, BufferError, RuntimeError) as e:
             dtype = getattr(x, "dtype", "unknown")
@@ -42,9 +94,17 @@ def to_ndarray(name, x):
         raise ValueError(f"sdpa: {name} is not a rectangular array: {e}") from e
 
 
+def _torch_bfloat16(tensor):
+    """A torch bfloat16 tensor as an ml_dtypes.bfloat16 array sharing its memory: numpy cannot
+    take kDLBfloat through DLPack, so its bits go as uint16 and are viewed back."""
+    import torch  # the tensor's own module: imported already
+
+    return np.from_dlpack(tensor.view(torch.uint16)).view(bfloat16())
+
+
 def _native(dtype):
     """`dtype` in the machine's byte order (the library reads native numbers)."""
-    return dtype.newbyteorder("=")
+    return dtype if is_bfloat16(dtype) else dtype.newbyteorder("=")
 
 
 def _readable_in_place(a, rows_contiguous):
@@ -83,16 +143,23 @@ def _readable(a, rows_contiguous, dtype=None):
 
 
 def as_operand(name, x):
-    """A float32/float64 array for query, key, value, Q, K, V, X or a weight matrix."""
+    """A float32/float64/float16/bfloat16 array for query, key, value, out, grad_out, lse, Q, K,
+    V, X or a weight matrix."""
     a = to_ndarray(name, x)
-    if _native(a.dtype) in _FLOAT_DTYPES:
+    if is_float(a.dtype):
         return _readable(a, rows_contiguous=True)
     if a.dtype.kind in "biu":
         return _readable(a, rows_contiguous=True, dtype=np.float64)
     raise TypeError(
-        f"sdpa: {name}.dtype is {a.dtype} but must be float32 or float64 "
+        f"sdpa: {name}.dtype is {a.dtype} but must be float32, float64, float16 or bfloat16 "
         "(ints and bools are converted to float64)"
     )
+
+
+def as_bfloat16_bits(name, bits, rows_contiguous=True):
+    """`bits`, a uint16 array of bfloat16 bits (a torch bfloat16 tensor viewed as uint16), laid
+    out for the library and tagged as bfloat16: sdpa.torch's way in, which needs no ml_dtypes."""
+    return _sdpa.BFloat16(_readable(to_ndarray(name, bits), rows_contiguous))
 
 
 def as_mask(name, x, query_dtype):
@@ -102,14 +169,19 @@ def as_mask(name, x, query_dtype):
     is_array = isinstance(x, np.ndarray) or hasattr(x, "__dlpack__")
     if a.dtype == np.bool_:
         return _readable(a, rows_contiguous=False)
-    if is_array and _native(a.dtype) in _FLOAT_DTYPES:
-        if _native(a.dtype) == np.float32 and query_dtype == np.float64:
-            return _readable(a, rows_contiguous=False, dtype=np.float64)
-        # a float64 mask for a float32 query is the library's to refuse
+    if is_array and is_float(a.dtype):
+        if query_dtype == np.float64 and _native(a.dtype) != np.float64:
+            return _readable(a, rows_contiguous=False, dtype=np.float64)  # exact
         return _readable(a, rows_contiguous=False)
     if a.dtype.kind in "iu" or (a.dtype.kind == "f" and not is_array):
-        return _readable(a, rows_contiguous=False, dtype=query_dtype)
+        return _readable(a, rows_contiguous=False, dtype=_mask_dtype(query_dtype))
     raise TypeError(
         f"sdpa: {name}.dtype is {a.dtype} but must be bool (True = attend) or a float dtype "
         "(added to the scores)"
     )
+
+
+def _mask_dtype(query_dtype):
+    """The dtype of an int or list mask: the query's, float32 for a 16-bit query (whose own
+    precision would round the mask's values)."""
+    return np.dtype(np.float32) if is_16_bit(query_dtype) else query_dtype

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _sdpa
-from ._arrays import as_mask, as_operand
+from ._arrays import as_mask, as_operand, from_library, library_array
 from ._broadcast import to_engine
 from ._errors import python_names
 from ._options import boolean, make_options, with_variants
@@ -74,7 +74,9 @@ def scaled_dot_product_attention(query: npt.ArrayLike, key: npt.ArrayLike, value
     top-left with ``is_causal=True``, else bottom-right), ``alibi_slopes``, ``softcap`` and
     ``sinks``, per head of dim -3 of the result.
 
-    float32 in gives float32 out, float64 gives float64, ints and bools compute in float64.
+    float32 in gives float32 out, float64 gives float64, ints and bools compute in float64;
+    float16 and bfloat16 (``ml_dtypes.bfloat16``) compute in float32 and give their own dtype
+    (key and value share one; the query's may differ, float64 goes with float64 only).
     A row that sees no key gives zeros (PyTorch 2.5+ does the same). Inputs are read in place
     when their last dim is contiguous (views, broadcasts, slices of a packed QKV buffer); they are
     never modified. Objects with ``__dlpack__`` (PyTorch CPU tensors) are accepted; the result is
@@ -119,7 +121,7 @@ def scaled_dot_product_attention(query: npt.ArrayLike, key: npt.ArrayLike, value
     q, k, v, m, out_shape = to_engine(q, k, v, m, enable_gqa, heads_last=per_head)
     options = make_options(q, mask=m, causal="top_left" if is_causal else None, scale=scale,
                            dropout_p=dropout_p, seed=seed, **variants)
-    return _sdpa.forward(q, k, v, options, False).reshape(out_shape)
+    return forward((q, k, v), options, False).reshape(out_shape)
 
 
 @overload
@@ -162,7 +164,8 @@ def attention(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
       FlashAttention and KV-cache decoding). Combines with ``mask``.
     - ``scale``: default ``1 / sqrt(D)``.
     - ``return_lse``: also return the log-sum-exp of each row's scaled, masked scores,
-      shaped ``(B, H, Lq)`` (one rank below ``query``), in the query's dtype.
+      shaped ``(B, H, Lq)`` (one rank below ``query``), in the query's dtype (float32 for a
+      float16 or bfloat16 query).
     - ``backend``: ``None`` or ``"auto"`` (the ``SDPA_BACKEND`` environment variable if set, else
       the CPU engine), ``"cpu"``, or ``"reference"`` (the plain float64-accumulating oracle: slow,
       for checks and benchmarks).
@@ -233,7 +236,7 @@ def attention(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
     """
     q, k, v, m = _operands(query, key, value, mask)
     options = make_options(q, mask=m, causal=causal, scale=scale, backend=backend, **variants)
-    return _sdpa.forward(q, k, v, options, boolean("return_lse", return_lse))
+    return forward((q, k, v), options, boolean("return_lse", return_lse))
 
 
 @_public
@@ -257,7 +260,8 @@ def attention_backward(grad_out: npt.ArrayLike, query: npt.ArrayLike, key: npt.A
       recomputes the attention weights from ``lse`` instead of storing them).
     - ``grad_out``: shaped like ``out``.
 
-    The results have the shapes of ``query``, ``key`` and ``value`` and the query's dtype. With
+    The results have the shapes and dtypes of ``query``, ``key`` and ``value`` (``out`` and
+    ``grad_out`` may be any of float32, float16 and bfloat16 in a 16-bit call). With
     GQA/MQA, ``grad_key`` and ``grad_value`` sum over the query heads that share a kv head. A row
     with no visible key contributes nothing (its ``grad_query`` row is 0). The mask gets no
     gradient. Results do not depend on the thread count (bitwise).
@@ -289,15 +293,34 @@ def attention_backward(grad_out: npt.ArrayLike, query: npt.ArrayLike, key: npt.A
     m = None if mask is None else as_mask("mask", mask, q.dtype)
     options = make_options(q, mask=m, causal=causal, scale=scale, backend=backend,
                            backward=True, **variants)
-    return gradients((dout, q, k, v, o, l), options, with_sinks=variants.get("sinks") is not None)
+    grads = gradients((dout, q, k, v, o, l), options, with_sinks=variants.get("sinks") is not None)
+    return tuple(map(from_library, grads))
 
 
-def gradients(arrays: Tuple[npt.NDArray[Any], ...], options: _sdpa.Options,
-              with_sinks: bool) -> Tuple[FloatArray, ...]:
+@overload
+def forward(arrays: Tuple[Any, Any, Any], options: _sdpa.Options,
+            return_lse: Literal[False]) -> FloatArray: ...
+@overload
+def forward(arrays: Tuple[Any, Any, Any], options: _sdpa.Options,
+            return_lse: bool) -> Union[FloatArray, Tuple[FloatArray, FloatArray]]: ...
+def forward(arrays: Tuple[Any, Any, Any], options: _sdpa.Options,
+            return_lse: bool) -> Union[FloatArray, Tuple[FloatArray, FloatArray]]:
+    """_sdpa.forward for arrays (query, key, value): out, or (out, lse) with `return_lse`, in
+    their dtypes (bfloat16 crosses as its bits, see _arrays; lse is never bfloat16)."""
+    query, key, value = (library_array(a) for a in arrays)
+    if not return_lse:
+        return from_library(_sdpa.forward(query, key, value, options, False))
+    out, lse = _sdpa.forward(query, key, value, options, True)
+    return from_library(out), lse
+
+
+def gradients(arrays: Tuple[Any, ...], options: _sdpa.Options,
+              with_sinks: bool) -> Tuple[npt.NDArray[Any], ...]:
     """_sdpa.backward for arrays (grad_out, query, key, value, out, lse), with grad_sinks after
     the three gradients whenever sinks were given: the library leaves it out when options.sinks
-    is empty, which with zero query heads is one sink per head."""
-    grad_out, query, key, value, out, lse = arrays
+    is empty, which with zero query heads is one sink per head. bfloat16 gradients are returned
+    as the extension gives them, as their uint16 bits (_arrays.from_library views them)."""
+    grad_out, query, key, value, out, lse = (library_array(a) for a in arrays)
     grads = _sdpa.backward(grad_out, query, key, value, out, lse, options)
     if with_sinks and len(grads) == 3:
         grads += (np.zeros(0, grads[0].dtype),)
@@ -325,7 +348,7 @@ def explain(query: npt.ArrayLike, key: npt.ArrayLike, value: npt.ArrayLike, *,
     if variants.get("seed") is None:
         variants["seed"] = 0  # the plan does not depend on it: draw none
     options = make_options(q, mask=m, causal=causal, scale=scale, backend=backend, **variants)
-    return _sdpa.explain(q, k, v, options)
+    return _sdpa.explain(library_array(q), library_array(k), library_array(v), options)
 
 
 @_public

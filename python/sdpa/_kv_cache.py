@@ -8,8 +8,8 @@ What Python decides here, before the library sees anything (and so before anythi
     broadcast (stride-0) dimension. One that is not is an error, never a copy: a copy would take
     the appended tokens with it.
   * q, k and v are read only: float arrays, copied once when their layout needs it, like every
-    operand (_arrays.as_operand). Their dtypes are the library's to check (float32 today; the
-    16-bit dtypes once the array layer passes them).
+    operand (_arrays.as_operand; bfloat16 crosses as its bits). Their dtypes are the library's
+    to check (float32, float16 or bfloat16).
   * cache_seqlens and block_table: integer arrays or lists, converted to the int32 the library
     reads (a value beyond int32 is an error, never wrapped).
   * is_causal and return_lse are bools; scale, window, softcap and sinks are checked by
@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _sdpa
-from ._arrays import as_operand, to_ndarray
+from ._arrays import as_operand, from_library, is_bfloat16, is_float, library_array, to_ndarray
 from ._errors import rename
 from ._options import boolean, make_options
 from ._typing import Bool, FloatArray, Real, Window
@@ -65,11 +65,6 @@ def kv_names() -> Iterator[None]:
         raise
 
 
-def _is_float(dtype):
-    """A float dtype: numpy's float16/32/64, or a bfloat16 type of an extension package."""
-    return dtype.kind == "f" or dtype.name == "bfloat16"
-
-
 def writable_in_place(name, x, scales=False):
     """`x` as a numpy array over the same memory, which the library writes into: a cache or
     (`scales`) an int8 cache's scales. Anything that cannot be written as it is raises; nothing
@@ -80,9 +75,12 @@ def writable_in_place(name, x, scales=False):
             "with __dlpack__): the new tokens are written into it in place, so it is never "
             "copied")
     a = to_ndarray(name, x)
-    if not (_is_float(a.dtype) or (a.dtype == np.int8 and not scales)):
+    if not (is_float(a.dtype) or a.dtype.kind == "f" or (a.dtype == np.int8 and not scales)):
         expected = "float32" if scales else "float32, bfloat16, float16 or int8"
         raise TypeError(f"sdpa: {name}.dtype is {a.dtype} but must be {expected}")
+    if is_bfloat16(a.dtype):  # it would cross the extension as read-only bits (_sdpa.BFloat16)
+        raise TypeError(f"sdpa: {name}.dtype is bfloat16, which the Python layer cannot write "
+                        "in place yet; use a float32, float16 or int8 cache")
     if not a.flags.writeable:
         raise ValueError(f"sdpa: {name} is read-only but must be writable: the new tokens are "
                          "written into it in place (a copy would lose them)")
@@ -104,7 +102,7 @@ def _float_operand(name, x):
     """q, k or v: read only, so copied when its layout needs it; ints are refused here rather
     than turned into float64 by as_operand (no cache step computes in float64)."""
     a = to_ndarray(name, x)
-    if not _is_float(a.dtype):
+    if not is_float(a.dtype):
         raise TypeError(f"sdpa: {name}.dtype is {a.dtype} but must be float32, bfloat16 or "
                         "float16")
     return as_operand(name, a)
@@ -180,7 +178,7 @@ def attention_with_kvcache(q: npt.ArrayLike, k_cache: npt.NDArray[np.generic],
     - ``k_cache`` ``(B, Hkv, max_len, D)`` and ``v_cache`` ``(B, Hkv, max_len, Dv)``, or paged
       ``(num_blocks, Hkv, block_size, D)`` with ``block_table`` ``(B, max_blocks)``: token ``j``
       of sequence ``b`` is row ``j % block_size`` of block ``block_table[b, j // block_size]``.
-      float32 (bfloat16, float16 where the array layer passes them) or int8 with ``k_scale``,
+      float32, float16 or int8 with ``k_scale``,
       ``v_scale`` (float32, the cache's shape without ``D``): a value is ``int8 * scale``.
     - ``cache_seqlens`` ``(B,)``: tokens already in each sequence's cache (integers, read as
       int32). It is not changed: advance it yourself after appending.
@@ -245,9 +243,13 @@ def attention_with_kvcache(q: npt.ArrayLike, k_cache: npt.NDArray[np.generic],
     causal = "bottom_right" if boolean("is_causal", is_causal) else None
     options = make_options(query, causal=causal, scale=scale, window=window, softcap=softcap,
                            sinks=sinks)
-    return _sdpa.attention_with_kvcache(query, key_cache, value_cache, key, value, lens, table,
-                                        key_scale, value_scale, options,
-                                        boolean("return_lse", return_lse))
+    result = _sdpa.attention_with_kvcache(library_array(query), key_cache, value_cache,
+                                          library_array(key), library_array(value), lens, table,
+                                          key_scale, value_scale, options,
+                                          boolean("return_lse", return_lse))
+    if isinstance(result, tuple):
+        return from_library(result[0]), result[1]
+    return from_library(result)
 
 
 attention_with_kvcache.__module__ = "sdpa"

@@ -6,8 +6,10 @@ from __future__ import annotations  # the annotations name types only type check
 
 from typing import Literal, Optional, Tuple, Union, overload
 
+import numpy as np
 import torch
 
+from ._arrays import is_bfloat16
 from ._kv_cache import attention_with_kvcache as _attention_with_kvcache
 from ._kv_cache import kv_names
 from ._typing import Bool, Real, Window
@@ -33,6 +35,14 @@ def _tensor(name, x, written):
 
 def _optional(name, x, written=False):
     return None if x is None else _tensor(name, x, written)
+
+
+def _to_torch(a):
+    """A result array as a tensor sharing its memory (bfloat16 through its uint16 bits: torch
+    takes no ml_dtypes array)."""
+    if is_bfloat16(a.dtype):
+        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _lengths(name, x):
@@ -111,8 +121,8 @@ def attention_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         written = [x for x in (k_cache, v_cache, k_scale, v_scale) if x is not None]
         torch.autograd.graph.increment_version(written)
     if isinstance(result, tuple):
-        return torch.from_numpy(result[0]), torch.from_numpy(result[1])
-    return torch.from_numpy(result)
+        return _to_torch(result[0]), _to_torch(result[1])
+    return _to_torch(result)
 
 
 attention_with_kvcache.__module__ = "sdpa.torch"

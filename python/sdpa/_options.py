@@ -39,7 +39,7 @@ from typing import Any, Callable, Tuple, TypeVar, cast
 import numpy as np
 
 from . import _sdpa
-from ._arrays import to_ndarray
+from ._arrays import library_array, to_ndarray
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -254,7 +254,7 @@ def make_options(query, *, mask=None, causal=None, scale=None, backend=None, bac
     options = _sdpa.Options()
     options.scale = real_number("scale", scale, allow_none=True)
     options.causal = _causal(causal)
-    options.mask = mask
+    options.mask = library_array(mask)
     options.backend = _backend(backend)
     options.window = _window(v["window"])
     options.alibi_slopes = _real_vector("alibi_slopes", v["alibi_slopes"], heads)

@@ -1,20 +1,30 @@
 """Types of sdpa._sdpa, the nanobind extension (python/src/sdpa_ext.cc): the package's private
 back end, which only converts types. Arrays are CPU arrays the library reads in place (numpy
-arrays, or any object with the buffer protocol or __dlpack__), of float32, float64 or (masks)
-bool; results are new numpy arrays of the inputs' float dtype. attention_with_kvcache also takes
-int8 caches and int32 lengths and block tables, and writes into k_cache, v_cache, k_scale and
-v_scale in place (they must be writable).
+arrays, or any object with the buffer protocol or __dlpack__), of float32, float64, float16,
+bfloat16 (a torch tensor through DLPack, or BFloat16 of the uint16 bits of a numpy array) or
+(masks) bool; results are new numpy arrays of the inputs' float dtype, bfloat16 ones as their
+uint16 bits. attention_with_kvcache also takes int8 caches and int32 lengths and block tables,
+and writes into k_cache, v_cache, k_scale and v_scale in place (they must be writable).
 
 tests/python/test_typing.py checks that these names and parameters are the extension's."""
 
 import enum
-from typing import Any, List, Literal, Optional, Tuple, Union, overload
+from typing import Any, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import numpy.typing as npt
 
-_In = npt.NDArray[Any]
-_Out = npt.NDArray[np.floating[Any]]
+_Array = npt.NDArray[Any]
+_Out = npt.NDArray[Any]  # float32, float64, float16, or uint16 (the bits of bfloat16)
+
+class BFloat16:
+    """The bits of a bfloat16 array (uint16), tagged as bfloat16 for the library."""
+
+    @property
+    def bits(self) -> _Array: ...
+    def __init__(self, bits: _Array) -> None: ...
+
+_In = Union[_Array, BFloat16]
 
 __version__: str
 
@@ -68,11 +78,12 @@ def forward(query: _In, key: _In, value: _In, options: Options,
 def backward(grad_out: _In, query: _In, key: _In, value: _In, out: _In, lse: _In,
              options: Options) -> Tuple[_Out, ...]: ...
 def explain(query: _In, key: _In, value: _In, options: Options) -> str: ...
-def self_attention(Q: _In, K: _In, V: _In) -> _Out: ...
-def compute_qkv(X: _In, W_q: _In, W_k: _In, W_v: _In) -> Tuple[_Out, _Out, _Out]: ...
+def merge_partials(outs: Sequence[_Array], lses: Sequence[_Array]) -> Tuple[_Out, _Out]: ...
+def self_attention(Q: _Array, K: _Array, V: _Array) -> _Out: ...
+def compute_qkv(X: _Array, W_q: _Array, W_k: _Array, W_v: _Array) -> Tuple[_Out, _Out, _Out]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
-def attention_with_kvcache(query: _In, k_cache: _In, v_cache: _In, k: Optional[_In],
-                           v: Optional[_In], cache_seqlens: _In, block_table: Optional[_In],
-                           k_scale: Optional[_In], v_scale: Optional[_In], options: Options,
+def attention_with_kvcache(query: _In, k_cache: _Array, v_cache: _Array, k: Optional[_In],
+                           v: Optional[_In], cache_seqlens: _Array, block_table: Optional[_Array],
+                           k_scale: Optional[_Array], v_scale: Optional[_Array], options: Options,
                            return_lse: bool) -> Union[_Out, Tuple[_Out, _Out]]: ...

@@ -2,7 +2,7 @@
 py.typed; _sdpa.pyi types the extension).
 
 Arrays go in as anything numpy reads (numpy.typing.ArrayLike) and come out as numpy arrays of
-the inputs' float dtype (FloatArray: float32 or float64). The keyword types follow the run-time
+the inputs' float dtype (FloatArray: float32, float64, float16 or ml_dtypes.bfloat16). The keyword types follow the run-time
 rules of _options.py: Bool is bool or numpy.bool_, Real an int, float, numpy real scalar or 0-d
 array, and causal/backend are the literal names."""
 
@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional, Sequence, TypedDict, Union
 import numpy as np
 import numpy.typing as npt
 
-# float32 for float32 inputs, float64 for float64, ints and bools.
+# float32 for float32 inputs, float64 for float64, ints and bools, float16 and bfloat16 for theirs.
 FloatArray = npt.NDArray[np.floating[Any]]
 Bool = Union[bool, np.bool_]
 # (int is accepted where float is: PEP 484's numeric tower)

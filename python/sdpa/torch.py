@@ -32,11 +32,12 @@ except ImportError as e:
 
 from typing import TYPE_CHECKING, Optional, Union
 
+import numpy as np
 import numpy.typing as npt
 from torch.autograd.function import once_differentiable
 
 from . import _sdpa
-from ._arrays import as_mask, as_operand
+from ._arrays import as_bfloat16_bits, as_mask, as_operand
 from ._attention import gradients
 from ._errors import python_names
 from ._kv_cache_torch import attention_with_kvcache
@@ -48,7 +49,8 @@ if TYPE_CHECKING:
 
 __all__ = ["attention", "attention_with_kvcache"]
 
-_FLOAT_DTYPES = (torch.float32, torch.float64)
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_DTYPE_NAMES = "torch.float32, torch.float64, torch.bfloat16 or torch.float16"
 
 
 def _on_cpu(name, tensor):
@@ -60,14 +62,46 @@ def _on_cpu(name, tensor):
 
 
 def _operand(name, tensor):
-    """query, key or value: a float32/float64 CPU tensor, detached. (The numpy layer would turn
-    ints into float64; a differentiable function takes floats only, like PyTorch's.)"""
+    """query, key or value: a float CPU tensor, detached. (The numpy layer would turn ints into
+    float64; a differentiable function takes floats only, like PyTorch's.)"""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"sdpa: {name} is a {type(tensor).__name__} but must be a torch.Tensor")
     if tensor.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"sdpa: {name}.dtype is {tensor.dtype} but must be torch.float32 or "
-                        "torch.float64")
+        raise TypeError(f"sdpa: {name}.dtype is {tensor.dtype} but must be {_DTYPE_NAMES}")
     return _on_cpu(name, tensor)
+
+
+def _array(name, tensor, rows_contiguous=True):
+    """A detached CPU float tensor as the extension takes it, without a copy: a numpy array
+    through DLPack, or for bfloat16 (which numpy cannot hold without ml_dtypes) the bits,
+    viewed as uint16, tagged as _sdpa.BFloat16."""
+    if tensor.dtype == torch.bfloat16:
+        return as_bfloat16_bits(name, tensor.view(torch.uint16), rows_contiguous)
+    return as_operand(name, tensor)
+
+
+def _mask(mask, query):
+    """The mask as the numpy layer and the extension take it (see _arrays.as_mask); a bfloat16
+    tensor as its tagged bits, widened for a float64 query (which computes in float64 only)."""
+    if isinstance(mask, torch.Tensor) and mask.dtype == torch.bfloat16:
+        if query.dtype == torch.float64:
+            return as_mask("mask", mask.double(), np.float64)
+        return as_bfloat16_bits("mask", mask.view(torch.uint16), rows_contiguous=False)
+    # For a bfloat16 query, float32 stands in as the query's numpy dtype: int and list masks of
+    # a 16-bit query are read as float32 (_arrays._mask_dtype), and a float mask is kept as is.
+    query_dtype = np.float32 if query.dtype == torch.bfloat16 else _NUMPY[query.dtype]
+    return as_mask("mask", mask, query_dtype)
+
+
+_NUMPY = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
+          torch.float16: np.dtype(np.float16)}
+
+
+def _tensor(array):
+    """A result of the extension as a tensor sharing its memory: uint16 results are the bits of
+    bfloat16 ones."""
+    tensor = torch.from_numpy(array)
+    return tensor.view(torch.bfloat16) if array.dtype == np.uint16 else tensor
 
 
 def _argument(name, value):
@@ -87,13 +121,12 @@ class _Attention(torch.autograd.Function):
         # those that are not tensors (numpy arrays, lists) are the numpy layer's to read.
         m, s = _argument("mask", mask), _argument("sinks", sinks)
         keywords = {name: _argument(name, x) for name, x in keywords.items()}
-        arrays = [as_operand(name, x) for name, x in (("query", q), ("key", k), ("value", v))]
-        mask_array = None if m is None else as_mask("mask", m, arrays[0].dtype)
+        arrays = [_array(name, x) for name, x in (("query", q), ("key", k), ("value", v))]
+        mask_array = None if m is None else _mask(m, q)
         # One Options for the forward and the backward, with one seed: the caller's, or one drawn
         # here.
-        options = make_options(arrays[0], mask=mask_array, sinks=s, **keywords)
-        out, lse = _sdpa.forward(*arrays, options, True)
-        out, lse = torch.from_numpy(out), torch.from_numpy(lse)  # no copy: they share memory
+        options = make_options(q, mask=mask_array, sinks=s, **keywords)
+        out, lse = map(_tensor, _sdpa.forward(*arrays, options, True))  # no copy: shared memory
         # Tensors go through save_for_backward, which catches in-place changes before backward.
         inputs = [x for x in (m, s) if isinstance(x, torch.Tensor)]
         ctx.save_for_backward(q, k, v, out, lse, *inputs)
@@ -111,12 +144,12 @@ class _Attention(torch.autograd.Function):
         if not (any(needs) or needs_sinks):
             return (None,) * 6
         with python_names():
-            arrays = tuple(as_operand(name, x) for name, x in (
+            arrays = tuple(_array(name, x) for name, x in (
                 ("grad_out", grad_out.detach()), ("query", q), ("key", k), ("value", v),
                 ("out", out.detach()), ("lse", lse)))
             grads = gradients(arrays, ctx.options, ctx.with_sinks)
-        grad_sinks = torch.from_numpy(grads[3]).to(ctx.sinks_dtype) if needs_sinks else None
-        grads = [torch.from_numpy(g) if need else None for g, need in zip(grads[:3], needs)]
+        grad_sinks = _tensor(grads[3]).to(ctx.sinks_dtype) if needs_sinks else None
+        grads = [_tensor(g) if need else None for g, need in zip(grads[:3], needs)]
         return (*grads, None, grad_sinks, None)
 
 
@@ -130,7 +163,8 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
     and ``sinks``.
 
     - ``query`` ``(B, H, Lq, D)``, ``key`` ``(B, Hkv, Lkv, D)``, ``value`` ``(B, Hkv, Lkv, Dv)``
-      (or 3-D ``(H, L, D)``, or 2-D ``(L, D)``), CPU tensors of one dtype, float32 or float64.
+      (or 3-D ``(H, L, D)``, or 2-D ``(L, D)``), CPU tensors of float32, bfloat16 or float16
+      (``key`` and ``value`` of one dtype, which may differ from the query's), or all float64.
       GQA/MQA when ``H % Hkv == 0`` (query head ``h`` reads kv head ``h // (H // Hkv)``, as
       PyTorch's ``enable_gqa=True``); ``key.grad`` and ``value.grad`` then sum over the group.
     - ``mask``: bool (True = attend) or float (added to the scaled scores), broadcastable to
@@ -147,7 +181,9 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
       module). ``seed=None`` draws a fresh seed from ``secrets.randbits(64)`` for each call; the
       backward reuses the call's seed, so the gradient is that of the dropped-out forward.
 
-    Returns ``out`` ``(B, H, Lq, Dv)``, a tensor of the query's dtype. A row with no visible key
+    Returns ``out`` ``(B, H, Lq, Dv)``, a tensor of the query's dtype; each gradient has its
+    input's dtype. bfloat16 and float16 compute in float32 (docs/semantics.md, 13.9; tensors
+    cross as they are, bfloat16 as its bits, with no copy). A row with no visible key
     gives 0 and contributes no gradient. Double backward is not supported (RuntimeError).
     Errors are those of ``sdpa.attention`` (ValueError for shapes and options, TypeError for
     dtypes), raised when the function is called.

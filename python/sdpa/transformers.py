@@ -45,8 +45,8 @@ mask and is kept on the mask tensor, which transformers shares between layers.
 Fallback. What sdpa cannot compute goes, with a warning the first time for each reason, to
 transformers' "sdpa" (torch.nn.functional.scaled_dot_product_attention), or to the model's own
 eager attention when the call has softcap or s_aux, which "sdpa" cannot do: tensors not on the
-CPU, a dtype sdpa does not take (float32 and float64 today; probed once per dtype, so float16 and
-bfloat16 are used when the library takes them), key and value of another dtype than query, a
+CPU, a dtype sdpa does not take (it takes float32, float64, bfloat16 and float16 since issue 13;
+probed once per dtype, so a build without them falls back), key and value of another dtype than query, a
 mask that is not a CPU tensor of bool or the query's dtype broadcastable to the scores,
 position_bias, a batch that broadcasts, torch.compile and jit tracing. call_counts() tells how
 many calls went each way.

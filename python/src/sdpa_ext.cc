@@ -12,11 +12,19 @@
 // [batch, heads, seq, dim] form, fills Options from the keywords and renames the library's
 // `options.<field>` in messages to the caller's arguments; the functions here are its private
 // back end. python/sdpa/_sdpa.pyi types them.
+//
+// bfloat16 (issue 13): numpy has no bfloat16 of its own, and an ml_dtypes.bfloat16 array passes
+// neither the buffer protocol nor DLPack (numpy exports no kDLBfloat). The Python layer views
+// such an array as uint16 and wraps it in BFloat16 (a dtype tag on the bits); a torch bfloat16
+// tensor, which DLPack exports as kDLBfloat (code 4, 16 bits), is read as it is. bfloat16 results
+// come back as uint16 arrays of the bits, which the Python layer views as its bfloat16 type: the
+// library never returns integers otherwise.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
+#include <nanobind/stl/variant.h>
 #include <nanobind/stl/vector.h>
 
 #include <cstddef>
@@ -25,6 +33,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "sdpa/sdpa.h"
@@ -37,6 +46,20 @@ namespace {
 using InArray = nb::ndarray<nb::ro, nb::device::cpu>;
 // A result handed to numpy; it owns its memory through a capsule.
 using OutArray = nb::ndarray<nb::numpy>;
+
+constexpr nb::dlpack::dtype kFloat16DLPack{static_cast<std::uint8_t>(nb::dlpack::dtype_code::Float),
+                                           16, 1};
+constexpr nb::dlpack::dtype kBFloat16DLPack{
+    static_cast<std::uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
+
+// The bits of a bfloat16 array, viewed as uint16 by the Python layer: the dtype tag that numpy
+// arrays cannot carry themselves (see the header comment).
+struct BFloat16 {
+  InArray bits;
+};
+
+// An argument array: any CPU array, or bfloat16 bits.
+using Operand = std::variant<InArray, BFloat16>;
 
 std::string DLPackDTypeName(nb::dlpack::dtype dtype) {
   using Code = nb::dlpack::dtype_code;
@@ -55,14 +78,15 @@ sdpa::DType ToDType(const char* name, nb::dlpack::dtype dtype) {
   if (dtype == nb::dtype<float>()) return sdpa::DType::kFloat32;
   if (dtype == nb::dtype<double>()) return sdpa::DType::kFloat64;
   if (dtype == nb::dtype<bool>()) return sdpa::DType::kBool;
+  if (dtype == kFloat16DLPack) return sdpa::DType::kFloat16;
+  if (dtype == kBFloat16DLPack) return sdpa::DType::kBFloat16;
   throw sdpa::DTypeError(std::string("sdpa: ") + name + ".dtype is " + DLPackDTypeName(dtype) +
-                         " but must be float32, float64 or (for masks) bool");
+                         " but must be float32, float64, float16, bfloat16 or (for masks) bool");
 }
 
 // A view of `array`'s memory with its shape and element strides. Only arrays of more dimensions
 // than a Layout holds are refused here; everything else is the library's to check.
-sdpa::TensorView ToView(const char* name, const InArray& array) {
-  const sdpa::DType dtype = ToDType(name, array.dtype());
+sdpa::TensorView ToView(const char* name, const InArray& array, sdpa::DType dtype) {
   const std::size_t rank = array.ndim();
   if (rank > static_cast<std::size_t>(sdpa::kMaxRank)) {
     throw sdpa::Error(std::string("sdpa: ") + name + " has rank " + std::to_string(rank) +
@@ -78,6 +102,22 @@ sdpa::TensorView ToView(const char* name, const InArray& array) {
   return sdpa::TensorView(array.data(), dtype, layout);
 }
 
+sdpa::TensorView ToView(const char* name, const Operand& operand) {
+  if (const auto* bf16 = std::get_if<BFloat16>(&operand)) {
+    return ToView(name, bf16->bits, sdpa::DType::kBFloat16);
+  }
+  const InArray& array = std::get<InArray>(operand);
+  return ToView(name, array, ToDType(name, array.dtype()));
+}
+
+BFloat16 MakeBFloat16(const InArray& bits) {
+  if (bits.dtype() != nb::dtype<std::uint16_t>()) {
+    throw sdpa::DTypeError("sdpa: BFloat16 takes the bits of a bfloat16 array as uint16, not " +
+                           DLPackDTypeName(bits.dtype()));
+  }
+  return BFloat16{bits};
+}
+
 nb::dlpack::dtype ToDLPack(sdpa::DType dtype) {
   switch (dtype) {
     case sdpa::DType::kFloat32:
@@ -87,9 +127,9 @@ nb::dlpack::dtype ToDLPack(sdpa::DType dtype) {
     case sdpa::DType::kBool:
       return nb::dtype<bool>();
     case sdpa::DType::kBFloat16:
-      return {static_cast<std::uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
+      return nb::dtype<std::uint16_t>();  // the bits: numpy has no bfloat16 (header comment)
     case sdpa::DType::kFloat16:
-      return {static_cast<std::uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
+      return kFloat16DLPack;
     case sdpa::DType::kInt8:
       return nb::dtype<std::int8_t>();
     case sdpa::DType::kInt32:
@@ -112,10 +152,10 @@ OutArray ToNumpy(sdpa::Tensor&& tensor) {
 // options.mask views, kept alive here for as long as the view points into it. The Python layer
 // (python/sdpa/_options.py) fills it from the keywords of a call; the library validates it.
 struct Options : sdpa::Options {
-  std::optional<InArray> mask_array;
+  std::optional<Operand> mask_array;
 };
 
-void SetMask(Options& options, std::optional<InArray> mask) {
+void SetMask(Options& options, std::optional<Operand> mask) {
   if (mask) {
     options.mask = ToView("options.mask", *mask);
   } else {
@@ -158,7 +198,7 @@ class Interruptible {
 };
 
 // out, or (out, lse) when return_lse.
-nb::object Forward(const InArray& query, const InArray& key, const InArray& value,
+nb::object Forward(const Operand& query, const Operand& key, const Operand& value,
                    const Options& options, bool return_lse) {
   const sdpa::TensorView q = ToView("query", query), k = ToView("key", key),
                          v = ToView("value", value);
@@ -175,8 +215,8 @@ nb::object Forward(const InArray& query, const InArray& key, const InArray& valu
 
 // (grad_query, grad_key, grad_value), each the shape and dtype of its input, and grad_sinks
 // ([heads]) after them when options.sinks is not empty.
-nb::tuple Backward(const InArray& grad_out, const InArray& query, const InArray& key,
-                   const InArray& value, const InArray& out, const InArray& lse,
+nb::tuple Backward(const Operand& grad_out, const Operand& query, const Operand& key,
+                   const Operand& value, const Operand& out, const Operand& lse,
                    const Options& options) {
   const sdpa::TensorView dout = ToView("grad_out", grad_out), q = ToView("query", query),
                          k = ToView("key", key), v = ToView("value", value), o = ToView("out", out),
@@ -193,7 +233,7 @@ nb::tuple Backward(const InArray& grad_out, const InArray& query, const InArray&
                         ToNumpy(std::move(grads.grad_value)), ToNumpy(std::move(grads.grad_sinks)));
 }
 
-std::string Explain(const InArray& query, const InArray& key, const InArray& value,
+std::string Explain(const Operand& query, const Operand& key, const Operand& value,
                     const Options& options) {
   return sdpa::Explain(ToView("query", query), ToView("key", key), ToView("value", value), options)
       .ToString();
@@ -222,6 +262,23 @@ std::tuple<OutArray, OutArray, OutArray> ComputeQkv(const InArray& x, const InAr
   return {ToNumpy(std::move(qkv.Q)), ToNumpy(std::move(qkv.K)), ToNumpy(std::move(qkv.V))};
 }
 
+// (out, lse): sdpa::MergePartials over the partials outs[s] / lses[s].
+nb::tuple MergePartials(const std::vector<InArray>& outs, const std::vector<InArray>& lses) {
+  std::vector<sdpa::TensorView> out_views, lse_views;
+  for (std::size_t s = 0; s < outs.size(); ++s) {
+    out_views.push_back(ToView(("outs[" + std::to_string(s) + "]").c_str(), outs[s]));
+  }
+  for (std::size_t s = 0; s < lses.size(); ++s) {
+    lse_views.push_back(ToView(("lses[" + std::to_string(s) + "]").c_str(), lses[s]));
+  }
+  sdpa::MergedPartials merged;
+  {
+    nb::gil_scoped_release release;
+    merged = sdpa::MergePartials(out_views, lse_views);
+  }
+  return nb::make_tuple(ToNumpy(std::move(merged.out)), ToNumpy(std::move(merged.lse)));
+}
+
 // ---- Attention over a KV cache (issue 15) ---------------------------------------------------
 // sdpa::AttentionWithKvCache. The caches (and an int8 cache's scales) are written in place, so
 // they arrive as writable arrays (CacheArray) and are never copied; the Python layer
@@ -231,7 +288,9 @@ std::tuple<OutArray, OutArray, OutArray> ComputeQkv(const InArray& x, const InAr
 using CacheArray = nb::ndarray<nb::device::cpu>;
 
 // The dtypes of a KV-cache call: int8 (a quantized cache) and int32 (cache_seqlens,
-// block_table) here, the float dtypes from ToDType as for every other argument.
+// block_table) here, the float dtypes from ToDType as for every other argument. (q, k and v are
+// Operands, bfloat16 included, read by ToView; a bfloat16 cache, which crosses as read-only
+// bits, is not taken yet.)
 sdpa::DType KvDType(const char* name, nb::dlpack::dtype dtype) {
   if (dtype == nb::dtype<std::int8_t>()) return sdpa::DType::kInt8;
   if (dtype == nb::dtype<std::int32_t>()) return sdpa::DType::kInt32;
@@ -257,7 +316,7 @@ sdpa::Layout KvLayout(const char* name, const Array& array) {
 }
 
 sdpa::TensorView ToKvView(const char* name, const InArray& array) {
-  return sdpa::TensorView(array.data(), KvDType(name, array.dtype()), KvLayout(name, array));
+  return ToView(name, array, KvDType(name, array.dtype()));
 }
 
 sdpa::MutableTensorView ToCacheView(const char* name, const CacheArray& array) {
@@ -266,14 +325,14 @@ sdpa::MutableTensorView ToCacheView(const char* name, const CacheArray& array) {
 
 // out, or (out, lse) when return_lse. Argument names are the library's (cache.key, append.key,
 // ...); the Python layer renames them in messages.
-nb::object AttentionWithKvCache(const InArray& query, const CacheArray& k_cache,
-                                const CacheArray& v_cache, const std::optional<InArray>& k,
-                                const std::optional<InArray>& v, const InArray& cache_seqlens,
+nb::object AttentionWithKvCache(const Operand& query, const CacheArray& k_cache,
+                                const CacheArray& v_cache, const std::optional<Operand>& k,
+                                const std::optional<Operand>& v, const InArray& cache_seqlens,
                                 const std::optional<InArray>& block_table,
                                 const std::optional<CacheArray>& k_scale,
                                 const std::optional<CacheArray>& v_scale, const Options& options,
                                 bool return_lse) {
-  const sdpa::TensorView q = ToKvView("query", query),
+  const sdpa::TensorView q = ToView("query", query),
                          lens = ToKvView("cache_seqlens", cache_seqlens);
   sdpa::KvCache cache;
   cache.key = ToCacheView("cache.key", k_cache);
@@ -287,7 +346,7 @@ nb::object AttentionWithKvCache(const InArray& query, const CacheArray& k_cache,
                       " is not; give both or neither");
   }
   std::optional<sdpa::KvAppend> append;
-  if (k) append = sdpa::KvAppend{ToKvView("append.key", *k), ToKvView("append.value", *v)};
+  if (k) append = sdpa::KvAppend{ToView("append.key", *k), ToView("append.value", *v)};
 
   Interruptible call(options);
   // Without the lse (or with shapes the library refuses, which it reports), the library
@@ -326,6 +385,10 @@ NB_MODULE(_sdpa, m) {
     }
   });
 
+  nb::class_<BFloat16>(m, "BFloat16",
+                       "The bits of a bfloat16 array (uint16), tagged as bfloat16 for the library.")
+      .def(nb::new_(&MakeBFloat16), nb::arg("bits"))
+      .def_ro("bits", &BFloat16::bits);
   nb::enum_<sdpa::Causal>(m, "Causal", "sdpa::Causal.")
       .value("none", sdpa::Causal::kNone)
       .value("top_left", sdpa::Causal::kTopLeft)
@@ -373,6 +436,8 @@ NB_MODULE(_sdpa, m) {
         "grad_value), and grad_sinks after them when options.sinks is not empty.");
   m.def("explain", &Explain, nb::arg("query"), nb::arg("key"), nb::arg("value"), nb::arg("options"),
         "sdpa::Explain(...).ToString(): the backend, path and threads a call would use.");
+  m.def("merge_partials", &MergePartials, nb::arg("outs"), nb::arg("lses"),
+        "sdpa::MergePartials over lists of rank 2-4 arrays; returns (out, lse).");
   m.def("self_attention", &SelfAttention, nb::arg("Q"), nb::arg("K"), nb::arg("V"),
         "sdpa::self_attention on rank-2 arrays.");
   m.def("compute_qkv", &ComputeQkv, nb::arg("X"), nb::arg("W_q"), nb::arg("W_k"), nb::arg("W_v"),

@@ -635,4 +635,6 @@ void AttachOutputs(Problem& p, int query_rank, const MutableTensorView& out,
   if (lse) SetOperand(p.lse, lse->data, lse->dtype, LseAsRows(lse->layout));
 }
 
+bool SelfOverlapping(const Layout& layout) { return SelfOverlaps(layout); }
+
 }  // namespace sdpa::internal

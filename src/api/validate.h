@@ -70,6 +70,9 @@ BackwardProblem ValidateBackward(Problem problem, int query_rank,
                                  const MutableTensorView& grad_value,
                                  const MutableTensorView* grad_sinks = nullptr);
 
+// True when two distinct indices of the layout can address the same element.
+bool SelfOverlapping(const Layout& layout);
+
 // True when two views share at least one byte of memory (conservative: compares byte ranges).
 bool Overlaps(const void* a_data, DType a_dtype, const Layout& a, const void* b_data, DType b_dtype,
               const Layout& b);

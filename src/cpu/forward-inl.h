@@ -56,6 +56,7 @@
 #include <vector>
 
 #include "core/interrupt.h"
+#include "core/merge.h"
 #include "core/problem.h"
 #include "core/types.h"
 #include "cpu/arena.h"
@@ -611,44 +612,36 @@ class ForwardTask {
     *k_pack_ = nullptr, *v_pack_ = nullptr, *z_ = nullptr;
 };
 
-// Combines the key chunks of every row in split order: M = max_s m_s, L = Σ_s l_s·exp(m_s - M),
-// out = Σ_s O_s·exp(m_s - M) / L, lse = M + ln L; the row's sink joins as one more chunk with
-// m = sink, l = 1, O = 0.
+// Combines the key chunks of every row in split order with the log-sum-exp merge of
+// core/merge.h, in double: chunk s is the partial lse_s = m_s + ln l_s, out_s = O_s / l_s (an
+// unwritten or fully masked chunk has m = -inf: empty), and the row's sink joins as one more
+// partial with lse = sink and out = 0.
 template <typename T>
 void MergePartials(const Problem& p, const Schedule& s, const Partials<T>& partials) {
+  constexpr double kNegInf = -std::numeric_limits<double>::infinity();
   const std::int64_t rows = p.batch * p.heads * p.q_len;
   const std::int64_t per_task = 256;
+  const std::int64_t parts = s.kv_splits + (p.sinks.empty() ? 0 : 1);
   ParallelFor((rows + per_task - 1) / per_task, s.threads, [&](std::int64_t task, int) {
     std::vector<double> acc(static_cast<std::size_t>(p.v_dim));
     const std::int64_t end = std::min(rows, (task + 1) * per_task);
     for (std::int64_t row = task * per_task; row < end; ++row) {
       const std::int64_t i = row % p.q_len, h = (row / p.q_len) % p.heads,
                          b = row / (p.q_len * p.heads);
-      const double sink = p.sinks.empty() ? -std::numeric_limits<double>::infinity()
-                                          : p.sinks[static_cast<std::size_t>(h)];
-      double big_m = sink;
-      for (std::int64_t split = 0; split < s.kv_splits; ++split) {
-        big_m = std::max(big_m, static_cast<double>(*partials.M(split, row)));
-      }
-      const bool empty = big_m == -std::numeric_limits<double>::infinity();
-      double big_l =
-          empty || sink == -std::numeric_limits<double>::infinity() ? 0.0 : std::exp(sink - big_m);
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (std::int64_t split = 0; split < s.kv_splits && !empty; ++split) {
+      const auto part_lse = [&](std::int64_t split) {
+        if (split == s.kv_splits) return static_cast<double>(p.sinks[static_cast<std::size_t>(h)]);
         const double m = static_cast<double>(*partials.M(split, row));
-        if (m == -std::numeric_limits<double>::infinity()) continue;
-        const double w = std::exp(m - big_m);
-        big_l += w * static_cast<double>(*partials.L(split, row));
+        return m == kNegInf ? m : m + std::log(static_cast<double>(*partials.L(split, row)));
+      };
+      const auto add_part = [&](std::int64_t split, double w, double* sum) {
+        if (split == s.kv_splits) return;  // the sink has no value
         const T* o = partials.O(split, row);
-        for (std::int64_t x = 0; x < p.v_dim; ++x)
-          acc[static_cast<std::size_t>(x)] += w * static_cast<double>(o[x]);
-      }
-      for (double& x : acc) x = empty ? 0.0 : x / big_l;
+        const double factor = w / static_cast<double>(*partials.L(split, row));
+        for (std::int64_t x = 0; x < p.v_dim; ++x) sum[x] += factor * static_cast<double>(o[x]);
+      };
+      const double lse = internal::MergeRow(parts, p.v_dim, add_part, part_lse, acc.data());
       StoreRow(acc.data(), 1.0, p.v_dim, RowOf(p.out, b, h, i), p.out.dtype, p.out.stride[3]);
-      if (p.lse.data != nullptr) {
-        *internal::As<T>(p.lse).Row(b, h, i) =
-            static_cast<T>(empty ? big_m : big_m + std::log(big_l));
-      }
+      if (p.lse.data != nullptr) *internal::As<T>(p.lse).Row(b, h, i) = static_cast<T>(lse);
     }
   });
 }

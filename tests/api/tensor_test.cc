@@ -11,7 +11,9 @@ namespace {
 
 using sdpa::DType;
 using sdpa::Layout;
+using sdpa::MutableTensorView;
 using sdpa::Tensor;
+using sdpa::TensorView;
 
 TEST(Tensor, IsZeroInitialisedContiguousAndAligned) {
   const Tensor t(DType::kFloat32, {3, 5});
@@ -128,6 +130,27 @@ TEST(TensorLayout, ContiguousAndStrided) {
   EXPECT_TRUE(sdpa_test::ThrowsError(
       [] {
         Layout::Contiguous({1, 2, 3, 4, 5});
+      },
+      "sdpa: a tensor has rank 5 but at most 4 is supported"));
+}
+
+// A view built from (data, dtype, {shape...}) has that shape: the braces are a shape, not the
+// fields of Layout (whose first one is the rank).
+TEST(TensorLayout, BracedShapeWithADTypeIsContiguous) {
+  std::vector<std::uint16_t> bits(1 * 8 * 16 * 4);
+  const TensorView view(bits.data(), DType::kBFloat16, {1, 8, 16, 4});
+  EXPECT_EQ(view.rank(), 4);
+  EXPECT_EQ(view.dim(0), 1);
+  EXPECT_EQ(view.dim(3), 4);
+  EXPECT_EQ(view.stride(0), 8 * 16 * 4);
+  EXPECT_EQ(view.stride(3), 1);
+  const MutableTensorView out(bits.data(), DType::kFloat16, {8, 64});
+  EXPECT_EQ(out.rank(), 2);
+  EXPECT_EQ(out.stride(0), 64);
+  EXPECT_EQ(Layout{}.rank, 0);
+  EXPECT_TRUE(sdpa_test::ThrowsError(
+      [&] {
+        TensorView(bits.data(), DType::kBFloat16, {1, 2, 3, 4, 5});
       },
       "sdpa: a tensor has rank 5 but at most 4 is supported"));
 }

@@ -74,6 +74,9 @@ TEST(NpyWrite, HeaderIsAlignedAndReadable) {
             std::string::npos);
   EXPECT_NE(EncodeHeader(DType::kFloat64, {5}).find("'shape': (5,)"), std::string::npos);
   EXPECT_NE(EncodeHeader(DType::kBool, {}).find("'descr': '|b1'"), std::string::npos);
+  EXPECT_NE(EncodeHeader(DType::kFloat16, {1}).find("'descr': '<f2'"), std::string::npos);
+  // What np.save writes for an ml_dtypes.bfloat16 array (npy.h).
+  EXPECT_NE(EncodeHeader(DType::kBFloat16, {1}).find("'descr': '<V2'"), std::string::npos);
 }
 
 struct RoundTripCase {
@@ -92,6 +95,9 @@ TEST_P(NpyRoundTrip, ReadsBackWhatItWrote) {
     if (c.dtype == DType::kFloat32) tensor.data<float>()[i] = 0.5f * static_cast<float>(i) - 3;
     if (c.dtype == DType::kFloat64) tensor.data<double>()[i] = 1e-3 * static_cast<double>(i) - 7;
     if (c.dtype == DType::kBool) tensor.data<bool>()[i] = i % 3 == 0;
+    const float x = 0.25f * static_cast<float>(i) - 1;
+    if (c.dtype == DType::kFloat16) tensor.data<float16>()[i] = ToFloat16(x);
+    if (c.dtype == DType::kBFloat16) tensor.data<bfloat16>()[i] = ToBFloat16(x);
   }
   const std::vector<std::byte> file = EncodeNpy(tensor.view());
   const Array array = ParseNpy(file.data(), file.size());
@@ -112,7 +118,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, NpyRoundTrip,
                                            RoundTripCase{"bool_3d", DType::kBool, {2, 1, 7}},
                                            RoundTripCase{"f32_scalar", DType::kFloat32, {}},
                                            RoundTripCase{"f32_1d", DType::kFloat32, {17}},
-                                           RoundTripCase{"f64_empty", DType::kFloat64, {0, 4}}),
+                                           RoundTripCase{"f64_empty", DType::kFloat64, {0, 4}},
+                                           RoundTripCase{"f16_2d", DType::kFloat16, {3, 5}},
+                                           RoundTripCase{"bf16_3d", DType::kBFloat16, {2, 3, 4}}),
                          [](const ::testing::TestParamInfo<RoundTripCase>& p) {
                            return p.param.name;
                          });
@@ -185,6 +193,11 @@ TEST(NpyElementType, NamesAndSizes) {
   EXPECT_EQ(ElementBytes(ElementType::kInt32), 4u);
   EXPECT_EQ(ElementBytes(ElementType::kInt64), 8u);
   EXPECT_EQ(ElementBytes(ElementType::kFloat64), 8u);
+  EXPECT_STREQ(ElementTypeName(ElementType::kFloat16), "float16");
+  EXPECT_STREQ(ElementTypeName(ElementType::kBFloat16), "bfloat16");
+  EXPECT_EQ(ElementBytes(ElementType::kFloat16), 2u);
+  EXPECT_EQ(ElementBytes(ElementType::kBFloat16), 2u);
+  EXPECT_EQ(ElementTypeOf(DType::kBFloat16), ElementType::kBFloat16);
   EXPECT_TRUE(IsInteger(ElementType::kInt64));
   EXPECT_FALSE(IsInteger(ElementType::kBool));
   EXPECT_EQ(ElementTypeOf(DType::kFloat64), ElementType::kFloat64);
@@ -396,8 +409,12 @@ INSTANTIATE_TEST_SUITE_P(
                       "byte order"},
         MalformedCase{"complex", MakeFile(Dict("'<c8'", "False", "(2,)"), "1234567812345678"),
                       "unsupported dtype '<c8'"},
-        MalformedCase{"float16", MakeFile(Dict("'<f2'", "False", "(2,)"), "1234"),
-                      "unsupported dtype '<f2'"},
+        MalformedCase{"float16_big_endian", MakeFile(Dict("'>f2'", "False", "(2,)"), "1234"),
+                      "'>f2': byte order"},
+        MalformedCase{"void_of_4_bytes", MakeFile(Dict("'|V4'", "False", "(2,)"), "12345678"),
+                      "unsupported dtype '|V4'"},
+        MalformedCase{"bfloat16_big_endian", MakeFile(Dict("'>V2'", "False", "(2,)"), "1234"),
+                      "unsupported dtype '>V2'"},
         MalformedCase{"object", MakeFile(Dict("'|O'", "False", "(2,)"), "1234"),
                       "unsupported dtype '|O'"},
         MalformedCase{"structured", MakeFile(Dict("[('a', '<f4')]", "False", "(2,)"), "12345678"),
@@ -425,6 +442,25 @@ INSTANTIATE_TEST_SUITE_P(
         MalformedCase{"nesting_bomb", MakeFile(std::string(500, '(') + std::string(500, ')'), ""),
                       "nesting too deep"}),
     [](const ::testing::TestParamInfo<MalformedCase>& p) { return p.param.name; });
+
+// bfloat16 as numpy with ml_dtypes writes it ('<V2'; '|V2' also means a 2-byte void), float16
+// as '<f2'; both give 16-bit tensor views. Other void widths are not bfloat16.
+TEST(NpyRead, SixteenBitFloats) {
+  const std::string two("\x80\x3f\x00\xc0", 4);  // bfloat16 1.0, -2.0
+  for (const char* descr : {"'<V2'", "'|V2'"}) {
+    const Array array = Parse(MakeFile(Dict(descr, "False", "(2,)"), two));
+    EXPECT_EQ(array.type(), ElementType::kBFloat16) << descr;
+    const TensorView view = array.view();
+    ASSERT_EQ(view.dtype, DType::kBFloat16);
+    EXPECT_EQ(ToFloat(static_cast<const bfloat16*>(view.data)[0]), 1.0f);
+    EXPECT_EQ(ToFloat(static_cast<const bfloat16*>(view.data)[1]), -2.0f);
+  }
+  const Array half =
+      Parse(MakeFile(Dict("'<f2'", "False", "(2,)"), std::string("\x00\x3c\x00\xc0", 4)));
+  ASSERT_EQ(half.view().dtype, DType::kFloat16);
+  EXPECT_EQ(ToFloat(static_cast<const float16*>(half.view().data)[0]), 1.0f);
+  EXPECT_EQ(ToFloat(static_cast<const float16*>(half.view().data)[1]), -2.0f);
+}
 
 class NpyReadFile : public ::testing::Test {
  protected:

@@ -162,9 +162,9 @@ def test_bool_mask_with_fully_masked_row(tmp_path, rng):
     assert np.all(out[:, :, 2] == 0) and np.all(lse[:, :, 2] == -np.inf)
 
 
-@pytest.mark.parametrize("mask_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mask_dtype", [np.float32, np.float64, np.float16])
 def test_float_mask_broadcast_and_converted(tmp_path, rng, mask_dtype):
-    """A float mask broadcasts like numpy; one of the other float type is converted."""
+    """A float mask broadcasts like numpy; one of another float type is added as it is."""
     q, k, v = (rng.standard_normal((2, 3, 5, 4)).astype(np.float32) for _ in range(3))
     mask = rng.standard_normal((1, 3, 1, 5)).astype(mask_dtype)
     mask[0, 1, 0, 3] = -np.inf
@@ -219,13 +219,16 @@ BAD_QUERY_FILES = [
     ("truncated_header", npy_bytes(GOOD)[:30], r"truncated"),
     ("truncated_data", npy_bytes(GOOD)[:-4], r"data is truncated: .*48 bytes, but only 44"),
     ("int32", np.arange(12, dtype=np.int32).reshape(3, 4),
-     r"--query \S+: dtype is int32 but must be float32 or float64$"),
-    ("int64", np.arange(12, dtype=np.int64).reshape(3, 4), r"dtype is int64 but must be float32"),
+     r"--query \S+: dtype is int32 but must be a float dtype \(float32, float64, float16, "
+     r"bfloat16\)$"),
+    ("int64", np.arange(12, dtype=np.int64).reshape(3, 4), r"dtype is int64 but must be a float"),
     ("int16", np.arange(12, dtype=np.int16).reshape(3, 4), r"unsupported dtype '<i2'"),
     ("uint32", np.arange(12, dtype=np.uint32).reshape(3, 4), r"unsupported dtype '<u4'"),
     ("big_endian", GOOD.astype(">f4"), r"unsupported dtype '>f4': byte order"),
     ("complex", GOOD.astype(np.complex64), r"unsupported dtype '<c8'"),
-    ("float16", GOOD.astype(np.float16), r"unsupported dtype '<f2'"),
+    ("big_endian_float16", GOOD.astype(">f2"), r"unsupported dtype '>f2': byte order"),
+    ("void_4_bytes", GOOD.astype("V4"), r"unsupported dtype '\|V4' \(supported: .*bfloat16 "
+     r"'<V2' \(ml_dtypes\)"),
     ("structured", np.zeros(3, dtype=[("a", "<f4")]), r"structured"),
     ("absurd_shape", raw_npy("{'descr': '<f4', 'fortran_order': False, "
                              "'shape': (100000000000, 100000000), }", b"\0" * 16),
@@ -312,7 +315,8 @@ def test_dtype_mismatch(tmp_path, rng, inputs):
 def test_integer_mask(tmp_path, inputs):
     mask = save(tmp_path, "in_m.npy", np.ones((5, 6), np.int64))
     assert_fails(tmp_path, ["run", *qkv(inputs), "--mask", mask],
-                 r"^sdpa: --mask \S+: dtype is int64 but must be bool, float32 or float64$")
+                 r"^sdpa: --mask \S+: dtype is int64 but must be bool or a float dtype \(float32, "
+                 r"float64, float16, bfloat16\)$")
 
 
 def test_mask_not_broadcastable(tmp_path, inputs):
@@ -351,6 +355,10 @@ USAGE_ERRORS = [
     ("bad_threads", ["run", "--threads", "-1"], r"--threads is '-1' but must be an integer"),
     ("switch_with_value", ["bench", "--json=yes"], r"option --json takes no value"),
     ("bad_grid", ["bench", "--grid", "huge"], r"--grid is 'huge'"),
+    ("bad_bench_dtype", ["bench", "--dtype", "int8"],
+     r"--dtype is 'int8' but must be one of: float32, f32, bfloat16, bf16, float16, f16"),
+    ("bad_out_dtype", ["run", "--out-dtype", "half"], r"--out-dtype is 'half' but must be one "
+     r"of: query, float32, float16, bfloat16, float64"),
     ("bad_seq_len", ["demo", "--seq-len", "0"], r"--seq-len is '0'"),
 ]
 
@@ -915,6 +923,8 @@ VARIANT_FAILURES = [
      r"^sdpa: --alibi-slopes \S+in_a\.npy: dtype is int64 but must be float32 or float64$"),
     ("alibi_file_bool", lambda d: ["--alibi-slopes", save_list(d, "in_a.npy", [1, 0], bool)],
      r"dtype is bool but must be float32 or float64$"),
+    ("sinks_file_float16", lambda d: ["--sinks", save_list(d, "in_s.npy", [1, 0], np.float16)],
+     r"^sdpa: --sinks \S+in_s\.npy: dtype is float16 but must be float32 or float64$"),
     ("alibi_file_2d", lambda d: ["--alibi-slopes",
                                  "@" + save(d, "in_a.npy", np.ones((1, 2)))],
      r"--alibi-slopes \S+: shape is \(1, 2\) but must be 1-D with at least one value$"),
@@ -1038,3 +1048,109 @@ def test_bench_table():
     lines = result.stdout.splitlines()
     assert "GFLOP/s" in lines[1] and "of_peak" in lines[1]
     assert len(lines) == 2 + 3
+
+
+# ---------------------------------------------------------------------------- 16-bit (issue 13)
+# float16 files are '<f2'; bfloat16 files are what np.save writes for an ml_dtypes.bfloat16 array,
+# '<V2' (np.load gives a V2 array; .view(ml_dtypes.bfloat16) reads it). Results against the
+# float64 reference on the same 16-bit values, within the bounds of docs/semantics.md 13.9 as a
+# fraction of max|V|: bfloat16 5e-3, float16 1e-3, float32 queries on a 16-bit cache 2e-3.
+
+HALF_BOUND = {"float16": 1e-3, "bfloat16": 5e-3}
+
+
+def half_dtype(name):
+    if name == "bfloat16":
+        return np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    return np.dtype(np.float16)
+
+
+def load_as(path, dtype):
+    """A .npy output read back in `dtype` (bfloat16 files load as V2)."""
+    array = np.load(path)
+    return array.view(dtype) if array.dtype.kind == "V" else array
+
+
+def assert_within_fraction(actual, expected, bound, scale):
+    error = np.abs(actual.astype(np.float64) - expected).max() / scale
+    assert error <= bound, f"max error {error:.3g} of max|V| above {bound}"
+
+
+@pytest.mark.parametrize("causal", [None, "bottom-right"])
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_16_bit_files_match_numpy(tmp_path, rng, name, causal):
+    dtype = half_dtype(name)
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((1, 4, 9, 32), (1, 2, 20, 32),
+                                                              (1, 2, 20, 16)))
+    mask = rng.random((9, 20)) < 0.7
+    mask[4] = False  # row 4 sees no key: out = 0, lse = -inf
+    args = ["run", "--query", save(tmp_path, "q.npy", q), "--key", save(tmp_path, "k.npy", k),
+            "--value", save(tmp_path, "v.npy", v), "--mask", save(tmp_path, "m.npy", mask),
+            "--out", tmp_path / "o.npy", "--lse", tmp_path / "l.npy"]
+    result = run(*args, *(["--causal", causal] if causal else []))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{tmp_path / 'o.npy'}: {name} (1, 4, 9, 16)")
+    descr = {"float16": "<f2", "bfloat16": "<V2"}[name]  # what np.save writes for the dtype
+    assert f"'descr': '{descr}'".encode() in (tmp_path / "o.npy").read_bytes()[:128]
+    out, lse = load_as(tmp_path / "o.npy", dtype), np.load(tmp_path / "l.npy")
+    assert out.dtype == dtype and lse.dtype == np.float32
+    ref_out, ref_lse = reference(q, k, v, mask=mask, causal=causal)
+    assert_within_fraction(out, ref_out, HALF_BOUND[name], np.abs(v.astype(np.float64)).max())
+    assert_close(lse, ref_lse, np.float32)
+    assert not out[:, :, 4].astype(np.float64).any()
+
+
+@pytest.mark.parametrize("out_dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_out_dtype_and_float32_queries_on_a_16_bit_cache(tmp_path, rng, name, out_dtype):
+    cache, out_type = half_dtype(name), half_dtype(out_dtype) if out_dtype != "float32" \
+        else np.dtype(np.float32)
+    q = rng.standard_normal((2, 3, 16)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 30, 16)).astype(cache) for _ in range(2))
+    result = run("run", "--query", save(tmp_path, "q.npy", q), "--key", save(tmp_path, "k.npy", k),
+                 "--value", save(tmp_path, "v.npy", v), "--out", tmp_path / "o.npy",
+                 "--out-dtype", out_dtype, "--causal", "bottom-right")
+    assert result.returncode == 0, result.stderr
+    out = load_as(tmp_path / "o.npy", out_type)
+    assert out.dtype == out_type
+    ref = reference(q, k, v, causal="bottom-right")[0]
+    # the cache bound, plus the rounding of the result to a 16-bit out (half an ulp of |out| <= 1)
+    rounding = {"float32": 0.0, "float16": 2.0**-11, "bfloat16": 2.0**-8}[out_dtype]
+    scale = np.abs(v.astype(np.float64)).max()
+    assert_within_fraction(out, ref, 2e-3 + rounding / scale, scale)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out-dtype", "float64"], r"^sdpa: run: --out-dtype is float64 but the query is float16; "
+     r"float64 outputs need float64 inputs$"),
+    ([], r"^sdpa: value\.dtype is float32 but key\.dtype is float16; key and value must share a "
+     r"dtype$"),
+], ids=["float64_out_of_float16", "key_value_dtypes_differ"])
+def test_16_bit_errors(tmp_path, rng, args, message):
+    half = rng.standard_normal((3, 8)).astype(np.float16)
+    q, k = save(tmp_path, "in_q.npy", half), save(tmp_path, "in_k.npy", half)
+    v = save(tmp_path, "in_v.npy", half if args else half.astype(np.float32))
+    code = 2 if args else 1
+    assert_fails(tmp_path, ["run", "--query", q, "--key", k, "--value", v, *args], message,
+                 code=code)
+
+
+def test_float64_out_dtype_of_float64_inputs_is_refused_for_float32(tmp_path, rng):
+    x = save(tmp_path, "in_x.npy", rng.standard_normal((3, 8)))
+    assert_fails(tmp_path, ["run", "--query", x, "--key", x, "--value", x, "--out-dtype",
+                            "float16"], r"^sdpa: run: --out-dtype is float16 but the query is "
+                 r"float64; float64 inputs give a float64 output$", code=2)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16", "float32"])
+def test_bench_dtype(dtype):
+    result = run("bench", "--grid", "tiny", "--min-time", "0", "--threads", "1", "--json",
+                 "--dtype", dtype)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["dtype"] == {"bf16": "bfloat16", "f16": "float16"}.get(dtype, dtype)
+    row = next(r for r in report["rows"] if r["q_len"] == 64 and r["causal"] == "none")
+    # the least traffic: Q, K, V and out of 2·64·32 elements each, of the dtype's size
+    size = {"bf16": 2, "f16": 2, "float32": 4}[dtype]
+    assert row["gbytes_per_second"] * row["seconds_median"] == pytest.approx(
+        4 * 2 * 64 * 32 * size * 1e-9, rel=1e-4)

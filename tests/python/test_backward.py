@@ -384,7 +384,7 @@ def _heads(heads, kv_heads, q_len=3):
     (dict(grad_out=np.ones((3, 4), np.float32)), TypeError,
      r"^sdpa: grad_out.dtype is float32 but query.dtype is float64"),
     (dict(grad_out=np.ones((3, 4), np.complex64)), TypeError,
-     r"^sdpa: grad_out.dtype is complex64 but must be float32 or float64"),
+     r"^sdpa: grad_out.dtype is complex64 but must be float32, float64, float16 or bfloat16"),
     (dict(lse=np.array(["a", "b", "c"])), TypeError, r"^sdpa: lse.dtype is <U1 but must be"),
     (dict(query=np.ones((3, 8), np.float32)), TypeError,
      r"^sdpa: key.dtype is float64 but query.dtype is float32"),

@@ -323,15 +323,16 @@ KV2 = np.ones((2, 2, 5, 8))
     (dict(value=np.ones((2, 8), np.float32)), TypeError,
      r"^sdpa: value.dtype is float32 but query.dtype is float64"),
     (dict(query=np.ones((3, 8), np.float16)), TypeError,
-     r"^sdpa: query.dtype is float16 but must be float32 or float64"),
+     r"^sdpa: key.dtype is float64 but query.dtype is float16; float64 needs query, key and "
+     r"value all float64"),
     (dict(key=np.ones((2, 8), np.complex64)), TypeError,
-     r"^sdpa: key.dtype is complex64 but must be float32 or float64"),
+     r"^sdpa: key.dtype is complex64 but must be float32, float64, float16 or bfloat16"),
     (dict(value=[["a", "b"]]), TypeError, r"^sdpa: value.dtype is <U1 but must be float32"),
     (dict(query=None), TypeError, r"^sdpa: query.dtype is object but must be float32"),
     (dict(attn_mask=np.ones((3, 2), np.complex128)), TypeError,
      r"^sdpa: attn_mask.dtype is complex128 but must be bool \(True = attend\) or a float"),
-    (dict(attn_mask=np.zeros((3, 2), np.float16)), TypeError,
-     r"^sdpa: attn_mask.dtype is float16 but must be bool"),
+    (dict(attn_mask=np.zeros((3, 2), np.uint8).view(np.dtype("V1"))), TypeError,
+     r"^sdpa: attn_mask.dtype is \|V1 but must be bool"),
     (dict(key=[[1.0] * 8, [2.0]]), ValueError, r"^sdpa: key is not a rectangular array"),
 ])
 def test_errors(kwargs, error, match):

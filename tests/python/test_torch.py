@@ -104,9 +104,8 @@ def test_seed_functions_take_tensors():
 
 
 @pytest.mark.parametrize("tensor, error, match", [
-    (lambda t: t.half(), TypeError, r"^sdpa: query.dtype is float16 but must be float32"),
-    (lambda t: t.bfloat16(), TypeError,
-     r"^sdpa: query \(Tensor, dtype torch.bfloat16\) cannot be read through DLPack"),
+    (lambda t: t.to(torch.complex64), TypeError,
+     r"^sdpa: query.dtype is complex64 but must be float32, float64, float16 or bfloat16"),
     (lambda t: t.clone().requires_grad_(), TypeError,
      r"^sdpa: query \(Tensor, dtype torch.float32\) cannot be read through DLPack.*detach"),
 ])
@@ -114,6 +113,21 @@ def test_unsupported_tensors(tensor, error, match):
     t = torch.ones(3, 4)
     with pytest.raises(error, match=match):
         sdpa.scaled_dot_product_attention(tensor(t), t, t)
+
+
+def test_bfloat16_tensors_become_ml_dtypes_arrays():
+    """The numpy API reads a torch bfloat16 tensor as an ml_dtypes.bfloat16 view of its memory
+    (its bits through DLPack), so the result is that of the same values as a numpy array."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    t = torch.randn(2, 5, 8).bfloat16()
+    out = sdpa.scaled_dot_product_attention(t, t, t, is_causal=True)
+    assert out.dtype == np.dtype(ml_dtypes.bfloat16)
+    as_numpy = t.view(torch.uint16).numpy().view(ml_dtypes.bfloat16)
+    expected = sdpa.scaled_dot_product_attention(as_numpy, as_numpy, as_numpy, is_causal=True)
+    np.testing.assert_array_equal(out.view(np.uint16), expected.view(np.uint16))
+    with pytest.raises(TypeError, match=r"^sdpa: query \(Tensor, dtype torch.bfloat16\) cannot "
+                                        r"be read through DLPack.*detach"):
+        sdpa.scaled_dot_product_attention(t.clone().requires_grad_(), t, t)
 
 
 def test_both_refuse_mask_with_is_causal():

@@ -252,10 +252,12 @@ def test_no_key_visible_gives_zero_gradients():
 
 @needs_torch
 @pytest.mark.parametrize("arguments, error, match", [
-    (dict(query=lambda t: t.half()), TypeError,
-     r"^sdpa: query.dtype is torch.float16 but must be torch.float32 or torch.float64"),
+    (dict(query=lambda t: t.to(torch.complex64)), TypeError,
+     r"^sdpa: query.dtype is torch.complex64 but must be torch.float32, torch.float64, "
+     r"torch.bfloat16 or torch.float16"),
     (dict(key=lambda t: t.long()), TypeError,
-     r"^sdpa: key.dtype is torch.int64 but must be torch.float32 or torch.float64"),
+     r"^sdpa: key.dtype is torch.int64 but must be torch.float32, torch.float64, "
+     r"torch.bfloat16 or torch.float16"),
     (dict(value=lambda t: t.double()), TypeError,
      r"^sdpa: value.dtype is float64 but query.dtype is float32"),
     (dict(value=lambda t: t.numpy()), TypeError,

@@ -19,9 +19,10 @@ namespace sdpa::cli {
 namespace {
 
 constexpr const char* kHelp =
-    "usage: sdpa bench [--grid NAME] [--threads N] [--json] [--min-time S] [--backend NAME]\n"
+    "usage: sdpa bench [--grid NAME] [--dtype TYPE] [--threads N] [--json] [--min-time S]\n"
+    "                  [--backend NAME]\n"
     "\n"
-    "Times attention forward (float32, uniform random inputs) over a grid of shapes. Each row\n"
+    "Times attention forward (uniform random inputs of --dtype) over a grid of shapes. Each row\n"
     "reports the median time of the timed runs after one warm-up run, GFLOP/s and the fraction\n"
     "of the FMA peak measured at the start. FLOPs = 2*B*H*pairs*(D+Dv), where pairs counts the\n"
     "(query, key) pairs actually visible: Lq*Lkv, about half of it for causal. GB/s counts the\n"
@@ -35,6 +36,8 @@ constexpr const char* kHelp =
     "\n"
     "options:\n"
     "  --grid NAME      default, decode, long or tiny (default: default)\n"
+    "  --dtype TYPE     query, key, value and out: float32 (f32, the default), bfloat16 (bf16),\n"
+    "                   float16 (f16) or float64 (f64); 16-bit inputs compute in float32\n"
     "  --threads N      threads (0 = all cores, the default)\n"
     "  --json           print JSON instead of a table\n"
     "  --min-time S     keep timing each shape until S seconds have passed (default 0.5; 0 times\n"
@@ -83,11 +86,11 @@ struct Result {
   double bytes = 0;  // the least memory traffic: Q, K and V read once, out written once
 };
 
-Result Measure(const Shape& s, Backend backend, double min_time) {
-  const Tensor query = RandomUniform(DType::kFloat32, {s.batch, s.heads, s.q_len, s.head_dim}, 1);
-  const Tensor key = RandomUniform(DType::kFloat32, {s.batch, s.kv_heads, s.kv_len, s.head_dim}, 2);
-  const Tensor value = RandomUniform(DType::kFloat32, {s.batch, s.kv_heads, s.kv_len, s.v_dim}, 3);
-  Tensor out(DType::kFloat32, {s.batch, s.heads, s.q_len, s.v_dim});
+Result Measure(const Shape& s, DType dtype, Backend backend, double min_time) {
+  const Tensor query = RandomUniform(dtype, {s.batch, s.heads, s.q_len, s.head_dim}, 1);
+  const Tensor key = RandomUniform(dtype, {s.batch, s.kv_heads, s.kv_len, s.head_dim}, 2);
+  const Tensor value = RandomUniform(dtype, {s.batch, s.kv_heads, s.kv_len, s.v_dim}, 3);
+  Tensor out(dtype, {s.batch, s.heads, s.q_len, s.v_dim});
   Options options;
   options.causal = s.causal;
   options.backend = backend;
@@ -95,7 +98,8 @@ Result Measure(const Shape& s, Backend backend, double min_time) {
   Result result;
   result.shape = s;
   result.plan = Explain(query.view(), key.view(), value.view(), options);
-  result.bytes = 4.0 * static_cast<double>(query.size() + key.size() + value.size() + out.size());
+  result.bytes = static_cast<double>(DTypeSize(dtype)) *
+                 static_cast<double>(query.size() + key.size() + value.size() + out.size());
   result.flops = AttentionFlops(s.batch, s.heads, s.q_len, s.kv_len, s.head_dim, s.v_dim, s.causal);
   // One warm-up run (page faults, thread start-up), unless it alone took min_time: then it is
   // the measurement, so that the long grid does not pay twice.
@@ -116,6 +120,14 @@ Result Measure(const Shape& s, Backend backend, double min_time) {
   result.median_seconds = times[times.size() / 2];
   result.best_seconds = times.front();
   return result;
+}
+
+// --dtype: a name or its short form.
+DType BenchDType(const std::string& name) {
+  if (name == "bfloat16" || name == "bf16") return DType::kBFloat16;
+  if (name == "float16" || name == "f16") return DType::kFloat16;
+  if (name == "float64" || name == "f64") return DType::kFloat64;
+  return DType::kFloat32;
 }
 
 const char* CausalLabel(Causal causal) {
@@ -148,11 +160,12 @@ std::string JsonNumber(double value) {
   return text;
 }
 
-void PrintJson(const std::string& grid, int threads, double peak, const SystemInfo& info,
-               const std::vector<Result>& results) {
+void PrintJson(const std::string& grid, DType dtype, int threads, double peak,
+               const SystemInfo& info, const std::vector<Result>& results) {
   std::cout << "{\n  \"version\": " << JsonString(SDPA_VERSION)
             << ",\n  \"grid\": " << JsonString(grid) << ",\n  \"threads\": " << threads
-            << ",\n  \"dtype\": \"float32\",\n  \"simd_target\": " << JsonString(info.simd_target)
+            << ",\n  \"dtype\": " << JsonString(DTypeName(dtype))
+            << ",\n  \"simd_target\": " << JsonString(info.simd_target)
             << ",\n  \"peak_gflops\": " << JsonNumber(peak) << ",\n  \"rows\": [";
   for (std::size_t i = 0; i < results.size(); ++i) {
     const Result& r = results[i];
@@ -174,10 +187,10 @@ void PrintJson(const std::string& grid, int threads, double peak, const SystemIn
   std::cout << "\n  ]\n}\n";
 }
 
-void PrintTable(const std::string& grid, int threads, double peak, const SystemInfo& info,
-                const std::vector<Result>& results) {
-  std::printf("sdpa %s bench, grid %s: float32, %d thread%s, SIMD %s, FMA peak %.1f GFLOP/s\n",
-              SDPA_VERSION, grid.c_str(), threads, threads == 1 ? "" : "s",
+void PrintTable(const std::string& grid, DType dtype, int threads, double peak,
+                const SystemInfo& info, const std::vector<Result>& results) {
+  std::printf("sdpa %s bench, grid %s: %s, %d thread%s, SIMD %s, FMA peak %.1f GFLOP/s\n",
+              SDPA_VERSION, grid.c_str(), DTypeName(dtype), threads, threads == 1 ? "" : "s",
               info.simd_target.c_str(), peak);
   std::printf("%5s %5s %8s %6s %6s %4s %-12s %10s %9s %7s %7s  %s\n", "batch", "heads", "kv_heads",
               "q_len", "kv_len", "dim", "causal", "time_ms", "GFLOP/s", "of_peak", "GB/s", "path");
@@ -196,15 +209,22 @@ void PrintTable(const std::string& grid, int threads, double peak, const SystemI
 }  // namespace
 
 int BenchCommand(const std::vector<std::string>& argv) {
-  const Args args = Args::Parse(
-      "bench",
-      {{"grid", true}, {"threads", true}, {"json", false}, {"min-time", true}, {"backend", true}},
-      argv);
+  const Args args = Args::Parse("bench",
+                                {{"grid", true},
+                                 {"dtype", true},
+                                 {"threads", true},
+                                 {"json", false},
+                                 {"min-time", true},
+                                 {"backend", true}},
+                                argv);
   if (args.help()) {
     std::cout << kHelp;
     return kExitOk;
   }
   const std::string grid = args.GetChoice("grid", "default", {"default", "decode", "long", "tiny"});
+  const DType dtype = BenchDType(
+      args.GetChoice("dtype", "float32",
+                     {"float32", "f32", "bfloat16", "bf16", "float16", "f16", "float64", "f64"}));
   SetNumThreads(static_cast<int>(args.GetInt("threads", 0, 0, 4096)));
   const double min_time = args.GetDouble("min-time").value_or(0.5);
   if (min_time < 0 || min_time > 3600) {
@@ -227,13 +247,13 @@ int BenchCommand(const std::vector<std::string>& argv) {
     progress.Step("H=" + std::to_string(s.heads) + " Lq=" + std::to_string(s.q_len) +
                   " Lkv=" + std::to_string(s.kv_len) + " D=" + std::to_string(s.head_dim) + " " +
                   CausalLabel(s.causal));
-    results.push_back(Measure(s, backend, min_time));
+    results.push_back(Measure(s, dtype, backend, min_time));
   }
   progress.Done();
   if (args.Has("json")) {
-    PrintJson(grid, threads, peak, info, results);
+    PrintJson(grid, dtype, threads, peak, info, results);
   } else {
-    PrintTable(grid, threads, peak, info, results);
+    PrintTable(grid, dtype, threads, peak, info, results);
   }
   return kExitOk;
 }

@@ -36,6 +36,12 @@ Tensor MakeTensor(DType dtype, const std::vector<std::int64_t>& shape, Fill fill
   if (dtype == DType::kFloat32) {
     float* data = tensor.data<float>();
     for (std::size_t i = 0; i < count; ++i) data[i] = static_cast<float>(fill());
+  } else if (dtype == DType::kBFloat16) {
+    bfloat16* data = tensor.data<bfloat16>();
+    for (std::size_t i = 0; i < count; ++i) data[i] = ToBFloat16(static_cast<float>(fill()));
+  } else if (dtype == DType::kFloat16) {
+    float16* data = tensor.data<float16>();
+    for (std::size_t i = 0; i < count; ++i) data[i] = ToFloat16(static_cast<float>(fill()));
   } else {
     double* data = tensor.data<double>();
     for (std::size_t i = 0; i < count; ++i) data[i] = fill();

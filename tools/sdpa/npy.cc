@@ -217,8 +217,8 @@ std::uint32_t ReadLittleEndian(const std::byte* bytes, int count) {
 ElementType ParseDescr(const Value& descr) {
   if (descr.kind != Value::Kind::kString) {
     throw NpyError(
-        "unsupported dtype: structured or non-string 'descr' (only float32, float64, bool, int32 "
-        "and int64 arrays are supported)");
+        "unsupported dtype: structured or non-string 'descr' (only float32, float64, float16, "
+        "bfloat16, bool, int32 and int64 arrays are supported)");
   }
   const std::string& s = descr.text;
   const char native = HostIsLittleEndian() ? '<' : '>';
@@ -227,22 +227,27 @@ ElementType ParseDescr(const Value& descr) {
       (!s.empty() && (s[0] == '<' || s[0] == '>' || s[0] == '|' || s[0] == '=')) ? s.substr(1) : s;
   const char order = body.size() < s.size() ? s[0] : '|';
   if (body == "b1") return ElementType::kBool;  // one byte: any byte order mark means the same
-  if (body == "f4" || body == "f8" || body == "i4" || body == "i8") {
+  // ml_dtypes.bfloat16 as np.save writes it ('<V2', see npy.h); '|' (no byte order) too.
+  if (body == "V2" && (order == '<' || order == '|') && HostIsLittleEndian()) {
+    return ElementType::kBFloat16;
+  }
+  if (body == "f2" || body == "f4" || body == "f8" || body == "i4" || body == "i8") {
     if (order == foreign) {
       throw NpyError("unsupported dtype '" + Excerpt(s) +
                      "': byte order is not the machine's; convert with "
                      "arr.astype(arr.dtype.newbyteorder('=')) first");
     }
     if (order == native || order == '=') {
-      return body == "f4"   ? ElementType::kFloat32
+      return body == "f2"   ? ElementType::kFloat16
+             : body == "f4" ? ElementType::kFloat32
              : body == "f8" ? ElementType::kFloat64
              : body == "i4" ? ElementType::kInt32
                             : ElementType::kInt64;
     }
   }
   throw NpyError("unsupported dtype '" + Excerpt(s) +
-                 "' (supported: float32 '<f4', float64 '<f8', bool '|b1', int32 '<i4', "
-                 "int64 '<i8')");
+                 "' (supported: float32 '<f4', float64 '<f8', float16 '<f2', bfloat16 '<V2' "
+                 "(ml_dtypes), bool '|b1', int32 '<i4', int64 '<i8')");
 }
 
 const Value& Lookup(const Value& dict, const char* key) {
@@ -280,6 +285,10 @@ const char* ElementTypeName(ElementType type) {
       return "int32";
     case ElementType::kInt64:
       return "int64";
+    case ElementType::kFloat16:
+      return "float16";
+    case ElementType::kBFloat16:
+      return "bfloat16";
   }
   return "?";
 }
@@ -292,6 +301,9 @@ std::size_t ElementBytes(ElementType type) {
     case ElementType::kFloat64:
     case ElementType::kInt64:
       return 8;
+    case ElementType::kFloat16:
+    case ElementType::kBFloat16:
+      return 2;
     case ElementType::kBool:
       return sizeof(bool);
   }
@@ -299,10 +311,55 @@ std::size_t ElementBytes(ElementType type) {
 }
 
 ElementType ElementTypeOf(DType dtype) {
-  return dtype == DType::kFloat32   ? ElementType::kFloat32
-         : dtype == DType::kFloat64 ? ElementType::kFloat64
-                                    : ElementType::kBool;
+  switch (dtype) {
+    case DType::kFloat32:
+      return ElementType::kFloat32;
+    case DType::kFloat64:
+      return ElementType::kFloat64;
+    case DType::kFloat16:
+      return ElementType::kFloat16;
+    case DType::kBFloat16:
+      return ElementType::kBFloat16;
+    case DType::kInt32:
+      return ElementType::kInt32;
+    case DType::kBool:
+    case DType::kInt8:  // no tensor of the tool is int8
+      break;
+  }
+  return ElementType::kBool;
 }
+
+namespace {
+DType TensorDTypeOf(ElementType type) {
+  switch (type) {
+    case ElementType::kFloat32:
+      return DType::kFloat32;
+    case ElementType::kFloat64:
+      return DType::kFloat64;
+    case ElementType::kFloat16:
+      return DType::kFloat16;
+    case ElementType::kBFloat16:
+      return DType::kBFloat16;
+    default:
+      return DType::kBool;
+  }
+}
+
+const char* DescrOf(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return "<f4";
+    case DType::kFloat64:
+      return "<f8";
+    case DType::kFloat16:
+      return "<f2";
+    case DType::kBFloat16:
+      return "<V2";  // what np.save writes for ml_dtypes.bfloat16 (npy.h)
+    default:
+      return "|b1";
+  }
+}
+}  // namespace
 
 bool IsInteger(ElementType type) {
   return type == ElementType::kInt32 || type == ElementType::kInt64;
@@ -400,7 +457,7 @@ Array::Array(const Header& header, std::unique_ptr<std::byte[]> data)
 TensorView Array::view() const {
   if (IsInteger(header_.type)) {
     throw NpyError(std::string("dtype is ") + ElementTypeName(header_.type) +
-                   ", which has no tensor view (float32, float64 or bool)");
+                   ", which has no tensor view (float32, float64, float16, bfloat16 or bool)");
   }
   const auto rank = static_cast<int>(header_.shape.size());
   if (rank > kMaxRank) {
@@ -419,10 +476,7 @@ TensorView Array::view() const {
     layout.strides[d] = stride;
     if (header_.num_elements > 0) stride *= layout.shape[d];
   }
-  const DType dtype = header_.type == ElementType::kFloat32   ? DType::kFloat32
-                      : header_.type == ElementType::kFloat64 ? DType::kFloat64
-                                                              : DType::kBool;
-  return TensorView(data_.get(), dtype, layout);
+  return TensorView(data_.get(), TensorDTypeOf(header_.type), layout);
 }
 
 std::vector<std::int64_t> Array::Integers() const {
@@ -517,7 +571,7 @@ Array ReadNpy(const std::string& path) {
 }
 
 std::string EncodeHeader(DType dtype, const std::vector<std::int64_t>& shape) {
-  const char* descr = dtype == DType::kFloat32 ? "<f4" : dtype == DType::kFloat64 ? "<f8" : "|b1";
+  const char* descr = DescrOf(dtype);
   std::string dict = std::string("{'descr': '") + descr +
                      "', 'fortran_order': False, 'shape': " + ShapeString(shape) + ", }";
   // Pad with spaces so that preamble + header is a multiple of 64 bytes, then end with '\n'.

@@ -7,10 +7,16 @@
 // padded with spaces to a multiple of 64 bytes and ended by '\n' (latin-1 in 1.0/2.0, UTF-8 in
 // 3.0), then the raw elements in C (row-major) or Fortran (column-major) order.
 //
-// What is supported: little-endian float32 ('<f4'), float64 ('<f8'), bool ('|b1'), and int32
-// ('<i4') and int64 ('<i8') for index arrays such as cu_seqlens; any rank up to 64, C or Fortran
-// order. Everything else (big-endian, other integer widths, unsigned, complex, structured dtypes,
-// object arrays) is rejected with an NpyError naming what was found.
+// What is supported: little-endian float32 ('<f4'), float64 ('<f8'), float16 ('<f2'),
+// bfloat16 ('<V2' or '|V2', see below), bool ('|b1'), and int32 ('<i4') and int64 ('<i8') for
+// index arrays such as cu_seqlens; any rank up to 64, C or Fortran order. Everything else
+// (big-endian, other integer widths, unsigned, complex, structured dtypes, object arrays) is
+// rejected with an NpyError naming what was found.
+//
+// bfloat16: numpy has no bfloat16 type code, so np.save of an ml_dtypes.bfloat16 array writes
+// the descr '<V2' (a 2-byte opaque "void" element; np.load gives a V2 array that
+// `.view(ml_dtypes.bfloat16)` turns back). A 2-byte void element is read as bfloat16, the only
+// such type numpy writes for tensors; bfloat16 files are written with '<V2' as well.
 //
 // Untrusted input: the reader never allocates more than the file holds. The header is at most
 // kMaxHeaderBytes, the element count must fit in int64 and the data bytes the header claims must
@@ -44,9 +50,17 @@ inline constexpr int kMaxNpyRank = 64;
 
 // What a file's elements are: the library's tensor dtypes, plus the integers of index arrays
 // (which have no TensorView; Array::Integers reads them).
-enum class ElementType : std::uint8_t { kFloat32, kFloat64, kBool, kInt32, kInt64 };
+enum class ElementType : std::uint8_t {
+  kFloat32,
+  kFloat64,
+  kBool,
+  kInt32,
+  kInt64,
+  kFloat16,
+  kBFloat16,
+};
 
-// "float32", "float64", "bool", "int32", "int64".
+// "float32", "float64", "bool", "int32", "int64", "float16", "bfloat16".
 const char* ElementTypeName(ElementType type);
 // Size of one element in bytes.
 std::size_t ElementBytes(ElementType type);

@@ -33,19 +33,26 @@ constexpr const char* kHelp =
     "\n"
     "Computes out = softmax(scale * Q K^T + mask) V and writes it as a .npy file.\n"
     "\n"
-    "Inputs are float32 or float64 .npy files (C or Fortran order) of rank 2 (seq, dim), 3\n"
-    "(heads, seq, dim) or 4 (batch, heads, seq, dim); query, key and value share one dtype and\n"
-    "rank. GQA/MQA: key and value may have fewer heads than query if they divide its heads.\n"
-    "The output has the query's dtype and rank, shape (..., q_len, v_dim), C order.\n"
+    "Inputs are .npy files (C or Fortran order) of rank 2 (seq, dim), 3 (heads, seq, dim) or\n"
+    "4 (batch, heads, seq, dim), all of one rank, of float32 ('<f4'), float16 ('<f2') or\n"
+    "bfloat16 ('<V2', as np.save writes ml_dtypes.bfloat16 arrays; load the output with\n"
+    "np.load(f).view(ml_dtypes.bfloat16)), key and value of one dtype; or all float64 (the\n"
+    "reference precision). 16-bit inputs compute in float32 (docs/semantics.md, 13.9).\n"
+    "GQA/MQA: key and value may have fewer heads than query if they divide its heads.\n"
+    "The output has the query's dtype (or --out-dtype) and rank, shape (..., q_len, v_dim),\n"
+    "C order; lse is float32 (float64 for float64 inputs).\n"
     "\n"
     "options:\n"
     "  --query FILE      query,  (batch, heads,    q_len,  head_dim)\n"
     "  --key FILE        key,    (batch, kv_heads, kv_len, head_dim)\n"
     "  --value FILE      value,  (batch, kv_heads, kv_len, v_dim)\n"
     "  --out FILE        where to write the output (replaced only on success; see outputs)\n"
+    "  --out-dtype TYPE  the output's dtype: float32, float16 or bfloat16 (any of them for\n"
+    "                    16-bit or float32 inputs), float64 (for float64 inputs); default: the\n"
+    "                    query's\n"
     "  --mask FILE       bool (true = attend) or float (added to the scaled scores) mask,\n"
-    "                    broadcastable to (batch, heads, q_len, kv_len); a float mask of the\n"
-    "                    other float type is converted to the query's\n"
+    "                    broadcastable to (batch, heads, q_len, kv_len); a float mask may be\n"
+    "                    of any of the float dtypes, whatever the query's\n"
     "  --causal MODE     top-left (key j visible to query i if j <= i, like PyTorch) or\n"
     "                    bottom-right (j <= i + kv_len - q_len, like FlashAttention); default "
     "none\n"
@@ -104,7 +111,7 @@ const std::vector<Flag> kFlags = {
     {"mask", true},         {"causal", true},  {"scale", true},    {"lse", true},
     {"threads", true},      {"backend", true}, {"verbose", false}, {"window", true},
     {"alibi-slopes", true}, {"softcap", true}, {"sinks", true},    {"cu-seqlens-q", true},
-    {"cu-seqlens-k", true}, {"dropout", true}, {"seed", true},
+    {"cu-seqlens-k", true}, {"dropout", true}, {"seed", true},     {"out-dtype", true},
 };
 
 // An input file, read whole, with the flag it came from for messages.
@@ -123,13 +130,14 @@ npy::Array ReadArray(const std::string& flag, const std::string& path) {
   }
 }
 
-// A tensor input (query, key, value, mask): float32, float64 or bool.
+// A tensor input (query, key, value, mask): float32, float64, float16, bfloat16 or bool.
 Input ReadInput(const std::string& flag, const std::string& path) {
   Input input{"--" + flag, path, ReadArray("--" + flag, path), {}};
   if (npy::IsInteger(input.array.type())) {
     throw CliError(input.flag + " " + path + ": dtype is " +
                    npy::ElementTypeName(input.array.type()) + " but must be " +
-                   (flag == "mask" ? "bool, float32 or float64" : "float32 or float64"));
+                   (flag == "mask" ? "bool or a float dtype" : "a float dtype") +
+                   " (float32, float64, float16, bfloat16)");
   }
   try {
     input.view = input.array.view();
@@ -144,7 +152,7 @@ Input ReadInput(const std::string& flag, const std::string& path) {
 void CheckOperand(const Input& input) {
   if (input.view.dtype == DType::kBool) {
     throw CliError(input.flag + " " + input.path +
-                   ": dtype is bool but must be float32 or float64");
+                   ": dtype is bool but must be float32, float64, float16 or bfloat16");
   }
   if (input.view.rank() < 2) {
     throw CliError(input.flag + " " + input.path + ": rank is " +
@@ -152,31 +160,25 @@ void CheckOperand(const Input& input) {
   }
 }
 
-// A float mask in the other float type, converted to `dtype` (contiguous copy).
-Tensor ConvertMask(const TensorView& mask, DType dtype) {
-  std::vector<std::int64_t> shape(mask.layout.shape, mask.layout.shape + mask.rank());
-  Tensor converted(dtype, shape);
-  const std::int64_t count = converted.size();
-  std::vector<std::int64_t> index(shape.size(), 0);
-  for (std::int64_t n = 0; n < count; ++n) {
-    std::int64_t offset = 0;
-    for (std::size_t d = 0; d < index.size(); ++d) {
-      offset += index[d] * mask.stride(static_cast<int>(d));
-    }
-    const double value = mask.dtype == DType::kFloat32
-                             ? static_cast<const float*>(mask.data)[offset]
-                             : static_cast<const double*>(mask.data)[offset];
-    if (dtype == DType::kFloat32) {
-      converted.data<float>()[n] = static_cast<float>(value);
-    } else {
-      converted.data<double>()[n] = value;
-    }
-    for (std::size_t d = index.size(); d-- > 0;) {
-      if (++index[d] < shape[d]) break;
-      index[d] = 0;
-    }
-  }
-  return converted;
+// --out-dtype: the dtype the output is written in (the query's when not given).
+DType OutDType(const std::string& name, DType query_dtype) {
+  if (name == "float32") return DType::kFloat32;
+  if (name == "float16") return DType::kFloat16;
+  if (name == "bfloat16") return DType::kBFloat16;
+  if (name == "float64") return DType::kFloat64;
+  return query_dtype;
+}
+
+// out (..., q_len, v_dim) of `dtype` and lse (..., q_len) of the call's compute type, which
+// sdpa::Forward fills. The library checks that `dtype` suits the inputs (float64 with float64).
+AttentionResult Allocate(const TensorView& query, const TensorView& value, DType dtype) {
+  std::vector<std::int64_t> shape(query.layout.shape, query.layout.shape + query.rank());
+  const DType lse_dtype = query.dtype == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
+  AttentionResult result;
+  result.lse = Tensor(lse_dtype, std::vector<std::int64_t>(shape.begin(), shape.end() - 1));
+  shape.back() = value.layout.shape[value.rank() - 1];
+  result.out = Tensor(dtype, shape);
+  return result;
 }
 
 void WriteTo(OutputFile& file, const TensorView& view) {
@@ -299,7 +301,10 @@ std::vector<T> ListValues(const ListArg<T>& list) {
   const std::string where = list.flag + " " + *list.path + ": ";
   const npy::Array array = ReadArray(list.flag, *list.path);
   constexpr bool kIntegers = std::is_integral_v<T>;
-  if (npy::IsInteger(array.type()) != kIntegers || array.type() == npy::ElementType::kBool) {
+  // (16-bit floats are refused too: per-head values are few, and float32 holds them exactly)
+  const bool float_list =
+      array.type() == npy::ElementType::kFloat32 || array.type() == npy::ElementType::kFloat64;
+  if (kIntegers ? !npy::IsInteger(array.type()) : !float_list) {
     throw CliError(where + "dtype is " + npy::ElementTypeName(array.type()) + " but must be " +
                    (kIntegers ? "int32 or int64" : "float32 or float64"));
   }
@@ -368,6 +373,8 @@ int RunCommand(const std::vector<std::string>& argv) {
   options.causal = causal == "top-left"       ? Causal::kTopLeft
                    : causal == "bottom-right" ? Causal::kBottomRight
                                               : Causal::kNone;
+  const std::string out_dtype =
+      args.GetChoice("out-dtype", "query", {"query", "float32", "float16", "bfloat16", "float64"});
   const std::string backend = args.GetChoice("backend", "auto", {"auto", "cpu", "reference"});
   options.backend = backend == "cpu"         ? Backend::kCpu
                     : backend == "reference" ? Backend::kReference
@@ -415,15 +422,9 @@ int RunCommand(const std::vector<std::string>& argv) {
   const Input value = ReadInput("value", value_path);
   for (const Input* input : {&query, &key, &value}) CheckOperand(*input);
   std::optional<Input> mask;
-  Tensor converted_mask;
   if (mask_path) {
     mask = ReadInput("mask", *mask_path);
     options.mask = mask->view;
-    const bool float_mask = mask->view.dtype != DType::kBool;
-    if (float_mask && mask->view.dtype != query.view.dtype) {
-      converted_mask = ConvertMask(mask->view, query.view.dtype);
-      options.mask = converted_mask.view();
-    }
   }
   if (alibi_slopes) options.alibi_slopes = ListValues(*alibi_slopes);
   if (sinks) options.sinks = ListValues(*sinks);
@@ -436,7 +437,15 @@ int RunCommand(const std::vector<std::string>& argv) {
   const Plan plan = Explain(query.view, key.view, value.view, options);
   if (args.Has("verbose")) std::cerr << plan.ToString() << "\n";
 
-  AttentionResult result;
+  AttentionResult result = Allocate(query.view, value.view, OutDType(out_dtype, query.view.dtype));
+  // The output's dtype against the inputs', before any output exists (sdpa::Forward checks it
+  // too, but only after the files are created).
+  if ((result.out.dtype() == DType::kFloat64) != (query.view.dtype == DType::kFloat64)) {
+    throw UsageError(std::string("run: --out-dtype is ") + DTypeName(result.out.dtype()) +
+                     " but the query is " + DTypeName(query.view.dtype) + "; " +
+                     (query.view.dtype == DType::kFloat64 ? "float64 inputs give a float64 output"
+                                                          : "float64 outputs need float64 inputs"));
+  }
   double seconds = 0;
   {
     // Created before computing, so that an unwritable directory is reported before the work.
@@ -445,11 +454,8 @@ int RunCommand(const std::vector<std::string>& argv) {
     if (lse_target) lse_file = std::make_unique<OutputFile>(*lse_target);
 
     const Stopwatch clock;
-    if (lse_file) {
-      result = AttentionWithLse(query.view, key.view, value.view, options);
-    } else {
-      result.out = Attention(query.view, key.view, value.view, options);
-    }
+    Forward(query.view, key.view, value.view, result.out.mutable_view(), result.lse.mutable_view(),
+            options);
     seconds = clock.Seconds();
 
     WriteTo(out_file, result.out.view());
