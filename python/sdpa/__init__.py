@@ -26,6 +26,14 @@ scaled_dot_product_attention takes all but the cu_seqlens::
     cu_seqlens_q=[...], cu_seqlens_k=[...]    packed variable-length sequences
     dropout_p=p, seed=n                dropout on the weights (Philox4x32-10 from the seed)
 
+Decoding over a key/value cache (contiguous or paged, float32 or int8), appending the new
+tokens' keys and values in place first (and sdpa.torch.attention_with_kvcache for tensors)::
+
+    attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens,
+                           block_table=None, k_scale=None, v_scale=None, scale=None,
+                           is_causal=True, window=None, softcap=None, sinks=None,
+                           return_lse=False)
+
 Gradients: attention's backward, and (with PyTorch installed) attention as a
 torch.autograd.Function whose forward and backward are computed here::
 
@@ -53,6 +61,7 @@ array([[1.660477, 2.660477],
 from ._sdpa import __version__
 from ._attention import (attention, attention_backward, explain, get_num_threads,
                          scaled_dot_product_attention, set_num_threads)
+from ._kv_cache import attention_with_kvcache
 from ._merge import merge_partials
 from ._seed import compute_qkv, self_attention
 
@@ -60,6 +69,7 @@ __all__ = [
     "__version__",
     "attention",
     "attention_backward",
+    "attention_with_kvcache",
     "compute_qkv",
     "explain",
     "get_num_threads",

@@ -3,7 +3,8 @@ back end, which only converts types. Arrays are CPU arrays the library reads in 
 arrays, or any object with the buffer protocol or __dlpack__), of float32, float64, float16,
 bfloat16 (a torch tensor through DLPack, or BFloat16 of the uint16 bits of a numpy array) or
 (masks) bool; results are new numpy arrays of the inputs' float dtype, bfloat16 ones as their
-uint16 bits.
+uint16 bits. attention_with_kvcache also takes int8 caches and int32 lengths and block tables,
+and writes into k_cache, v_cache, k_scale and v_scale in place (they must be writable).
 
 tests/python/test_typing.py checks that these names and parameters are the extension's."""
 
@@ -82,3 +83,7 @@ def self_attention(Q: _Array, K: _Array, V: _Array) -> _Out: ...
 def compute_qkv(X: _Array, W_q: _Array, W_k: _Array, W_v: _Array) -> Tuple[_Out, _Out, _Out]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
+def attention_with_kvcache(query: _In, k_cache: _Array, v_cache: _Array, k: Optional[_In],
+                           v: Optional[_In], cache_seqlens: _Array, block_table: Optional[_Array],
+                           k_scale: Optional[_Array], v_scale: Optional[_Array], options: Options,
+                           return_lse: bool) -> Union[_Out, Tuple[_Out, _Out]]: ...

@@ -4,6 +4,10 @@
               window=None, alibi_slopes=None, softcap=None, sinks=None, cu_seqlens_q=None,
               cu_seqlens_k=None, dropout_p=0.0, seed=None)
 
+Also ``attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens, ...)``:
+``sdpa.attention_with_kvcache`` on tensors, appending into the cache tensors in place (no
+gradient; python/sdpa/_kv_cache_torch.py).
+
 The forward computes ``sdpa.attention(..., return_lse=True)``; it saves ``out`` and ``lse`` (not
 the ``(Lq, Lkv)`` attention weights) and the call's options, dropout seed included. The backward
 is ``sdpa.attention_backward`` with those options: it recomputes the weights tile by tile from
@@ -36,13 +40,14 @@ from . import _sdpa
 from ._arrays import as_bfloat16_bits, as_mask, as_operand
 from ._attention import gradients
 from ._errors import python_names
+from ._kv_cache_torch import attention_with_kvcache
 from ._options import make_options, with_variants
 from ._typing import Backend, Causal, Real, Variants
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["attention"]
+__all__ = ["attention", "attention_with_kvcache"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _DTYPE_NAMES = "torch.float32, torch.float64, torch.bfloat16 or torch.float16"

@@ -279,6 +279,94 @@ nb::tuple MergePartials(const std::vector<InArray>& outs, const std::vector<InAr
   return nb::make_tuple(ToNumpy(std::move(merged.out)), ToNumpy(std::move(merged.lse)));
 }
 
+// ---- Attention over a KV cache (issue 15) ---------------------------------------------------
+// sdpa::AttentionWithKvCache. The caches (and an int8 cache's scales) are written in place, so
+// they arrive as writable arrays (CacheArray) and are never copied; the Python layer
+// (python/sdpa/_kv_cache.py) has checked that they are writable and readable in place.
+
+// Any CPU array that the library may write into.
+using CacheArray = nb::ndarray<nb::device::cpu>;
+
+// The dtypes of a KV-cache call: int8 (a quantized cache) and int32 (cache_seqlens,
+// block_table) here, the float dtypes from ToDType as for every other argument. (q, k and v are
+// Operands, bfloat16 included, read by ToView; a bfloat16 cache, which crosses as read-only
+// bits, is not taken yet.)
+sdpa::DType KvDType(const char* name, nb::dlpack::dtype dtype) {
+  if (dtype == nb::dtype<std::int8_t>()) return sdpa::DType::kInt8;
+  if (dtype == nb::dtype<std::int32_t>()) return sdpa::DType::kInt32;
+  return ToDType(name, dtype);
+}
+
+// `array`'s shape and element strides, as ToView takes them.
+template <class Array>
+sdpa::Layout KvLayout(const char* name, const Array& array) {
+  const std::size_t rank = array.ndim();
+  if (rank > static_cast<std::size_t>(sdpa::kMaxRank)) {
+    throw sdpa::Error(std::string("sdpa: ") + name + " has rank " + std::to_string(rank) +
+                      " but at most " + std::to_string(sdpa::kMaxRank) +
+                      " dimensions are supported");
+  }
+  sdpa::Layout layout;
+  layout.rank = static_cast<int>(rank);
+  for (std::size_t d = 0; d < rank; ++d) {
+    layout.shape[d] = static_cast<std::int64_t>(array.shape(d));
+    layout.strides[d] = array.stride(d);
+  }
+  return layout;
+}
+
+sdpa::TensorView ToKvView(const char* name, const InArray& array) {
+  return ToView(name, array, KvDType(name, array.dtype()));
+}
+
+sdpa::MutableTensorView ToCacheView(const char* name, const CacheArray& array) {
+  return sdpa::MutableTensorView(array.data(), KvDType(name, array.dtype()), KvLayout(name, array));
+}
+
+// out, or (out, lse) when return_lse. Argument names are the library's (cache.key, append.key,
+// ...); the Python layer renames them in messages.
+nb::object AttentionWithKvCache(const Operand& query, const CacheArray& k_cache,
+                                const CacheArray& v_cache, const std::optional<Operand>& k,
+                                const std::optional<Operand>& v, const InArray& cache_seqlens,
+                                const std::optional<InArray>& block_table,
+                                const std::optional<CacheArray>& k_scale,
+                                const std::optional<CacheArray>& v_scale, const Options& options,
+                                bool return_lse) {
+  const sdpa::TensorView q = ToView("query", query),
+                         lens = ToKvView("cache_seqlens", cache_seqlens);
+  sdpa::KvCache cache;
+  cache.key = ToCacheView("cache.key", k_cache);
+  cache.value = ToCacheView("cache.value", v_cache);
+  if (block_table) cache.block_table = ToKvView("cache.block_table", *block_table);
+  if (k_scale) cache.key_scale = ToCacheView("cache.key_scale", *k_scale);
+  if (v_scale) cache.value_scale = ToCacheView("cache.value_scale", *v_scale);
+  if (k.has_value() != v.has_value()) {
+    throw sdpa::Error(std::string("sdpa: append.") + (k ? "key" : "value") +
+                      " is given but append." + (k ? "value" : "key") +
+                      " is not; give both or neither");
+  }
+  std::optional<sdpa::KvAppend> append;
+  if (k) append = sdpa::KvAppend{ToView("append.key", *k), ToView("append.value", *v)};
+
+  Interruptible call(options);
+  // Without the lse (or with shapes the library refuses, which it reports), the library
+  // allocates out; with it, out and lse are allocated here: [batch, heads, q_len, v_dim] of the
+  // query's dtype and [batch, heads, q_len] float32, as sdpa/kv_cache.h states.
+  if (!return_lse || q.rank() != 4 || cache.value.rank() != 4) {
+    sdpa::Tensor out = call.Run([&](const sdpa::Options& o) {
+      return sdpa::AttentionWithKvCache(q, cache, lens, append, o);
+    });
+    return nb::cast(ToNumpy(std::move(out)));
+  }
+  sdpa::Tensor out(q.dtype, {q.dim(0), q.dim(1), q.dim(2), cache.value.dim(3)});
+  sdpa::Tensor lse(sdpa::DType::kFloat32, {q.dim(0), q.dim(1), q.dim(2)});
+  call.Run([&](const sdpa::Options& o) {
+    const sdpa::MutableTensorView lse_view = lse.mutable_view();
+    sdpa::AttentionWithKvCache(q, cache, lens, append, out.mutable_view(), &lse_view, o);
+  });
+  return nb::make_tuple(ToNumpy(std::move(out)), ToNumpy(std::move(lse)));
+}
+
 }  // namespace
 
 NB_MODULE(_sdpa, m) {
@@ -357,4 +445,10 @@ NB_MODULE(_sdpa, m) {
   m.def("set_num_threads", &sdpa::SetNumThreads, nb::arg("n"),
         "sdpa::SetNumThreads: threads of the CPU engine; 0 = all hardware threads.");
   m.def("get_num_threads", &sdpa::GetNumThreads, "sdpa::GetNumThreads.");
+  m.def("attention_with_kvcache", &AttentionWithKvCache, nb::arg("query"), nb::arg("k_cache"),
+        nb::arg("v_cache"), nb::arg("k").none(), nb::arg("v").none(), nb::arg("cache_seqlens"),
+        nb::arg("block_table").none(), nb::arg("k_scale").none(), nb::arg("v_scale").none(),
+        nb::arg("options"), nb::arg("return_lse"),
+        "sdpa::AttentionWithKvCache: appends k/v (when given) into the caches in place, then "
+        "attends; returns out or (out, lse).");
 }

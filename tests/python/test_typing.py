@@ -109,6 +109,9 @@ BAD_CALLS = {
     "threads": 'sdpa.set_num_threads("4")',
     "lse not unpacked": "y: Array = sdpa.attention(x, x, x, return_lse=True)",
     "mask keyword of sdpa": "sdpa.scaled_dot_product_attention(x, x, x, mask=x)",
+    "kv cache without lengths": "sdpa.attention_with_kvcache(x, x, x)",
+    "kv cache lse not unpacked": ("y: Array = sdpa.attention_with_kvcache(x, x, x, "
+                                  "cache_seqlens=[0], return_lse=True)"),
 }
 
 

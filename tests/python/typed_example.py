@@ -50,6 +50,16 @@ def main() -> None:
     sdpa.set_num_threads(0)
     assert threads >= 1 and isinstance(sdpa.__version__, str)
 
+    k_cache = np.zeros((2, 2, 32, 8), dtype=np.float32)  # a KV cache, appended to in place
+    v_cache = np.zeros_like(k_cache)
+    lens = np.array([16, 3], dtype=np.int32)
+    q32, k32, v32 = (a[:, :, :1].astype(np.float32) for a in (q, k, v))
+    decoded: FloatArray = sdpa.attention_with_kvcache(q32, k_cache, v_cache, k32, v32,
+                                                      cache_seqlens=lens, window=(8, 0))
+    decoded, lse = sdpa.attention_with_kvcache(q32, k_cache, v_cache, cache_seqlens=lens + 1,
+                                               is_causal=False, return_lse=True)
+    assert decoded.shape == (2, 4, 1, 8) and lse.shape == (2, 4, 1)
+
 
 if __name__ == "__main__":
     main()
