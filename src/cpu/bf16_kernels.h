@@ -26,8 +26,8 @@ bool Available();
 
 // Query rows into panels: row(r) points to query row r (bfloat16, element stride `stride`, depth
 // elements); rows count..rp-1 and the last pair's second half when depth is odd are 0.
-void PackQueryPairs(std::int64_t count, std::int64_t rp, std::int64_t depth,
-                    std::int64_t stride, const bfloat16* const* rows, std::uint32_t* qp);
+void PackQueryPairs(std::int64_t count, std::int64_t rp, std::int64_t depth, std::int64_t stride,
+                    const bfloat16* const* rows, std::uint32_t* qp);
 
 // Sᵀ[c][r] = Σ_d k[c][d] · q[r][d] for keys [from, to) and the 32 rows of panel `panel` (rows
 // panel·32 .. +31), K rows `ldk` elements apart (depth = head_dim, even).
