@@ -132,6 +132,25 @@ void CheckOutput(const char* name, const MutableTensorView& view,
   }
 }
 
+void CheckBackwardTensors(const Shard& s, const TensorView& query, const TensorView& key,
+                          const TensorView& value, const TensorView& out, const TensorView& lse,
+                          const TensorView& grad_out, const MutableTensorView& grad_query,
+                          const MutableTensorView& grad_key, const MutableTensorView& grad_value) {
+  CheckTensor("out", out.data, out.dtype, out.layout, {s.batch, s.heads, s.len, s.v_dim});
+  CheckTensor("lse", lse.data, lse.dtype, lse.layout, {s.batch, s.heads, s.len});
+  CheckTensor("grad_out", grad_out.data, grad_out.dtype, grad_out.layout,
+              {s.batch, s.heads, s.len, s.v_dim});
+  const std::vector<TensorView> inputs = {query, key, value, out, lse, grad_out};
+  const std::vector<const char*> names = {"query", "key", "value", "out", "lse", "grad_out"};
+  CheckOutput("grad_query", grad_query, {s.batch, s.heads, s.len, s.head_dim}, inputs, names);
+  CheckOutput("grad_key", grad_key, {s.batch, s.kv_heads, s.len, s.head_dim},
+              {query, key, value, out, lse, grad_out, TensorView(grad_query)},
+              {"query", "key", "value", "out", "lse", "grad_out", "grad_query"});
+  CheckOutput("grad_value", grad_value, {s.batch, s.kv_heads, s.len, s.v_dim},
+              {query, key, value, out, lse, grad_out, TensorView(grad_query), TensorView(grad_key)},
+              {"query", "key", "value", "out", "lse", "grad_out", "grad_query", "grad_key"});
+}
+
 Agreed Agree(const Comm& comm, const char* function, SequenceLayout layout,
              const std::function<Shard()>& local) {
   std::string error;

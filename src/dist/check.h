@@ -35,6 +35,13 @@ void CheckOutput(const char* name, const MutableTensorView& view,
                  const std::vector<std::int64_t>& shape, const std::vector<TensorView>& inputs,
                  const std::vector<const char*>& input_names);
 
+// The tensors of a backward call on shard `s`: out, lse and grad_out of the right shapes; the
+// three gradients of the inputs' shapes, overlapping no input and no other gradient.
+void CheckBackwardTensors(const Shard& s, const TensorView& query, const TensorView& key,
+                          const TensorView& value, const TensorView& out, const TensorView& lse,
+                          const TensorView& grad_out, const MutableTensorView& grad_query,
+                          const MutableTensorView& grad_key, const MutableTensorView& grad_value);
+
 // Runs `local` (which throws sdpa::Error for a bad argument), then agrees with every rank: the
 // same batch, heads, kv_heads, head_dim, v_dim and layout; with zigzag every len equal and even.
 // Throws the same kind of error on every rank when any rank failed.

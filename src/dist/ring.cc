@@ -180,31 +180,19 @@ void BackwardImpl(MPI_Comm user_comm, const TensorView& query, const TensorView&
   const dist::Agreed agreed = dist::Agree(comm, kFunction, distribution.layout, [&] {
     const dist::Shard s = dist::CheckShard(kFunction, query, key, value);
     dist::CheckOptions(kFunction, options, /*ulysses=*/false);
-    dist::CheckTensor("out", out.data, out.dtype, out.layout, {s.batch, s.heads, s.len, s.v_dim});
-    dist::CheckTensor("lse", lse.data, lse.dtype, lse.layout, {s.batch, s.heads, s.len});
-    dist::CheckTensor("grad_out", grad_out.data, grad_out.dtype, grad_out.layout,
-                      {s.batch, s.heads, s.len, s.v_dim});
-    const std::vector<TensorView> inputs = {query, key, value, out, lse, grad_out};
-    const std::vector<const char*> names = {"query", "key", "value", "out", "lse", "grad_out"};
-    dist::CheckOutput("grad_query", grad_query, {s.batch, s.heads, s.len, s.head_dim}, inputs,
-                      names);
-    dist::CheckOutput("grad_key", grad_key, {s.batch, s.kv_heads, s.len, s.head_dim}, inputs,
-                      names);
-    dist::CheckOutput("grad_value", grad_value, {s.batch, s.kv_heads, s.len, s.v_dim}, inputs,
-                      names);
-    const std::vector<TensorView> grads = {grad_query, grad_key};
-    const std::vector<const char*> grad_names = {"grad_query", "grad_key"};
-    dist::CheckOutput("grad_value", grad_value, {s.batch, s.kv_heads, s.len, s.v_dim}, grads,
-                      grad_names);
-    dist::CheckOutput("grad_key", grad_key, {s.batch, s.kv_heads, s.len, s.head_dim},
-                      {TensorView(grad_query)}, {"grad_query"});
+    dist::CheckBackwardTensors(s, query, key, value, out, lse, grad_out, grad_query, grad_key,
+                               grad_value);
     if (grad_sinks != nullptr) {
       if (options.sinks.empty()) internal::Fail("grad_sinks is given but options.sinks is empty");
       if (static_cast<std::int64_t>(options.sinks.size()) != s.heads) {
         internal::Fail("options.sinks has ", options.sinks.size(),
                        " values but must have one per query head (", s.heads, ")");
       }
-      dist::CheckOutput("grad_sinks", *grad_sinks, {s.heads}, inputs, names);
+      dist::CheckOutput("grad_sinks", *grad_sinks, {s.heads},
+                        {query, key, value, out, lse, grad_out, TensorView(grad_query),
+                         TensorView(grad_key), TensorView(grad_value)},
+                        {"query", "key", "value", "out", "lse", "grad_out", "grad_query",
+                         "grad_key", "grad_value"});
     }
     dist::CountOf(s.batch * s.kv_heads * s.len * (s.head_dim + s.v_dim), "key and value");
     return s;

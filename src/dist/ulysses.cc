@@ -204,18 +204,8 @@ void UlyssesBackward(MPI_Comm user_comm, const TensorView& query, const TensorVi
     const dist::Shard s = dist::CheckShard(kFunction, query, key, value);
     dist::CheckOptions(kFunction, options, /*ulysses=*/true);
     CheckPerHead(options, s.heads);
-    dist::CheckTensor("out", out.data, out.dtype, out.layout, {s.batch, s.heads, s.len, s.v_dim});
-    dist::CheckTensor("lse", lse.data, lse.dtype, lse.layout, {s.batch, s.heads, s.len});
-    dist::CheckTensor("grad_out", grad_out.data, grad_out.dtype, grad_out.layout,
-                      {s.batch, s.heads, s.len, s.v_dim});
-    const std::vector<TensorView> inputs = {query, key, value, out, lse, grad_out};
-    const std::vector<const char*> names = {"query", "key", "value", "out", "lse", "grad_out"};
-    dist::CheckOutput("grad_query", grad_query, {s.batch, s.heads, s.len, s.head_dim}, inputs,
-                      names);
-    dist::CheckOutput("grad_key", grad_key, {s.batch, s.kv_heads, s.len, s.head_dim}, inputs,
-                      names);
-    dist::CheckOutput("grad_value", grad_value, {s.batch, s.kv_heads, s.len, s.v_dim}, inputs,
-                      names);
+    dist::CheckBackwardTensors(s, query, key, value, out, lse, grad_out, grad_query, grad_key,
+                               grad_value);
     return s;
   });
   const dist::Shard& s = agreed.shard;

@@ -387,6 +387,28 @@ TEST(Ulysses, HeadsThatDoNotDivideAreRefusedOnEveryRank) {
       << error;
 }
 
+// Gradients that share memory would be written through each other: refused by both backwards,
+// whatever the number of ranks (each rank's shard overlaps alike).
+TEST(Distributed, BackwardRefusesGradientsThatOverlap) {
+  const std::int64_t H = 2 * World(), n = 2, D = 4;
+  std::vector<float> x(static_cast<std::size_t>(H * n * D), 0.5f),
+      lse(static_cast<std::size_t>(H * n)), grads(x.size() * 2);
+  const auto view = [&](std::vector<float>& v) { return V(v, {1, H, n, D}); };
+  const sdpa::MutableTensorView grad_query(grads.data(), {1, H, n, D});
+  const sdpa::MutableTensorView grad_key(grads.data() + x.size() / 2, {1, H, n, D});  // half inside
+  const sdpa::MutableTensorView grad_value(grads.data() + x.size(), {1, H, n, D});
+  const std::string ring = Thrown([&] {
+    sdpa::RingBackward(MPI_COMM_WORLD, view(x), view(x), view(x), view(x), V(lse, {1, H, n}),
+                       view(x), grad_query, grad_key, grad_value);
+  });
+  EXPECT_NE(ring.find("grad_key overlaps grad_query"), std::string::npos) << ring;
+  const std::string ulysses = Thrown([&] {
+    sdpa::UlyssesBackward(MPI_COMM_WORLD, view(x), view(x), view(x), view(x), V(lse, {1, H, n}),
+                          view(x), grad_query, grad_key, grad_value);
+  });
+  EXPECT_NE(ulysses.find("grad_key overlaps grad_query"), std::string::npos) << ulysses;
+}
+
 TEST(Ring, ABadArgumentOnOneRankMakesEveryRankThrow) {
   const std::int64_t n = 4;
   const std::int64_t d = Rank() == World() - 1 ? 6 : 8;  // the last rank's keys have head_dim 6
