@@ -84,9 +84,11 @@ sdpa::DType ToDType(const char* name, nb::dlpack::dtype dtype) {
                          " but must be float32, float64, float16, bfloat16 or (for masks) bool");
 }
 
-// A view of `array`'s memory with its shape and element strides. Only arrays of more dimensions
-// than a Layout holds are refused here; everything else is the library's to check.
-sdpa::TensorView ToView(const char* name, const InArray& array, sdpa::DType dtype) {
+// `array`'s shape and element strides (nanobind's strides are in elements, like the library's).
+// Only arrays of more dimensions than a Layout holds are refused here; everything else is the
+// library's to check.
+template <class Array>
+sdpa::Layout LayoutOf(const char* name, const Array& array) {
   const std::size_t rank = array.ndim();
   if (rank > static_cast<std::size_t>(sdpa::kMaxRank)) {
     throw sdpa::Error(std::string("sdpa: ") + name + " has rank " + std::to_string(rank) +
@@ -97,9 +99,14 @@ sdpa::TensorView ToView(const char* name, const InArray& array, sdpa::DType dtyp
   layout.rank = static_cast<int>(rank);
   for (std::size_t d = 0; d < rank; ++d) {
     layout.shape[d] = static_cast<std::int64_t>(array.shape(d));
-    layout.strides[d] = array.stride(d);  // nanobind strides are in elements, like the library's
+    layout.strides[d] = array.stride(d);
   }
-  return sdpa::TensorView(array.data(), dtype, layout);
+  return layout;
+}
+
+// A view of `array`'s memory with its shape and element strides.
+sdpa::TensorView ToView(const char* name, const InArray& array, sdpa::DType dtype) {
+  return sdpa::TensorView(array.data(), dtype, LayoutOf(name, array));
 }
 
 sdpa::TensorView ToView(const char* name, const Operand& operand) {
@@ -297,30 +304,12 @@ sdpa::DType KvDType(const char* name, nb::dlpack::dtype dtype) {
   return ToDType(name, dtype);
 }
 
-// `array`'s shape and element strides, as ToView takes them.
-template <class Array>
-sdpa::Layout KvLayout(const char* name, const Array& array) {
-  const std::size_t rank = array.ndim();
-  if (rank > static_cast<std::size_t>(sdpa::kMaxRank)) {
-    throw sdpa::Error(std::string("sdpa: ") + name + " has rank " + std::to_string(rank) +
-                      " but at most " + std::to_string(sdpa::kMaxRank) +
-                      " dimensions are supported");
-  }
-  sdpa::Layout layout;
-  layout.rank = static_cast<int>(rank);
-  for (std::size_t d = 0; d < rank; ++d) {
-    layout.shape[d] = static_cast<std::int64_t>(array.shape(d));
-    layout.strides[d] = array.stride(d);
-  }
-  return layout;
-}
-
 sdpa::TensorView ToKvView(const char* name, const InArray& array) {
   return ToView(name, array, KvDType(name, array.dtype()));
 }
 
 sdpa::MutableTensorView ToCacheView(const char* name, const CacheArray& array) {
-  return sdpa::MutableTensorView(array.data(), KvDType(name, array.dtype()), KvLayout(name, array));
+  return sdpa::MutableTensorView(array.data(), KvDType(name, array.dtype()), LayoutOf(name, array));
 }
 
 // out, or (out, lse) when return_lse. Argument names are the library's (cache.key, append.key,
