@@ -52,6 +52,17 @@ HWY_INLINE void Unroll(const F& f) {
   UnrollImpl(f, std::make_integer_sequence<std::int64_t, kCount>());
 }
 
+// On the lambdas given to Unroll that touch a kernel's accumulator arrays: they must be inlined
+// before GCC's early scalar replacement of aggregates, or the arrays stay in memory and every
+// multiply-add also stores its accumulator to the stack. GCC 12 inlined them too late in some
+// instantiations (the backward's 4 × 4 score tile ran 2.4× slower per FMA than its 8 × 2 one on
+// Zen 5, a zmm store per FMA in its loop: docs/performance.md).
+#if defined(__GNUC__)
+#define SDPA_UNROLLED __attribute__((always_inline))
+#else
+#define SDPA_UNROLLED
+#endif
+
 // C[r][0..kVecs·N) = α[r]·C[r][0..kVecs·N) + Σ_k A(r, k)·B[k][0..kVecs·N) for the kRows rows r,
 // where A(r, k) = a[r·a_row + k·a_k] (any layout), B[k] = b + k·ldb (unaligned), C rows are ldc
 // apart (aligned), and C is not rescaled when alpha is null. Without kAccumulate, C starts at 0
@@ -65,8 +76,8 @@ HWY_INLINE void MulAddMicroTile(D d, const T* HWY_RESTRICT a, std::int64_t a_row
   const std::int64_t n = static_cast<std::int64_t>(hn::Lanes(d));
   using V = hn::Vec<D>;
   V acc[kRows][kVecs];
-  Unroll<kRows>([&](auto r) {
-    Unroll<kVecs>([&](auto x) {
+  Unroll<kRows>([&](auto r) SDPA_UNROLLED {
+    Unroll<kVecs>([&](auto x) SDPA_UNROLLED {
       if constexpr (kAccumulate) {
         const V old = hn::Load(d, c + r * ldc + x * n);
         acc[r][x] = alpha != nullptr ? hn::Mul(old, hn::Set(d, alpha[r])) : old;
@@ -77,15 +88,16 @@ HWY_INLINE void MulAddMicroTile(D d, const T* HWY_RESTRICT a, std::int64_t a_row
   });
   for (std::int64_t k = 0; k < depth; ++k) {
     V bk[kVecs];
-    Unroll<kVecs>([&](auto x) { bk[x] = hn::LoadU(d, b + k * ldb + x * n); });
+    Unroll<kVecs>([&](auto x) SDPA_UNROLLED { bk[x] = hn::LoadU(d, b + k * ldb + x * n); });
     const T* ak = a + k * a_k;
-    Unroll<kRows>([&](auto r) {
+    Unroll<kRows>([&](auto r) SDPA_UNROLLED {
       const V broadcast = hn::Set(d, ak[r * a_row]);
-      Unroll<kVecs>([&](auto x) { acc[r][x] = hn::MulAdd(broadcast, bk[x], acc[r][x]); });
+      Unroll<kVecs>([&](auto x)
+                        SDPA_UNROLLED { acc[r][x] = hn::MulAdd(broadcast, bk[x], acc[r][x]); });
     });
   }
-  Unroll<kRows>([&](auto r) {
-    Unroll<kVecs>([&](auto x) { hn::Store(acc[r][x], d, c + r * ldc + x * n); });
+  Unroll<kRows>([&](auto r) SDPA_UNROLLED {
+    Unroll<kVecs>([&](auto x) SDPA_UNROLLED { hn::Store(acc[r][x], d, c + r * ldc + x * n); });
   });
 }
 
@@ -102,15 +114,16 @@ HWY_INLINE void PvRowKernel(D d, const T* HWY_RESTRICT p, std::int64_t ldp, std:
   using V = hn::Vec<D>;
   const V a = hn::Set(d, alpha);
   V acc[kVecs];
-  Unroll<kVecs>([&](auto x) { acc[x] = hn::Mul(hn::Load(d, o + x * n), a); });
+  Unroll<kVecs>([&](auto x) SDPA_UNROLLED { acc[x] = hn::Mul(hn::Load(d, o + x * n), a); });
   for (std::int64_t c = 0; c < keys; ++c) {
     T weight = p[c * ldp];
     if constexpr (Rows::kScaled) weight *= static_cast<T>(v.Scale(c));
     const V w = hn::Set(d, weight);
     const auto* row = v.Row(c) + col;
-    Unroll<kVecs>([&](auto x) { acc[x] = hn::MulAdd(w, Rows::Load(d, row + x * n), acc[x]); });
+    Unroll<kVecs>(
+        [&](auto x) SDPA_UNROLLED { acc[x] = hn::MulAdd(w, Rows::Load(d, row + x * n), acc[x]); });
   }
-  Unroll<kVecs>([&](auto x) { hn::Store(acc[x], d, o + x * n); });
+  Unroll<kVecs>([&](auto x) SDPA_UNROLLED { hn::Store(acc[x], d, o + x * n); });
 }
 
 // Calls kernel(std::integral_constant<int, C>()) with C = clamp(count, 1, kMax), so that a
